@@ -1,0 +1,549 @@
+//! AMQP messages: the owned section model, a zero-copy section scanner, annotation splicing and
+//! the Microsoft batch format.
+//!
+//! Two views of a message coexist:
+//! - [`Message`] owns decoded sections, for building and inspecting messages;
+//! - [`SectionSpans`] locates the sections inside encoded bytes without decoding them, so a
+//!   broker can store and forward messages as received and splice in new annotations.
+
+use crate::decode::{code, Decoder};
+use crate::definitions::{descriptor, descriptor_code};
+use crate::encode::{encode_value, put_binary, put_composite, put_list, put_map, put_ulong};
+use crate::error::{DecodeError, EncodeError};
+use crate::types::{Map, Symbol, Timestamp, Value};
+use bytes::{BufMut, Bytes, BytesMut};
+use std::ops::Range;
+
+/// Message format of a Microsoft batch envelope (`0x80013700`).
+pub const BATCH_MESSAGE_FORMAT: u32 = 0x8001_3700;
+
+/// The `header` section.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Header {
+    /// Durable.
+    pub durable: Option<bool>,
+    /// Priority.
+    pub priority: Option<u8>,
+    /// Time to live in milliseconds.
+    pub ttl: Option<u32>,
+    /// First acquirer.
+    pub first_acquirer: Option<bool>,
+    /// Delivery count.
+    pub delivery_count: Option<u32>,
+}
+
+/// The `properties` section.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Properties {
+    /// Message id (ulong, uuid, binary or string).
+    pub message_id: Option<Value>,
+    /// User id.
+    pub user_id: Option<Bytes>,
+    /// To.
+    pub to: Option<String>,
+    /// Subject.
+    pub subject: Option<String>,
+    /// Reply-to.
+    pub reply_to: Option<String>,
+    /// Correlation id.
+    pub correlation_id: Option<Value>,
+    /// Content type.
+    pub content_type: Option<Symbol>,
+    /// Content encoding.
+    pub content_encoding: Option<Symbol>,
+    /// Absolute expiry time.
+    pub absolute_expiry_time: Option<Timestamp>,
+    /// Creation time.
+    pub creation_time: Option<Timestamp>,
+    /// Group id.
+    pub group_id: Option<String>,
+    /// Group sequence.
+    pub group_sequence: Option<u32>,
+    /// Reply-to group id.
+    pub reply_to_group_id: Option<String>,
+}
+
+impl Properties {
+    fn is_empty(&self) -> bool {
+        *self == Properties::default()
+    }
+}
+
+/// The body of a message.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Body {
+    /// No body section (allowed when reading; Python management requests have none).
+    #[default]
+    Empty,
+    /// One or more `data` sections.
+    Data(Vec<Bytes>),
+    /// One or more `amqp-sequence` sections.
+    Sequence(Vec<Vec<Value>>),
+    /// An `amqp-value` section.
+    Value(Value),
+}
+
+/// An AMQP message with all sections decoded.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Message {
+    /// Header.
+    pub header: Option<Header>,
+    /// Delivery annotations.
+    pub delivery_annotations: Option<Map>,
+    /// Message annotations.
+    pub message_annotations: Option<Map>,
+    /// Properties.
+    pub properties: Option<Properties>,
+    /// Application properties (string keys by spec; kept as values to tolerate peers).
+    pub application_properties: Option<Map>,
+    /// Body.
+    pub body: Body,
+    /// Footer.
+    pub footer: Option<Map>,
+}
+
+fn put_section_prefix(out: &mut BytesMut, code: u64) {
+    out.put_u8(code::DESCRIBED);
+    put_ulong(code, out);
+}
+
+fn put_map_section(out: &mut BytesMut, code: u64, m: &Map) -> Result<(), EncodeError> {
+    put_section_prefix(out, code);
+    put_map(out, |out| {
+        for (k, v) in m {
+            encode_value(k, out)?;
+            encode_value(v, out)?;
+        }
+        Ok(m.len() * 2)
+    })
+}
+
+impl Message {
+    /// A message whose body is one `data` section.
+    pub fn with_data(data: impl Into<Bytes>) -> Self {
+        Message { body: Body::Data(vec![data.into()]), ..Default::default() }
+    }
+
+    /// A message whose body is an `amqp-value`.
+    pub fn with_value(v: Value) -> Self {
+        Message { body: Body::Value(v), ..Default::default() }
+    }
+
+    /// Encodes the message in canonical section order.
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        if let Some(h) = &self.header {
+            put_composite(descriptor::HEADER, out, |w| {
+                w.opt_bool(h.durable);
+                w.opt_u8(h.priority);
+                w.opt_u32(h.ttl);
+                w.opt_bool(h.first_acquirer);
+                w.opt_u32(h.delivery_count);
+                Ok(())
+            })?;
+        }
+        if let Some(m) = &self.delivery_annotations {
+            put_map_section(out, descriptor::DELIVERY_ANNOTATIONS, m)?;
+        }
+        if let Some(m) = &self.message_annotations {
+            put_map_section(out, descriptor::MESSAGE_ANNOTATIONS, m)?;
+        }
+        if let Some(p) = &self.properties {
+            if !p.is_empty() {
+                put_composite(descriptor::PROPERTIES, out, |w| {
+                    w.opt_value(p.message_id.as_ref())?;
+                    w.opt_binary(p.user_id.as_deref())?;
+                    w.opt_string(p.to.as_deref())?;
+                    w.opt_string(p.subject.as_deref())?;
+                    w.opt_string(p.reply_to.as_deref())?;
+                    w.opt_value(p.correlation_id.as_ref())?;
+                    w.opt_symbol(p.content_type.as_ref().map(|s| s.as_str()))?;
+                    w.opt_symbol(p.content_encoding.as_ref().map(|s| s.as_str()))?;
+                    w.opt_timestamp(p.absolute_expiry_time.map(|t| t.0));
+                    w.opt_timestamp(p.creation_time.map(|t| t.0));
+                    w.opt_string(p.group_id.as_deref())?;
+                    w.opt_u32(p.group_sequence);
+                    w.opt_string(p.reply_to_group_id.as_deref())
+                })?;
+            }
+        }
+        if let Some(m) = &self.application_properties {
+            put_map_section(out, descriptor::APPLICATION_PROPERTIES, m)?;
+        }
+        match &self.body {
+            Body::Empty => {}
+            Body::Data(parts) => {
+                for d in parts {
+                    put_section_prefix(out, descriptor::DATA);
+                    put_binary(d, out)?;
+                }
+            }
+            Body::Sequence(seqs) => {
+                for s in seqs {
+                    put_section_prefix(out, descriptor::AMQP_SEQUENCE);
+                    put_list(out, |out| {
+                        for v in s {
+                            encode_value(v, out)?;
+                        }
+                        Ok(s.len())
+                    })?;
+                }
+            }
+            Body::Value(v) => {
+                put_section_prefix(out, descriptor::AMQP_VALUE);
+                encode_value(v, out)?;
+            }
+        }
+        if let Some(m) = &self.footer {
+            put_map_section(out, descriptor::FOOTER, m)?;
+        }
+        Ok(())
+    }
+
+    /// Encodes into a fresh `Bytes`.
+    pub fn to_bytes(&self) -> Result<Bytes, EncodeError> {
+        let mut out = BytesMut::with_capacity(128);
+        self.encode(&mut out)?;
+        Ok(out.freeze())
+    }
+
+    /// Decodes a message; sections may come in any order, and the body may be missing.
+    pub fn decode(raw: &Bytes) -> Result<Self, DecodeError> {
+        let mut m = Message::default();
+        let mut dec = Decoder::new(raw);
+        while !dec.is_empty() {
+            let at = dec.position();
+            if dec.peek_u8()? != code::DESCRIBED {
+                return Err(DecodeError::Malformed { offset: at, reason: "message section is not described" });
+            }
+            let mut probe = dec.clone();
+            probe.u8()?;
+            let d = probe.read_descriptor()?;
+            let section =
+                descriptor_code(&d).ok_or(DecodeError::Malformed { offset: at, reason: "unknown message section" })?;
+            match section {
+                descriptor::HEADER => {
+                    let (_, mut f) = dec.read_composite()?;
+                    m.header = Some(Header {
+                        durable: f.opt_bool()?,
+                        priority: f.opt_u8()?,
+                        ttl: f.opt_u32()?,
+                        first_acquirer: f.opt_bool()?,
+                        delivery_count: f.opt_u32()?,
+                    });
+                }
+                descriptor::PROPERTIES => {
+                    let (_, mut f) = dec.read_composite()?;
+                    let nonnull = |v: Value| if v.is_null() { None } else { Some(v) };
+                    m.properties = Some(Properties {
+                        message_id: nonnull(f.value()?),
+                        user_id: f.opt_binary()?,
+                        to: f.opt_string()?,
+                        subject: f.opt_string()?,
+                        reply_to: f.opt_string()?,
+                        correlation_id: nonnull(f.value()?),
+                        content_type: f.opt_symbol()?,
+                        content_encoding: f.opt_symbol()?,
+                        absolute_expiry_time: f.opt_timestamp()?,
+                        creation_time: f.opt_timestamp()?,
+                        group_id: f.opt_string()?,
+                        group_sequence: f.opt_u32()?,
+                        reply_to_group_id: f.opt_string()?,
+                    });
+                }
+                _ => {
+                    dec = probe;
+                    let v = dec.read_value()?;
+                    let as_map = |v: Value| match v {
+                        Value::Map(m) => Ok(m),
+                        Value::Null => Ok(Vec::new()),
+                        _ => Err(DecodeError::Malformed { offset: at, reason: "annotation section is not a map" }),
+                    };
+                    match section {
+                        descriptor::DELIVERY_ANNOTATIONS => m.delivery_annotations = Some(as_map(v)?),
+                        descriptor::MESSAGE_ANNOTATIONS => m.message_annotations = Some(as_map(v)?),
+                        descriptor::APPLICATION_PROPERTIES => m.application_properties = Some(as_map(v)?),
+                        descriptor::FOOTER => m.footer = Some(as_map(v)?),
+                        descriptor::DATA => {
+                            let Value::Binary(b) = v else {
+                                return Err(DecodeError::Malformed {
+                                    offset: at,
+                                    reason: "data section is not binary",
+                                });
+                            };
+                            match &mut m.body {
+                                Body::Data(parts) => parts.push(b),
+                                _ => m.body = Body::Data(vec![b]),
+                            }
+                        }
+                        descriptor::AMQP_SEQUENCE => {
+                            let Value::List(l) = v else {
+                                return Err(DecodeError::Malformed {
+                                    offset: at,
+                                    reason: "amqp-sequence is not a list",
+                                });
+                            };
+                            match &mut m.body {
+                                Body::Sequence(s) => s.push(l),
+                                _ => m.body = Body::Sequence(vec![l]),
+                            }
+                        }
+                        descriptor::AMQP_VALUE => m.body = Body::Value(v),
+                        _ => return Err(DecodeError::Malformed { offset: at, reason: "unknown message section" }),
+                    }
+                }
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// Where each section of an encoded message lies, found without decoding values.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SectionSpans {
+    /// The header section.
+    pub header: Option<Range<usize>>,
+    /// The delivery-annotations section.
+    pub delivery_annotations: Option<Range<usize>>,
+    /// The message-annotations section.
+    pub message_annotations: Option<Range<usize>>,
+    /// The properties section.
+    pub properties: Option<Range<usize>>,
+    /// The application-properties section.
+    pub application_properties: Option<Range<usize>>,
+    /// From the first to the end of the last body section.
+    pub body: Option<Range<usize>>,
+    /// The descriptor code of the body sections (data, amqp-sequence or amqp-value).
+    pub body_kind: Option<u64>,
+    /// The footer section.
+    pub footer: Option<Range<usize>>,
+}
+
+impl SectionSpans {
+    /// Scans an encoded message. Sections may come in any order.
+    pub fn scan(raw: &Bytes) -> Result<Self, DecodeError> {
+        let mut s = SectionSpans::default();
+        let mut dec = Decoder::new(raw);
+        while !dec.is_empty() {
+            let at = dec.position();
+            if dec.u8()? != code::DESCRIBED {
+                return Err(DecodeError::Malformed { offset: at, reason: "message section is not described" });
+            }
+            let d = dec.read_descriptor()?;
+            let section =
+                descriptor_code(&d).ok_or(DecodeError::Malformed { offset: at, reason: "unknown message section" })?;
+            let value_at = dec.position();
+            dec.skip_value()?;
+            let span = at..dec.position();
+            match section {
+                descriptor::HEADER => s.header = Some(span),
+                descriptor::DELIVERY_ANNOTATIONS => s.delivery_annotations = Some(span),
+                descriptor::MESSAGE_ANNOTATIONS => s.message_annotations = Some(span),
+                descriptor::PROPERTIES => s.properties = Some(span),
+                descriptor::APPLICATION_PROPERTIES => s.application_properties = Some(span),
+                descriptor::FOOTER => s.footer = Some(span),
+                descriptor::DATA | descriptor::AMQP_SEQUENCE | descriptor::AMQP_VALUE => {
+                    if section == descriptor::DATA && raw[value_at] != code::VBIN8 && raw[value_at] != code::VBIN32 {
+                        return Err(DecodeError::Malformed { offset: value_at, reason: "data section is not binary" });
+                    }
+                    s.body = Some(match s.body.take() {
+                        Some(b) => b.start.min(span.start)..b.end.max(span.end),
+                        None => span,
+                    });
+                    s.body_kind = Some(section);
+                }
+                _ => return Err(DecodeError::Malformed { offset: at, reason: "unknown message section" }),
+            }
+        }
+        Ok(s)
+    }
+
+    /// The byte ranges of the map section's value (after the descriptor).
+    fn map_value_range(raw: &Bytes, section: &Range<usize>) -> Result<Range<usize>, DecodeError> {
+        let mut dec = Decoder::with_range(raw, section.start, section.end);
+        dec.u8()?;
+        dec.read_descriptor()?;
+        Ok(dec.position()..section.end)
+    }
+}
+
+/// Iterates the entries of an encoded map as raw byte ranges (key, value), without decoding.
+#[derive(Debug)]
+pub struct RawMapEntries<'a> {
+    dec: Decoder<'a>,
+    left: usize,
+}
+
+impl<'a> RawMapEntries<'a> {
+    /// Iterates the map encoded at `range` of `raw` (the range starts at the map constructor).
+    pub fn new(raw: &'a Bytes, range: Range<usize>) -> Result<Self, DecodeError> {
+        let mut dec = Decoder::with_range(raw, range.start, range.end);
+        let c = dec.u8()?;
+        let count = match c {
+            code::NULL => 0,
+            code::MAP8 => {
+                dec.u8()?;
+                dec.u8()? as usize
+            }
+            code::MAP32 => {
+                let mut b = [0u8; 8];
+                for x in &mut b {
+                    *x = dec.u8()?;
+                }
+                u32::from_be_bytes([b[4], b[5], b[6], b[7]]) as usize
+            }
+            _ => return Err(DecodeError::Malformed { offset: range.start, reason: "expected a map" }),
+        };
+        if count % 2 != 0 {
+            return Err(DecodeError::Malformed { offset: range.start, reason: "map with an odd number of elements" });
+        }
+        Ok(RawMapEntries { dec, left: count / 2 })
+    }
+
+    /// Iterates the entries of a map *section* (descriptor included in `section`).
+    pub fn of_section(raw: &'a Bytes, section: &Range<usize>) -> Result<Self, DecodeError> {
+        let r = SectionSpans::map_value_range(raw, section)?;
+        Self::new(raw, r)
+    }
+}
+
+impl Iterator for RawMapEntries<'_> {
+    type Item = Result<(Range<usize>, Range<usize>), DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let mut step = || {
+            let k0 = self.dec.position();
+            self.dec.skip_value()?;
+            let k1 = self.dec.position();
+            self.dec.skip_value()?;
+            Ok((k0..k1, k1..self.dec.position()))
+        };
+        let r = step();
+        if r.is_err() {
+            self.left = 0;
+        }
+        Some(r)
+    }
+}
+
+/// Returns the text of an encoded symbol or string key, without allocating.
+pub fn raw_text(raw: &[u8]) -> Option<&str> {
+    let (&c, rest) = raw.split_first()?;
+    let body = match c {
+        code::SYM8 | code::STR8 => rest.get(1..1 + *rest.first()? as usize)?,
+        code::SYM32 | code::STR32 => {
+            let n = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+            rest.get(4..4 + n)?
+        }
+        _ => return None,
+    };
+    std::str::from_utf8(body).ok()
+}
+
+/// Looks up an annotation (symbol or string key) in a map section and decodes only its value.
+pub fn find_annotation(raw: &Bytes, section: &Range<usize>, key: &str) -> Result<Option<Value>, DecodeError> {
+    for e in RawMapEntries::of_section(raw, section)? {
+        let (k, v) = e?;
+        if raw_text(&raw[k]) == Some(key) {
+            let mut dec = Decoder::with_range(raw, v.start, v.end);
+            return dec.read_value().map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// Writes `raw` to `out` with its message annotations replaced by: the original entries whose
+/// keys are not in `replace_keys`, followed by the pre-encoded `extra` entries (`extra_count`
+/// entries, i.e. key/value pairs). Delivery annotations of the original are dropped and
+/// `delivery_annotations` (pre-encoded complete section bytes) is written instead when given.
+///
+/// Sections are written in canonical order; everything except the annotations is copied as is.
+pub fn splice_annotations(
+    out: &mut BytesMut,
+    raw: &Bytes,
+    spans: &SectionSpans,
+    replace_keys: &[&str],
+    extra: &[u8],
+    extra_count: usize,
+    delivery_annotations: Option<&[u8]>,
+) -> Result<(), DecodeError> {
+    if let Some(h) = &spans.header {
+        out.extend_from_slice(&raw[h.clone()]);
+    }
+    if let Some(d) = delivery_annotations {
+        out.extend_from_slice(d);
+    }
+    // The message-annotations section: keep foreign entries, then ours.
+    put_section_prefix(out, descriptor::MESSAGE_ANNOTATIONS);
+    let mut kept: Vec<Range<usize>> = Vec::new();
+    if let Some(ma) = &spans.message_annotations {
+        for e in RawMapEntries::of_section(raw, ma)? {
+            let (k, v) = e?;
+            let key = raw_text(&raw[k.clone()]);
+            if !key.is_some_and(|k| replace_keys.contains(&k)) {
+                kept.push(k.start..v.end);
+            }
+        }
+    }
+    let kept_len: usize = kept.iter().map(|r| r.len()).sum();
+    let body_len = kept_len + extra.len();
+    let count = kept.len() * 2 + extra_count * 2;
+    if body_len < 255 && count < 256 {
+        out.put_u8(code::MAP8);
+        out.put_u8((body_len + 1) as u8);
+        out.put_u8(count as u8);
+    } else {
+        out.put_u8(code::MAP32);
+        out.put_u32((body_len + 4) as u32);
+        out.put_u32(count as u32);
+    }
+    for r in kept {
+        out.extend_from_slice(&raw[r]);
+    }
+    out.extend_from_slice(extra);
+    for s in [&spans.properties, &spans.application_properties, &spans.body, &spans.footer].into_iter().flatten() {
+        out.extend_from_slice(&raw[s.clone()]);
+    }
+    Ok(())
+}
+
+/// The inner messages of a batch envelope: each `data` section's bytes, zero-copy.
+pub fn batch_items(raw: &Bytes, spans: &SectionSpans) -> Result<Vec<Bytes>, DecodeError> {
+    let Some(body) = &spans.body else {
+        return Ok(Vec::new());
+    };
+    if spans.body_kind != Some(descriptor::DATA) {
+        return Err(DecodeError::Malformed { offset: body.start, reason: "batch body is not data sections" });
+    }
+    let mut items = Vec::new();
+    let mut dec = Decoder::with_range(raw, body.start, body.end);
+    while !dec.is_empty() {
+        let at = dec.position();
+        dec.u8()?;
+        let d = dec.read_descriptor()?;
+        if descriptor_code(&d) != Some(descriptor::DATA) {
+            // Sections after the body (footer) are outside `body`; anything else is malformed.
+            return Err(DecodeError::Malformed { offset: at, reason: "non-data section inside a batch body" });
+        }
+        match dec.read_value()? {
+            Value::Binary(b) => items.push(b),
+            _ => return Err(DecodeError::Malformed { offset: at, reason: "data section is not binary" }),
+        }
+    }
+    Ok(items)
+}
+
+/// Encoded size of a `data` section holding `n` bytes (used for exact batch size accounting).
+pub fn data_section_size(n: usize) -> usize {
+    // 0x00 0x53 0x75 + vbin8 (1 + 1) or vbin32 (1 + 4)
+    3 + if n < 256 { 2 } else { 5 } + n
+}
+
+/// Appends one pre-encoded message as a `data` section of a batch body.
+pub fn put_data_section(out: &mut BytesMut, item: &[u8]) -> Result<(), EncodeError> {
+    put_section_prefix(out, descriptor::DATA);
+    put_binary(item, out)
+}

@@ -1,0 +1,530 @@
+//! The nine AMQP performatives and the five SASL frames.
+
+use crate::decode::Decoder;
+use crate::definitions::{
+    descriptor, descriptor_code, read_error, read_source, read_state, read_target, write_error, DeliveryState, Error,
+    ReceiverSettleMode, Role, SenderSettleMode, Source, Target,
+};
+use crate::encode::put_composite;
+use crate::error::{DecodeError, EncodeError};
+use crate::types::{Map, Symbol};
+use bytes::{Bytes, BytesMut};
+
+type DResult<T> = Result<T, DecodeError>;
+type EResult = Result<(), EncodeError>;
+
+/// `open`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Open {
+    /// Container id (mandatory).
+    pub container_id: String,
+    /// Virtual host name.
+    pub hostname: Option<String>,
+    /// Largest frame the sender of this open accepts (default 4 GiB - 1).
+    pub max_frame_size: Option<u32>,
+    /// Highest channel number (default 65535).
+    pub channel_max: Option<u16>,
+    /// Idle time-out in milliseconds.
+    pub idle_time_out: Option<u32>,
+    /// Outgoing locales.
+    pub outgoing_locales: Vec<Symbol>,
+    /// Incoming locales.
+    pub incoming_locales: Vec<Symbol>,
+    /// Offered capabilities.
+    pub offered_capabilities: Vec<Symbol>,
+    /// Desired capabilities.
+    pub desired_capabilities: Vec<Symbol>,
+    /// Connection properties.
+    pub properties: Option<Map>,
+}
+
+/// `begin`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Begin {
+    /// The channel of the peer's begin (set in replies).
+    pub remote_channel: Option<u16>,
+    /// Transfer id of the next outgoing transfer.
+    pub next_outgoing_id: u32,
+    /// Incoming window.
+    pub incoming_window: u32,
+    /// Outgoing window.
+    pub outgoing_window: u32,
+    /// Highest handle (default 4294967295).
+    pub handle_max: Option<u32>,
+    /// Offered capabilities.
+    pub offered_capabilities: Vec<Symbol>,
+    /// Desired capabilities.
+    pub desired_capabilities: Vec<Symbol>,
+    /// Session properties.
+    pub properties: Option<Map>,
+}
+
+/// `attach`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attach {
+    /// Link name.
+    pub name: String,
+    /// Handle chosen by the sender of this frame.
+    pub handle: u32,
+    /// Role of the sender of this frame.
+    pub role: Role,
+    /// Sender settle mode.
+    pub snd_settle_mode: SenderSettleMode,
+    /// Receiver settle mode.
+    pub rcv_settle_mode: ReceiverSettleMode,
+    /// Source.
+    pub source: Option<Source>,
+    /// Target.
+    pub target: Option<Target>,
+    /// Unsettled state map.
+    pub unsettled: Option<Map>,
+    /// Whether the unsettled map is incomplete.
+    pub incomplete_unsettled: bool,
+    /// Initial delivery count (senders only).
+    pub initial_delivery_count: Option<u32>,
+    /// Maximum message size (0 or absent: no limit).
+    pub max_message_size: Option<u64>,
+    /// Offered capabilities.
+    pub offered_capabilities: Vec<Symbol>,
+    /// Desired capabilities.
+    pub desired_capabilities: Vec<Symbol>,
+    /// Link properties.
+    pub properties: Option<Map>,
+}
+
+impl Attach {
+    /// A minimal attach for a link with the given name, handle and role.
+    pub fn new(name: impl Into<String>, handle: u32, role: Role) -> Self {
+        Attach {
+            name: name.into(),
+            handle,
+            role,
+            snd_settle_mode: SenderSettleMode::Mixed,
+            rcv_settle_mode: ReceiverSettleMode::First,
+            source: None,
+            target: None,
+            unsettled: None,
+            incomplete_unsettled: false,
+            initial_delivery_count: None,
+            max_message_size: None,
+            offered_capabilities: Vec::new(),
+            desired_capabilities: Vec::new(),
+            properties: None,
+        }
+    }
+}
+
+/// `flow`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Flow {
+    /// Next incoming transfer id expected.
+    pub next_incoming_id: Option<u32>,
+    /// Incoming window.
+    pub incoming_window: u32,
+    /// Next outgoing transfer id.
+    pub next_outgoing_id: u32,
+    /// Outgoing window.
+    pub outgoing_window: u32,
+    /// Link handle (absent for session-only flow).
+    pub handle: Option<u32>,
+    /// Delivery count.
+    pub delivery_count: Option<u32>,
+    /// Link credit.
+    pub link_credit: Option<u32>,
+    /// Available deliveries.
+    pub available: Option<u32>,
+    /// Drain flag.
+    pub drain: bool,
+    /// Echo request.
+    pub echo: bool,
+    /// Link-state properties.
+    pub properties: Option<Map>,
+}
+
+/// `transfer` (without its payload).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Transfer {
+    /// Link handle.
+    pub handle: u32,
+    /// Delivery id (on the first frame of a delivery).
+    pub delivery_id: Option<u32>,
+    /// Delivery tag (on the first frame of a delivery).
+    pub delivery_tag: Option<Bytes>,
+    /// Message format (0 or the Microsoft batch format 0x80013700).
+    pub message_format: Option<u32>,
+    /// Settled flag.
+    pub settled: Option<bool>,
+    /// More frames follow for this delivery.
+    pub more: bool,
+    /// Receiver settle mode override.
+    pub rcv_settle_mode: Option<u8>,
+    /// Delivery state.
+    pub state: Option<DeliveryState>,
+    /// Resume flag.
+    pub resume: bool,
+    /// Aborted flag.
+    pub aborted: bool,
+    /// Batchable hint.
+    pub batchable: bool,
+}
+
+/// `disposition`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Disposition {
+    /// Role of the sender of this frame.
+    pub role: Role,
+    /// First delivery id of the range.
+    pub first: u32,
+    /// Last delivery id (defaults to first).
+    pub last: Option<u32>,
+    /// Settled flag.
+    pub settled: bool,
+    /// New state.
+    pub state: Option<DeliveryState>,
+    /// Batchable hint.
+    pub batchable: bool,
+}
+
+/// `detach`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Detach {
+    /// Link handle.
+    pub handle: u32,
+    /// Whether the link is closed (vs. suspended).
+    pub closed: bool,
+    /// Error.
+    pub error: Option<Error>,
+}
+
+/// `end`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct End {
+    /// Error.
+    pub error: Option<Error>,
+}
+
+/// `close`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Close {
+    /// Error.
+    pub error: Option<Error>,
+}
+
+/// Any AMQP performative.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)]
+pub enum Performative {
+    Open(Open),
+    Begin(Begin),
+    Attach(Box<Attach>),
+    Flow(Flow),
+    Transfer(Transfer),
+    Disposition(Disposition),
+    Detach(Detach),
+    End(End),
+    Close(Close),
+}
+
+impl Performative {
+    /// The performative's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Performative::Open(_) => "open",
+            Performative::Begin(_) => "begin",
+            Performative::Attach(_) => "attach",
+            Performative::Flow(_) => "flow",
+            Performative::Transfer(_) => "transfer",
+            Performative::Disposition(_) => "disposition",
+            Performative::Detach(_) => "detach",
+            Performative::End(_) => "end",
+            Performative::Close(_) => "close",
+        }
+    }
+
+    /// Encodes the performative (descriptor `0x00 0x53 code` + list8/list32).
+    pub fn encode(&self, out: &mut BytesMut) -> EResult {
+        match self {
+            Performative::Open(o) => put_composite(descriptor::OPEN, out, |w| {
+                w.opt_string(Some(&o.container_id))?;
+                w.opt_string(o.hostname.as_deref())?;
+                w.opt_u32(o.max_frame_size);
+                w.opt_u16(o.channel_max);
+                w.opt_u32(o.idle_time_out);
+                w.symbols(&o.outgoing_locales)?;
+                w.symbols(&o.incoming_locales)?;
+                w.symbols(&o.offered_capabilities)?;
+                w.symbols(&o.desired_capabilities)?;
+                w.opt_map(o.properties.as_deref())
+            }),
+            Performative::Begin(b) => put_composite(descriptor::BEGIN, out, |w| {
+                w.opt_u16(b.remote_channel);
+                w.opt_u32(Some(b.next_outgoing_id));
+                w.opt_u32(Some(b.incoming_window));
+                w.opt_u32(Some(b.outgoing_window));
+                w.opt_u32(b.handle_max);
+                w.symbols(&b.offered_capabilities)?;
+                w.symbols(&b.desired_capabilities)?;
+                w.opt_map(b.properties.as_deref())
+            }),
+            Performative::Attach(a) => put_composite(descriptor::ATTACH, out, |w| {
+                w.opt_string(Some(&a.name))?;
+                w.opt_u32(Some(a.handle));
+                w.opt_bool(Some(a.role.as_bool()));
+                w.opt_u8(Some(a.snd_settle_mode as u8));
+                w.opt_u8(Some(a.rcv_settle_mode as u8));
+                w.with(a.source.is_some(), |out| a.source.as_ref().map_or(Ok(()), |s| s.encode(out)))?;
+                w.with(a.target.is_some(), |out| a.target.as_ref().map_or(Ok(()), |t| t.encode(out)))?;
+                w.opt_map(a.unsettled.as_deref())?;
+                w.opt_bool(a.incomplete_unsettled.then_some(true));
+                w.opt_u32(a.initial_delivery_count);
+                w.opt_u64(a.max_message_size);
+                w.symbols(&a.offered_capabilities)?;
+                w.symbols(&a.desired_capabilities)?;
+                w.opt_map(a.properties.as_deref())
+            }),
+            Performative::Flow(f) => put_composite(descriptor::FLOW, out, |w| {
+                w.opt_u32(f.next_incoming_id);
+                w.opt_u32(Some(f.incoming_window));
+                w.opt_u32(Some(f.next_outgoing_id));
+                w.opt_u32(Some(f.outgoing_window));
+                w.opt_u32(f.handle);
+                w.opt_u32(f.delivery_count);
+                w.opt_u32(f.link_credit);
+                w.opt_u32(f.available);
+                w.opt_bool(f.drain.then_some(true));
+                w.opt_bool(f.echo.then_some(true));
+                w.opt_map(f.properties.as_deref())
+            }),
+            Performative::Transfer(t) => encode_transfer(t, out),
+            Performative::Disposition(d) => put_composite(descriptor::DISPOSITION, out, |w| {
+                w.opt_bool(Some(d.role.as_bool()));
+                w.opt_u32(Some(d.first));
+                w.opt_u32(d.last);
+                w.opt_bool(Some(d.settled));
+                w.with(d.state.is_some(), |out| d.state.as_ref().map_or(Ok(()), |s| s.encode(out)))?;
+                w.opt_bool(d.batchable.then_some(true));
+                Ok(())
+            }),
+            Performative::Detach(d) => put_composite(descriptor::DETACH, out, |w| {
+                w.opt_u32(Some(d.handle));
+                w.opt_bool(Some(d.closed));
+                write_error(w, &d.error)
+            }),
+            Performative::End(e) => put_composite(descriptor::END, out, |w| write_error(w, &e.error)),
+            Performative::Close(c) => put_composite(descriptor::CLOSE, out, |w| write_error(w, &c.error)),
+        }
+    }
+
+    /// Decodes a performative from the start of `dec`.
+    pub fn decode(dec: &mut Decoder<'_>) -> DResult<Self> {
+        let at = dec.position();
+        let (d, mut f) = dec.read_composite()?;
+        let code = descriptor_code(&d).ok_or(DecodeError::Malformed { offset: at, reason: "unknown performative" })?;
+        let mandatory = |v: Option<u32>, reason| v.ok_or(DecodeError::Malformed { offset: at, reason });
+        Ok(match code {
+            descriptor::OPEN => Performative::Open(Open {
+                container_id: f
+                    .opt_string()?
+                    .ok_or(DecodeError::Malformed { offset: at, reason: "open without container-id" })?,
+                hostname: f.opt_string()?,
+                max_frame_size: f.opt_u32()?,
+                channel_max: f.opt_u16()?,
+                idle_time_out: f.opt_u32()?,
+                outgoing_locales: f.symbols()?,
+                incoming_locales: f.symbols()?,
+                offered_capabilities: f.symbols()?,
+                desired_capabilities: f.symbols()?,
+                properties: f.opt_map()?,
+            }),
+            descriptor::BEGIN => Performative::Begin(Begin {
+                remote_channel: f.opt_u16()?,
+                next_outgoing_id: mandatory(f.opt_u32()?, "begin without next-outgoing-id")?,
+                incoming_window: mandatory(f.opt_u32()?, "begin without incoming-window")?,
+                outgoing_window: mandatory(f.opt_u32()?, "begin without outgoing-window")?,
+                handle_max: f.opt_u32()?,
+                offered_capabilities: f.symbols()?,
+                desired_capabilities: f.symbols()?,
+                properties: f.opt_map()?,
+            }),
+            descriptor::ATTACH => Performative::Attach(Box::new(Attach {
+                name: f.opt_string()?.ok_or(DecodeError::Malformed { offset: at, reason: "attach without name" })?,
+                handle: mandatory(f.opt_u32()?, "attach without handle")?,
+                role: Role::from_bool(
+                    f.opt_bool()?.ok_or(DecodeError::Malformed { offset: at, reason: "attach without role" })?,
+                ),
+                snd_settle_mode: f.opt_u8()?.map(SenderSettleMode::from_u8).unwrap_or_default(),
+                rcv_settle_mode: f.opt_u8()?.map(ReceiverSettleMode::from_u8).unwrap_or_default(),
+                source: read_source(&mut f)?,
+                target: read_target(&mut f)?,
+                unsettled: f.opt_map()?,
+                incomplete_unsettled: f.opt_bool()?.unwrap_or(false),
+                initial_delivery_count: f.opt_u32()?,
+                max_message_size: f.opt_u64()?,
+                offered_capabilities: f.symbols()?,
+                desired_capabilities: f.symbols()?,
+                properties: f.opt_map()?,
+            })),
+            descriptor::FLOW => Performative::Flow(Flow {
+                next_incoming_id: f.opt_u32()?,
+                incoming_window: mandatory(f.opt_u32()?, "flow without incoming-window")?,
+                next_outgoing_id: mandatory(f.opt_u32()?, "flow without next-outgoing-id")?,
+                outgoing_window: mandatory(f.opt_u32()?, "flow without outgoing-window")?,
+                handle: f.opt_u32()?,
+                delivery_count: f.opt_u32()?,
+                link_credit: f.opt_u32()?,
+                available: f.opt_u32()?,
+                drain: f.opt_bool()?.unwrap_or(false),
+                echo: f.opt_bool()?.unwrap_or(false),
+                properties: f.opt_map()?,
+            }),
+            descriptor::TRANSFER => Performative::Transfer(Transfer {
+                handle: mandatory(f.opt_u32()?, "transfer without handle")?,
+                delivery_id: f.opt_u32()?,
+                delivery_tag: f.opt_binary()?,
+                message_format: f.opt_u32()?,
+                settled: f.opt_bool()?,
+                more: f.opt_bool()?.unwrap_or(false),
+                rcv_settle_mode: f.opt_u8()?,
+                state: read_state(&mut f)?,
+                resume: f.opt_bool()?.unwrap_or(false),
+                aborted: f.opt_bool()?.unwrap_or(false),
+                batchable: f.opt_bool()?.unwrap_or(false),
+            }),
+            descriptor::DISPOSITION => Performative::Disposition(Disposition {
+                role: Role::from_bool(
+                    f.opt_bool()?.ok_or(DecodeError::Malformed { offset: at, reason: "disposition without role" })?,
+                ),
+                first: mandatory(f.opt_u32()?, "disposition without first")?,
+                last: f.opt_u32()?,
+                settled: f.opt_bool()?.unwrap_or(false),
+                state: read_state(&mut f)?,
+                batchable: f.opt_bool()?.unwrap_or(false),
+            }),
+            descriptor::DETACH => Performative::Detach(Detach {
+                handle: mandatory(f.opt_u32()?, "detach without handle")?,
+                closed: f.opt_bool()?.unwrap_or(false),
+                error: read_error(&mut f)?,
+            }),
+            descriptor::END => Performative::End(End { error: read_error(&mut f)? }),
+            descriptor::CLOSE => Performative::Close(Close { error: read_error(&mut f)? }),
+            _ => return Err(DecodeError::Malformed { offset: at, reason: "unknown performative" }),
+        })
+    }
+}
+
+/// Encodes a transfer performative. Kept separate because it is on the hot path.
+pub fn encode_transfer(t: &Transfer, out: &mut BytesMut) -> EResult {
+    put_composite(descriptor::TRANSFER, out, |w| {
+        w.opt_u32(Some(t.handle));
+        w.opt_u32(t.delivery_id);
+        w.opt_binary(t.delivery_tag.as_deref())?;
+        w.opt_u32(t.message_format);
+        w.opt_bool(t.settled);
+        w.opt_bool(t.more.then_some(true));
+        w.opt_u8(t.rcv_settle_mode);
+        w.with(t.state.is_some(), |out| t.state.as_ref().map_or(Ok(()), |s| s.encode(out)))?;
+        w.opt_bool(t.resume.then_some(true));
+        w.opt_bool(t.aborted.then_some(true));
+        w.opt_bool(t.batchable.then_some(true));
+        Ok(())
+    })
+}
+
+/// SASL outcome codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SaslCode {
+    /// Authentication succeeded.
+    Ok = 0,
+    /// Failed: bad credentials.
+    Auth = 1,
+    /// Failed: system error.
+    Sys = 2,
+    /// Failed: permanent system error.
+    SysPerm = 3,
+    /// Failed: transient system error.
+    SysTemp = 4,
+}
+
+impl SaslCode {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => SaslCode::Ok,
+            1 => SaslCode::Auth,
+            3 => SaslCode::SysPerm,
+            4 => SaslCode::SysTemp,
+            _ => SaslCode::Sys,
+        }
+    }
+}
+
+/// A SASL frame body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SaslFrame {
+    /// `sasl-mechanisms` (server to client).
+    Mechanisms(Vec<Symbol>),
+    /// `sasl-init` (client to server).
+    Init {
+        /// Chosen mechanism.
+        mechanism: Symbol,
+        /// Initial response.
+        initial_response: Option<Bytes>,
+        /// Host name.
+        hostname: Option<String>,
+    },
+    /// `sasl-challenge`.
+    Challenge(Bytes),
+    /// `sasl-response`.
+    Response(Bytes),
+    /// `sasl-outcome`.
+    Outcome {
+        /// Result code.
+        code: SaslCode,
+        /// Additional data.
+        additional_data: Option<Bytes>,
+    },
+}
+
+impl SaslFrame {
+    /// Encodes the SASL frame body.
+    pub fn encode(&self, out: &mut BytesMut) -> EResult {
+        match self {
+            SaslFrame::Mechanisms(m) => put_composite(descriptor::SASL_MECHANISMS, out, |w| w.symbols(m)),
+            SaslFrame::Init { mechanism, initial_response, hostname } => {
+                put_composite(descriptor::SASL_INIT, out, |w| {
+                    w.opt_symbol(Some(mechanism.as_str()))?;
+                    w.opt_binary(initial_response.as_deref())?;
+                    w.opt_string(hostname.as_deref())
+                })
+            }
+            SaslFrame::Challenge(c) => put_composite(descriptor::SASL_CHALLENGE, out, |w| w.opt_binary(Some(c))),
+            SaslFrame::Response(r) => put_composite(descriptor::SASL_RESPONSE, out, |w| w.opt_binary(Some(r))),
+            SaslFrame::Outcome { code, additional_data } => put_composite(descriptor::SASL_OUTCOME, out, |w| {
+                w.opt_u8(Some(*code as u8));
+                w.opt_binary(additional_data.as_deref())
+            }),
+        }
+    }
+
+    /// Decodes a SASL frame body.
+    pub fn decode(dec: &mut Decoder<'_>) -> DResult<Self> {
+        let at = dec.position();
+        let (d, mut f) = dec.read_composite()?;
+        let bad = |reason| DecodeError::Malformed { offset: at, reason };
+        Ok(match descriptor_code(&d) {
+            Some(descriptor::SASL_MECHANISMS) => SaslFrame::Mechanisms(f.symbols()?),
+            Some(descriptor::SASL_INIT) => SaslFrame::Init {
+                mechanism: f.opt_symbol()?.ok_or(bad("sasl-init without mechanism"))?,
+                initial_response: f.opt_binary()?,
+                hostname: f.opt_string()?,
+            },
+            Some(descriptor::SASL_CHALLENGE) => SaslFrame::Challenge(f.opt_binary()?.unwrap_or_default()),
+            Some(descriptor::SASL_RESPONSE) => SaslFrame::Response(f.opt_binary()?.unwrap_or_default()),
+            Some(descriptor::SASL_OUTCOME) => SaslFrame::Outcome {
+                code: SaslCode::from_u8(f.opt_u8()?.ok_or(bad("sasl-outcome without code"))?),
+                additional_data: f.opt_binary()?,
+            },
+            _ => return Err(bad("unknown SASL frame")),
+        })
+    }
+}
