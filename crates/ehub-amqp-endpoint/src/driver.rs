@@ -1,0 +1,71 @@
+//! A minimal tokio driver: moves bytes between a socket and a [`Connection`].
+//!
+//! One task owns the socket. It reads into a buffer, feeds the engine, and writes everything
+//! the engine produced in one `write_all` (many frames per syscall). Applications build their
+//! select loop around [`Transport::read_into`] and [`Transport::flush`].
+
+use crate::connection::Connection;
+use bytes::BytesMut;
+use std::io;
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Default read buffer reservation.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// A socket plus its read buffer.
+#[derive(Debug)]
+pub struct Transport<S> {
+    io: S,
+    /// Bytes read but not yet consumed by the engine.
+    pub read_buf: BytesMut,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
+    /// Wraps a socket.
+    pub fn new(io: S) -> Self {
+        Transport { io, read_buf: BytesMut::with_capacity(READ_CHUNK) }
+    }
+
+    /// Reads once into the buffer. Returns 0 at end of stream. Cancel-safe: a cancelled read
+    /// loses no bytes (tokio's `read_buf` only advances after data is copied).
+    pub async fn read_into(&mut self) -> io::Result<usize> {
+        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
+            self.read_buf.reserve(READ_CHUNK);
+        }
+        self.io.read_buf(&mut self.read_buf).await
+    }
+
+    /// Feeds buffered input to the engine.
+    pub fn feed(&mut self, conn: &mut Connection) -> Result<(), crate::EndpointError> {
+        conn.feed(&mut self.read_buf, Instant::now())
+    }
+
+    /// Writes all pending output of the engine. Not cancel-safe: run it to completion.
+    pub async fn flush(&mut self, conn: &mut Connection) -> io::Result<()> {
+        if conn.has_output() {
+            let out = conn.output().split();
+            self.io.write_all(&out).await?;
+            self.io.flush().await?;
+            conn.note_sent(Instant::now());
+            // Give the buffer back so its allocation is reused.
+            let mut out = out;
+            out.clear();
+            let buf = conn.output();
+            if buf.is_empty() {
+                *buf = out;
+            }
+        }
+        Ok(())
+    }
+
+    /// Shuts the write side down.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.io.shutdown().await
+    }
+
+    /// The socket.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
+}
