@@ -1,0 +1,326 @@
+//! Writer threads: group commit across partitions and in-flight batches.
+//!
+//! Each partition belongs to one writer thread. A writer takes every request that is waiting,
+//! encodes them into one buffer per partition, writes each buffer with one positioned write,
+//! fsyncs every touched file once (in parallel when several), then publishes the new committed
+//! end to readers and acknowledges every request. Under `FsyncPolicy::Always` no request is
+//! acknowledged before the fsync that covers it.
+
+use crate::error::LogError;
+use crate::partition::{Chunk, Partition, Segment};
+use crate::record;
+use crate::{AppendEvent, Appended, FsyncPolicy, LogConfig};
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Called with the outcome of an append, on the writer thread. Keep it short.
+pub type AppendCallback = Box<dyn FnOnce(Result<Appended, LogError>) + Send>;
+
+pub(crate) enum WriterMsg {
+    Append { part: Arc<Partition>, events: Vec<AppendEvent>, done: AppendCallback },
+    Register(Weak<Partition>),
+    Sync(std::sync::mpsc::Sender<()>),
+}
+
+pub(crate) fn now_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+struct Pending {
+    part: Arc<Partition>,
+    buf: BytesMut,
+    positions: Vec<u32>,
+    first_seq: i64,
+    first_offset: u64,
+    /// Requests in this batch: (callback, result).
+    acks: Vec<(AppendCallback, Appended)>,
+    /// Files needing fsync (rolled segments and the active one).
+    files: Vec<Arc<File>>,
+    failed: Option<LogError>,
+    /// Bytes already written, kept for the readers' tail cache.
+    written: Option<BytesMut>,
+}
+
+pub(crate) fn run(rx: Receiver<WriterMsg>, cfg: LogConfig) {
+    let mut registered: Vec<Weak<Partition>> = Vec::new();
+    let mut dirty: HashMap<usize, (Arc<Partition>, Vec<Arc<File>>)> = HashMap::new();
+    let mut last_sync = Instant::now();
+    let mut last_retention = Instant::now();
+    let tick = match cfg.fsync {
+        FsyncPolicy::Interval(d) => d.min(Duration::from_secs(1)),
+        _ => Duration::from_secs(1),
+    };
+    loop {
+        let first = match rx.recv_timeout(tick) {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut msgs = Vec::new();
+        if let Some(m) = first {
+            msgs.push(m);
+            let mut n = 0usize;
+            while let Ok(m) = rx.try_recv() {
+                if let WriterMsg::Append { events, .. } = &m {
+                    n += events.iter().map(|e| e.payload.len()).sum::<usize>();
+                }
+                msgs.push(m);
+                if n > 8 << 20 {
+                    break;
+                }
+            }
+        }
+        let mut syncs = Vec::new();
+        let mut batch: Vec<Pending> = Vec::new();
+        for m in msgs {
+            match m {
+                WriterMsg::Register(p) => registered.push(p),
+                WriterMsg::Sync(tx) => syncs.push(tx),
+                WriterMsg::Append { part, events, done } => stage(&mut batch, part, events, done, &cfg),
+            }
+        }
+        // Write each partition's buffer.
+        for p in &mut batch {
+            if p.failed.is_none() && !p.buf.is_empty() {
+                if let Err(e) = write_pending(p) {
+                    p.failed = Some(e);
+                }
+            }
+        }
+        // Fsync.
+        let must_sync = matches!(cfg.fsync, FsyncPolicy::Always) || !syncs.is_empty();
+        if must_sync {
+            let mut files: Vec<Arc<File>> =
+                batch.iter().filter(|p| p.failed.is_none()).flat_map(|p| p.files.iter().cloned()).collect();
+            for (_, (_, f)) in dirty.drain() {
+                files.extend(f);
+            }
+            let results = sync_all(&files);
+            if let Some(e) = results {
+                for p in &mut batch {
+                    if p.failed.is_none() {
+                        p.failed = Some(LogError::io(p.part.id.clone(), std::io::Error::new(e.kind(), e.to_string())));
+                    }
+                }
+            }
+            last_sync = Instant::now();
+        } else {
+            for p in &batch {
+                if p.failed.is_none() {
+                    let key = Arc::as_ptr(&p.part) as usize;
+                    dirty.entry(key).or_insert_with(|| (p.part.clone(), Vec::new())).1.extend(p.files.iter().cloned());
+                }
+            }
+        }
+        // Publish and acknowledge.
+        for p in batch {
+            publish(p);
+        }
+        for tx in syncs {
+            let _ = tx.send(());
+        }
+        if let FsyncPolicy::Interval(d) = cfg.fsync {
+            if last_sync.elapsed() >= d && !dirty.is_empty() {
+                let files: Vec<Arc<File>> = dirty.drain().flat_map(|(_, (_, f))| f).collect();
+                if let Some(e) = sync_all(&files) {
+                    tracing::error!(error = %e, "interval fsync failed");
+                }
+                last_sync = Instant::now();
+            }
+        }
+        if last_retention.elapsed() >= Duration::from_secs(5) {
+            registered.retain(|w| w.strong_count() > 0);
+            for p in registered.iter().filter_map(|w| w.upgrade()) {
+                crate::retention::apply(&p, &cfg, now_millis());
+            }
+            last_retention = Instant::now();
+        }
+    }
+    // Shutting down: make everything durable.
+    let files: Vec<Arc<File>> = dirty.drain().flat_map(|(_, (_, f))| f).collect();
+    if let Some(e) = sync_all(&files) {
+        tracing::error!(error = %e, "final fsync failed");
+    }
+}
+
+fn sync_all(files: &[Arc<File>]) -> Option<std::io::Error> {
+    let mut uniq: Vec<&Arc<File>> = Vec::new();
+    for f in files {
+        if !uniq.iter().any(|u| Arc::ptr_eq(u, f)) {
+            uniq.push(f);
+        }
+    }
+    match uniq.len() {
+        0 => None,
+        1 => uniq[0].sync_data().err(),
+        _ => std::thread::scope(|s| {
+            let handles: Vec<_> = uniq.iter().map(|f| s.spawn(move || f.sync_data())).collect();
+            handles.into_iter().filter_map(|h| h.join().ok().and_then(|r| r.err())).next()
+        }),
+    }
+}
+
+fn stage(
+    batch: &mut Vec<Pending>,
+    part: Arc<Partition>,
+    events: Vec<AppendEvent>,
+    done: AppendCallback,
+    cfg: &LogConfig,
+) {
+    let idx = match batch.iter().position(|p| Arc::ptr_eq(&p.part, &part)) {
+        Some(i) => i,
+        None => {
+            let st = part.lock();
+            let p = Pending {
+                part: part.clone(),
+                buf: BytesMut::new(),
+                positions: Vec::new(),
+                first_seq: st.next_seq,
+                first_offset: st.end_offset,
+                acks: Vec::new(),
+                files: Vec::new(),
+                failed: st.failed.then_some(LogError::PreviousIoFailure),
+                written: None,
+            };
+            drop(st);
+            batch.push(p);
+            batch.len() - 1
+        }
+    };
+    let p = &mut batch[idx];
+    if p.failed.is_some() {
+        done(Err(LogError::PreviousIoFailure));
+        return;
+    }
+    let mut st = part.lock();
+    let len: u64 = events.iter().map(|e| record::record_len(e.partition_key.as_deref(), e.payload.len()) as u64).sum();
+    // Roll the segment before this request when it would overflow.
+    let active_size = st.segments.last().map_or(0, |s| s.size) + p.buf.len() as u64;
+    if st.segments.is_empty() || (active_size > 0 && active_size + len > cfg.segment_bytes) {
+        drop(st);
+        if !p.buf.is_empty() {
+            if let Err(e) = write_pending(p) {
+                p.failed = Some(e);
+                done(Err(LogError::PreviousIoFailure));
+                return;
+            }
+        }
+        st = part.lock();
+        let base_offset = st.end_offset;
+        let base_seq = st.next_seq;
+        let dir = st.dir.clone();
+        match Segment::create(&dir, base_offset, base_seq) {
+            Ok(seg) => {
+                tracing::info!(partition_id = %part.id, base_offset, "segment rolled");
+                st.segments.push(seg);
+            }
+            Err(e) => {
+                st.failed = true;
+                drop(st);
+                done(Err(e));
+                return;
+            }
+        }
+    }
+    // Enqueued time never goes backwards within a partition (time lookups rely on it).
+    let time = now_millis().max(st.last_time);
+    st.last_time = time;
+    let first_seq = st.next_seq;
+    let first_offset = st.end_offset;
+    let seg = st.segments.last_mut().expect("an active segment exists");
+    let mut rel = seg.size + p.buf.len() as u64;
+    let mut seq = first_seq;
+    for e in &events {
+        let before = p.buf.len();
+        record::encode_record(&mut p.buf, seq, time, e.partition_key.as_deref(), &e.payload);
+        let l = (p.buf.len() - before) as u64;
+        seg.note_record(seq, rel, l, time);
+        if p.positions.is_empty() {
+            p.first_seq = seq;
+            p.first_offset = first_offset;
+        }
+        p.positions.push(before as u32);
+        rel += l;
+        seq += 1;
+    }
+    st.next_seq = seq;
+    st.end_offset += len;
+    drop(st);
+    p.acks.push((
+        done,
+        Appended { first_sequence_number: first_seq, last_sequence_number: seq - 1, first_offset, enqueued_time: time },
+    ));
+}
+
+/// Writes the pending buffer at the end of the active segment.
+fn write_pending(p: &mut Pending) -> Result<(), LogError> {
+    let (file, pos, path) = {
+        let st = p.part.lock();
+        let seg = st.segments.last().expect("an active segment exists");
+        (Arc::clone(&seg.file), seg.size, seg.path.clone())
+    };
+    if let Err(e) = file.write_all_at(&p.buf, pos) {
+        p.part.lock().failed = true;
+        return Err(LogError::io(path, e));
+    }
+    {
+        let mut st = p.part.lock();
+        if let Some(seg) = st.segments.last_mut() {
+            seg.size += p.buf.len() as u64;
+        }
+    }
+    if !p.files.iter().any(|f| Arc::ptr_eq(f, &file)) {
+        p.files.push(file);
+    }
+    // Keep written bytes for the cache chunk: move them into a side buffer.
+    let written = p.buf.split();
+    p.cache_append(written);
+    Ok(())
+}
+
+impl Pending {
+    fn cache_append(&mut self, written: BytesMut) {
+        // `positions` are relative to the concatenation of all written pieces; keep them by
+        // re-joining (cheap: the pieces are adjacent in most batches).
+        match &mut self.written {
+            Some(w) => w.unsplit(written),
+            None => self.written = Some(written),
+        }
+    }
+}
+
+fn publish(p: Pending) {
+    let part = p.part;
+    if let Some(e) = p.failed {
+        part.lock().failed = true;
+        tracing::error!(partition_id = %part.id, error = %e, "append failed; partition is read-only until restart");
+        for (cb, _) in p.acks {
+            cb(Err(LogError::PreviousIoFailure));
+        }
+        return;
+    }
+    let Some(last) = p.acks.last().map(|(_, a)| *a) else { return };
+    {
+        let mut st = part.lock();
+        st.committed_seq = last.last_sequence_number + 1;
+        let last_offset = p.first_offset + p.positions.last().map_or(0, |&x| u64::from(x));
+        st.last_committed = Some((last.last_sequence_number, last_offset, last.enqueued_time));
+        if let Some(data) = p.written {
+            st.push_chunk(Chunk {
+                first_seq: p.first_seq,
+                first_offset: p.first_offset,
+                data: data.freeze(),
+                positions: p.positions,
+            });
+        }
+    }
+    let _ = part.committed.send(last.last_sequence_number + 1);
+    for (cb, a) in p.acks {
+        cb(Ok(a));
+    }
+}

@@ -1,0 +1,187 @@
+//! Storage component tests: appends, reads from cache and files, positions, recovery, retention.
+
+use bytes::Bytes;
+use ehub_partition_log::*;
+use std::io::{Seek, SeekFrom, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn ev(i: usize, key: Option<&str>) -> AppendEvent {
+    AppendEvent {
+        partition_key: key.map(|k| Bytes::from(k.to_owned())),
+        payload: Bytes::from(format!("event-{i:06}-{}", "x".repeat(i % 50))),
+    }
+}
+
+fn cfg(cache: usize, segment: u64) -> LogConfig {
+    LogConfig { cache_bytes: cache, segment_bytes: segment, ..Default::default() }
+}
+
+fn fill(store: &LogStore, p: &Arc<Partition>, n: usize, per: usize) {
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<_> = (i..(i + per).min(n)).map(|j| ev(j, (j % 3 == 0).then_some("k"))).collect();
+        store.append_blocking(p, batch).unwrap();
+        i += per;
+    }
+}
+
+fn check_all(p: &Partition, n: usize) {
+    let mut seq = 0i64;
+    let mut last_offset = None;
+    while (seq as usize) < n {
+        let got = p.read(seq, 777, 64 * 1024).unwrap();
+        assert!(!got.is_empty(), "no events at {seq}");
+        for e in got {
+            assert_eq!(e.sequence_number, seq);
+            assert_eq!(e.payload, ev(seq as usize, None).payload);
+            assert_eq!(e.partition_key.is_some(), seq % 3 == 0);
+            if let Some(o) = last_offset {
+                assert!(e.offset > o, "offsets increase");
+            }
+            last_offset = Some(e.offset);
+            seq += 1;
+        }
+    }
+    assert!(p.read(n as i64, 10, 1 << 20).unwrap().is_empty());
+}
+
+#[test]
+fn reads_from_cache_and_from_files_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    // Tiny segments and cache: most reads go to files and cross segment boundaries.
+    let store = LogStore::new(cfg(4096, 16 * 1024));
+    let p = store.open_partition(dir.path().join("0"), "0").unwrap();
+    fill(&store, &p, 3000, 37);
+    check_all(&p, 3000);
+    let info = p.info();
+    assert_eq!((info.begin_sequence_number, info.last_sequence_number, info.is_empty), (0, 2999, false));
+    let segs = std::fs::read_dir(dir.path().join("0")).unwrap().count();
+    assert!(segs > 5, "expected several segments, got {segs}");
+    store.shutdown();
+}
+
+#[test]
+fn survives_restart_and_keeps_appending() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = LogStore::new(cfg(1 << 20, 64 * 1024));
+        let p = store.open_partition(dir.path().join("0"), "0").unwrap();
+        fill(&store, &p, 1000, 10);
+        store.shutdown();
+    }
+    let store = LogStore::new(cfg(1 << 20, 64 * 1024));
+    let p = store.open_partition(dir.path().join("0"), "0").unwrap();
+    assert_eq!(p.committed_seq(), 1000);
+    let before = p.info();
+    let a = store.append_blocking(&p, vec![ev(1000, None)]).unwrap();
+    assert_eq!(a.first_sequence_number, 1000);
+    assert!(a.first_offset > before.last_offset.unwrap());
+    check_all(&p, 1001);
+}
+
+#[test]
+fn resolves_every_kind_of_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::new(cfg(2048, 8 * 1024));
+    let p = store.open_partition(dir.path().join("0"), "0").unwrap();
+    fill(&store, &p, 500, 5);
+    let all = p.read(0, 1000, 1 << 30).unwrap();
+    assert_eq!(all.len(), 500);
+    assert_eq!(p.resolve(&StartPosition::Earliest).unwrap(), 0);
+    assert_eq!(p.resolve(&StartPosition::Latest).unwrap(), 500);
+    assert_eq!(p.resolve(&StartPosition::Sequence { value: 10, inclusive: true }).unwrap(), 10);
+    assert_eq!(p.resolve(&StartPosition::Sequence { value: 10, inclusive: false }).unwrap(), 11);
+    assert_eq!(p.resolve(&StartPosition::Sequence { value: 499, inclusive: false }).unwrap(), 500);
+    assert!(matches!(
+        p.resolve(&StartPosition::Sequence { value: 600, inclusive: true }),
+        Err(LogError::OutOfRange(_))
+    ));
+    for i in [0usize, 1, 77, 250, 499] {
+        let o = all[i].offset;
+        assert_eq!(p.resolve(&StartPosition::Offset { value: o, inclusive: true }).unwrap(), i as i64);
+        assert_eq!(p.resolve(&StartPosition::Offset { value: o, inclusive: false }).unwrap(), i as i64 + 1);
+    }
+    let t = all[250].enqueued_time;
+    let first_at_t = all.iter().position(|e| e.enqueued_time >= t).unwrap() as i64;
+    let first_after_t = all.iter().position(|e| e.enqueued_time > t).map_or(500, |x| x as i64);
+    assert_eq!(p.resolve(&StartPosition::Time { millis: t, inclusive: true }).unwrap(), first_at_t);
+    assert_eq!(p.resolve(&StartPosition::Time { millis: t, inclusive: false }).unwrap(), first_after_t);
+}
+
+#[test]
+fn torn_tail_is_truncated_with_every_acknowledged_record_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let pdir = dir.path().join("0");
+    {
+        let store = LogStore::new(cfg(1 << 20, 1 << 30));
+        let p = store.open_partition(&pdir, "0").unwrap();
+        fill(&store, &p, 100, 10);
+        store.shutdown();
+    }
+    // Simulate a crash mid-write: half a record at the end.
+    let seg = pdir.join(format!("{:020}.log", 0));
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7]).unwrap();
+    drop(f);
+    let store = LogStore::new(cfg(1 << 20, 1 << 30));
+    let p = store.open_partition(&pdir, "0").unwrap();
+    assert_eq!(p.committed_seq(), 100);
+    check_all(&p, 100);
+    assert_eq!(store.append_blocking(&p, vec![ev(100, None)]).unwrap().first_sequence_number, 100);
+}
+
+#[test]
+fn interior_corruption_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let pdir = dir.path().join("0");
+    {
+        let store = LogStore::new(cfg(1 << 20, 1 << 30));
+        let p = store.open_partition(&pdir, "0").unwrap();
+        fill(&store, &p, 100, 10);
+        store.shutdown();
+    }
+    let seg = pdir.join(format!("{:020}.log", 0));
+    let mut f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.seek(SeekFrom::Start(40)).unwrap();
+    f.write_all(b"garbage!").unwrap();
+    drop(f);
+    let store = LogStore::new(cfg(1 << 20, 1 << 30));
+    match store.open_partition(&pdir, "0") {
+        Err(LogError::Corrupted { .. }) => {}
+        other => panic!("expected Corrupted, got {other:?}"),
+    }
+}
+
+#[test]
+fn retention_by_size_removes_whole_old_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = LogConfig { retention_bytes: Some(32 * 1024), ..cfg(1024, 8 * 1024) };
+    let store = LogStore::new(c);
+    let p = store.open_partition(dir.path().join("0"), "0").unwrap();
+    fill(&store, &p, 3000, 50);
+    // The writer applies retention on its periodic tick.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while p.info().begin_sequence_number == 0 && std::time::Instant::now() < deadline {
+        store.append_blocking(&p, vec![ev(0, None)]).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let begin = p.info().begin_sequence_number;
+    assert!(begin > 0, "retention never ran");
+    let first = p.read(0, 1, 1 << 20).unwrap();
+    assert_eq!(first[0].sequence_number, begin);
+    let size: u64 =
+        std::fs::read_dir(dir.path().join("0")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    assert!(size <= 32 * 1024 + 16 * 1024, "size {size}");
+}
+
+#[test]
+fn committed_watch_wakes_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::new(LogConfig { fsync: FsyncPolicy::Never, ..Default::default() });
+    let p = store.open_partition(dir.path().join("0"), "0").unwrap();
+    let mut rx = p.subscribe();
+    store.append_blocking(&p, vec![ev(1, None)]).unwrap();
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(*rx.borrow_and_update(), 1);
+}
