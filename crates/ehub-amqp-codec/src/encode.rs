@@ -379,9 +379,11 @@ pub fn put_array(a: &Array, out: &mut BytesMut) -> Result {
     })
 }
 
-/// Writes a composite (described list) with a small-ulong descriptor, trimming trailing nulls.
+/// Writes a composite (described list) with a small-ulong descriptor.
 ///
-/// `fields` writes each field through the [`FieldWriter`].
+/// `fields` writes each field through the [`FieldWriter`]. Trailing null fields are kept:
+/// the Python SDK builds performatives from the field list positionally and fails with
+/// "missing required positional arguments" when a list is shorter than the full field set.
 pub fn put_composite<F>(descriptor: u64, out: &mut BytesMut, fields: F) -> Result
 where
     F: FnOnce(&mut FieldWriter<'_>) -> Result,
@@ -389,34 +391,22 @@ where
     out.put_u8(code::DESCRIBED);
     put_ulong(descriptor, out);
     put_list(out, |out| {
-        let mut w = FieldWriter { out, count: 0, last_non_null_end: 0, last_non_null_count: 0, start: 0 };
-        w.start = w.out.len();
-        w.last_non_null_end = w.start;
+        let mut w = FieldWriter { out, count: 0 };
         fields(&mut w)?;
-        let (end, count) = (w.last_non_null_end, w.last_non_null_count);
-        out.truncate(end);
-        Ok(count)
+        Ok(w.count)
     })
 }
 
-/// Writes the fields of a composite, remembering where the last non-null field ended so that
-/// trailing nulls can be dropped.
+/// Writes the fields of a composite, counting them.
 #[derive(Debug)]
 pub struct FieldWriter<'a> {
     out: &'a mut BytesMut,
     count: usize,
-    last_non_null_end: usize,
-    last_non_null_count: usize,
-    start: usize,
 }
 
 impl FieldWriter<'_> {
-    fn done(&mut self, null: bool) {
+    fn done(&mut self, _null: bool) {
         self.count += 1;
-        if !null {
-            self.last_non_null_end = self.out.len();
-            self.last_non_null_count = self.count;
-        }
     }
 
     /// A null field.

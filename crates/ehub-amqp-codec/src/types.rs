@@ -365,6 +365,6 @@ impl From<Timestamp> for Value {
 }
 
 /// Looks a key up in a map by symbol or string text.
-pub fn map_get<'a>(map: &'a Map, key: &str) -> Option<&'a Value> {
+pub fn map_get<'a>(map: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
     map.iter().find(|(k, _)| k.as_text() == Some(key)).map(|(_, v)| v)
 }

@@ -364,6 +364,8 @@ pub struct Connection {
     peer_idle: Option<Duration>,
     sessions: HashMap<u16, Session>,
     remote_channels: HashMap<u16, u16>,
+    /// Channels the peer ended: late frames on them are ignored (Python detaches after `end`).
+    ended_channels: std::collections::HashSet<u16>,
     last_recv: Instant,
     last_send: Instant,
 }
@@ -389,6 +391,7 @@ impl Connection {
             peer_idle: None,
             sessions: HashMap::new(),
             remote_channels: HashMap::new(),
+            ended_channels: Default::default(),
             last_recv: now,
             last_send: now,
         };
@@ -682,6 +685,9 @@ impl Connection {
         if self.remote_open.is_none() && !matches!(p, Performative::Open(_) | Performative::Close(_)) {
             return Err(Self::protocol(condition::ILLEGAL_STATE, "frame before open"));
         }
+        if self.ended_channels.contains(&channel) && !matches!(p, Performative::Begin(_) | Performative::Close(_)) {
+            return Ok(());
+        }
         match p {
             Performative::Open(o) => self.on_open(o),
             Performative::Begin(b) => self.on_begin(channel, b),
@@ -768,6 +774,7 @@ impl Connection {
         if self.remote_channels.contains_key(&channel) {
             return Err(Self::protocol(condition::NOT_ALLOWED, format!("channel {channel} already in use")));
         }
+        self.ended_channels.remove(&channel);
         let local = match b.remote_channel {
             Some(ours) => {
                 // The peer answers our begin.
@@ -1021,6 +1028,7 @@ impl Connection {
     fn on_end(&mut self, channel: u16, e: End) -> Result<()> {
         let local = self.local_channel(channel)?;
         self.remote_channels.remove(&channel);
+        self.ended_channels.insert(channel);
         let s = self.sessions.remove(&local).expect("mapped session exists");
         if !s.end_sent {
             self.write(local, &Performative::End(End { error: None }), &[])?;
@@ -1281,7 +1289,7 @@ impl Connection {
             ..Default::default()
         };
         // Upper bound of the transfer performative: descriptor 3 + list32 header 9 + fields.
-        let perf_max = 3 + 9 + 5 + 5 + (5 + args.tag.len()) + 5 + 1 + 1;
+        let perf_max = 3 + 9 + 5 + 5 + (5 + args.tag.len()) + 5 + 1 + 1 + 5;
         let out = &mut self.out;
         if 8 + perf_max + len <= peer_max {
             let start = start_frame(out, FRAME_TYPE_AMQP, id.channel);
@@ -1350,7 +1358,12 @@ fn put_transfer(out: &mut BytesMut, t: &Transfer, tag: &[u8]) -> std::result::Re
         w.opt_binary((!tag.is_empty() || t.delivery_id.is_some()).then_some(tag))?;
         w.opt_u32(t.message_format);
         w.opt_bool(t.settled);
-        w.opt_bool(t.more.then_some(true));
+        w.opt_bool(Some(t.more));
+        // rcv-settle-mode, state, resume, aborted, batchable: written as nulls, because the
+        // Python SDK needs the complete field list.
+        for _ in 0..5 {
+            w.null();
+        }
         Ok(())
     })
 }

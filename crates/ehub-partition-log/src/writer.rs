@@ -319,7 +319,7 @@ fn publish(p: Pending) {
             });
         }
     }
-    let _ = part.committed.send(last.last_sequence_number + 1);
+    part.committed.send_replace(last.last_sequence_number + 1);
     for (cb, a) in p.acks {
         cb(Ok(a));
     }

@@ -1,0 +1,431 @@
+//! Broker configuration: our TOML file, or Microsoft's emulator Config.json unchanged.
+
+use ehub_partition_log::FsyncPolicy;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// A configuration problem, naming the offending key.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file does not parse.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid config value for `{key}`: {message}")]
+    Invalid {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// A short machine-readable kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConfigError::Read { .. } => "read",
+            ConfigError::Parse { .. } => "parse",
+            ConfigError::Invalid { .. } => "invalid",
+        }
+    }
+    /// Never transient.
+    pub fn is_transient(&self) -> bool {
+        false
+    }
+}
+
+/// Rights a policy grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rights {
+    /// May send.
+    pub send: bool,
+    /// May receive.
+    pub listen: bool,
+    /// May manage (implies both).
+    pub manage: bool,
+}
+
+impl Rights {
+    /// Everything.
+    pub const ALL: Rights = Rights { send: true, listen: true, manage: true };
+    /// May send.
+    pub fn can_send(&self) -> bool {
+        self.send || self.manage
+    }
+    /// May receive.
+    pub fn can_listen(&self) -> bool {
+        self.listen || self.manage
+    }
+}
+
+/// A shared access policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Policy (key) name.
+    pub name: String,
+    /// The key.
+    pub key: String,
+    /// Rights.
+    pub rights: Rights,
+}
+
+/// One Event Hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Name (case-insensitive).
+    pub name: String,
+    /// Partition count (1..=1024).
+    pub partitions: u32,
+    /// Consumer groups besides `$Default`.
+    pub consumer_groups: Vec<String>,
+}
+
+/// Everything the broker needs.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Maximum connections.
+    pub max_connections: usize,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Durability policy.
+    pub fsync: FsyncPolicy,
+    /// Segment size.
+    pub segment_bytes: u64,
+    /// Tail cache per partition.
+    pub cache_bytes_per_partition: usize,
+    /// Writer threads.
+    pub writer_threads: usize,
+    /// Retention by age.
+    pub retention: Option<Duration>,
+    /// Retention by size.
+    pub retention_bytes: Option<u64>,
+    /// Largest event or batch.
+    pub max_message_size: u64,
+    /// Non-epoch receivers per partition per consumer group.
+    pub max_receivers_per_partition: usize,
+    /// Verify SAS tokens.
+    pub verify_sas: bool,
+    /// Accept jwt tokens unverified.
+    pub accept_jwt: bool,
+    /// Policies.
+    pub policies: Vec<Policy>,
+    /// Hubs.
+    pub hubs: Vec<HubConfig>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: "127.0.0.1:5672".parse().expect("valid address"),
+            max_connections: 10_000,
+            data_dir: PathBuf::from("./ehub-data"),
+            fsync: FsyncPolicy::Always,
+            segment_bytes: 128 << 20,
+            cache_bytes_per_partition: 8 << 20,
+            writer_threads: 1,
+            retention: None,
+            retention_bytes: None,
+            max_message_size: 1 << 20,
+            max_receivers_per_partition: 5,
+            verify_sas: true,
+            accept_jwt: true,
+            policies: vec![Policy {
+                name: "RootManageSharedAccessKey".into(),
+                key: "SAS_KEY_VALUE".into(),
+                rights: Rights::ALL,
+            }],
+            hubs: vec![HubConfig { name: "eh1".into(), partitions: 4, consumer_groups: vec!["cg1".into()] }],
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TomlFile {
+    #[serde(default)]
+    server: TomlServer,
+    #[serde(default)]
+    storage: TomlStorage,
+    #[serde(default)]
+    retention: TomlRetention,
+    #[serde(default)]
+    limits: TomlLimits,
+    #[serde(default)]
+    auth: TomlAuth,
+    policies: Option<Vec<TomlPolicy>>,
+    hubs: Option<Vec<TomlHub>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TomlServer {
+    listen: Option<String>,
+    max_connections: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TomlStorage {
+    data_dir: Option<PathBuf>,
+    fsync: Option<String>,
+    fsync_interval_ms: Option<u64>,
+    segment_bytes: Option<u64>,
+    cache_bytes_per_partition: Option<usize>,
+    writer_threads: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TomlRetention {
+    hours: Option<u64>,
+    max_bytes_per_partition: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TomlLimits {
+    max_message_size: Option<u64>,
+    max_receivers_per_partition: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TomlAuth {
+    verify_sas: Option<bool>,
+    accept_jwt: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlPolicy {
+    name: String,
+    key: String,
+    rights: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlHub {
+    name: String,
+    partitions: u32,
+    #[serde(default)]
+    consumer_groups: Vec<String>,
+}
+
+/// Parses a fsync policy name.
+pub fn parse_fsync(s: &str, interval_ms: u64) -> Option<FsyncPolicy> {
+    match s.to_ascii_lowercase().as_str() {
+        "always" => Some(FsyncPolicy::Always),
+        "interval" => Some(FsyncPolicy::Interval(Duration::from_millis(interval_ms.max(1)))),
+        "never" => Some(FsyncPolicy::Never),
+        _ => None,
+    }
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+impl BrokerConfig {
+    /// Loads a file: `.json` files are read as Microsoft's emulator Config.json, anything else
+    /// as our TOML.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let cfg = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+            Self::from_emulator_json(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?
+        } else {
+            Self::from_toml(&text).map_err(|e| match e {
+                ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+                other => other,
+            })?
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses our TOML format.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let f: TomlFile =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+        let mut c = BrokerConfig::default();
+        if let Some(l) = f.server.listen {
+            c.listen = l.parse().map_err(|_| invalid("server.listen", format!("'{l}' is not HOST:PORT")))?;
+        }
+        if let Some(m) = f.server.max_connections {
+            c.max_connections = m;
+        }
+        if let Some(d) = f.storage.data_dir {
+            c.data_dir = d;
+        }
+        if let Some(s) = f.storage.fsync {
+            c.fsync = parse_fsync(&s, f.storage.fsync_interval_ms.unwrap_or(100))
+                .ok_or_else(|| invalid("storage.fsync", format!("'{s}' is not always, interval or never")))?;
+        }
+        if let Some(v) = f.storage.segment_bytes {
+            c.segment_bytes = v;
+        }
+        if let Some(v) = f.storage.cache_bytes_per_partition {
+            c.cache_bytes_per_partition = v;
+        }
+        if let Some(v) = f.storage.writer_threads {
+            c.writer_threads = v;
+        }
+        c.retention = f.retention.hours.filter(|&h| h > 0).map(|h| Duration::from_secs(h * 3600));
+        c.retention_bytes = f.retention.max_bytes_per_partition.filter(|&b| b > 0);
+        if let Some(v) = f.limits.max_message_size {
+            c.max_message_size = v;
+        }
+        if let Some(v) = f.limits.max_receivers_per_partition {
+            c.max_receivers_per_partition = v;
+        }
+        if let Some(v) = f.auth.verify_sas {
+            c.verify_sas = v;
+        }
+        if let Some(v) = f.auth.accept_jwt {
+            c.accept_jwt = v;
+        }
+        if let Some(ps) = f.policies {
+            c.policies = ps
+                .into_iter()
+                .map(|p| {
+                    let mut r = Rights::default();
+                    for right in &p.rights {
+                        match right.to_ascii_lowercase().as_str() {
+                            "send" => r.send = true,
+                            "listen" => r.listen = true,
+                            "manage" => r.manage = true,
+                            other => return Err(invalid("policies.rights", format!("unknown right '{other}'"))),
+                        }
+                    }
+                    Ok(Policy { name: p.name, key: p.key, rights: r })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(hs) = f.hubs {
+            c.hubs = hs
+                .into_iter()
+                .map(|h| HubConfig { name: h.name, partitions: h.partitions, consumer_groups: h.consumer_groups })
+                .collect();
+        }
+        Ok(c)
+    }
+
+    /// Reads Microsoft's emulator Config.json (reference §14.2). `PartitionCount` may be a
+    /// number or a string; `$Default` is always added.
+    pub fn from_emulator_json(text: &str) -> Result<Self, String> {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let ns = v
+            .pointer("/UserConfig/NamespaceConfig")
+            .and_then(|n| n.as_array())
+            .and_then(|a| a.first())
+            .ok_or("missing UserConfig.NamespaceConfig[0]")?;
+        let entities = ns.get("Entities").and_then(|e| e.as_array()).ok_or("missing Entities")?;
+        let mut hubs = Vec::new();
+        for e in entities {
+            let name = e.get("Name").and_then(|n| n.as_str()).ok_or("entity without Name")?.to_owned();
+            let pc = match e.get("PartitionCount") {
+                Some(serde_json::Value::Number(n)) => n.as_u64(),
+                Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+                _ => None,
+            }
+            .ok_or_else(|| format!("entity '{name}' has no valid PartitionCount"))?;
+            let cgs = e
+                .get("ConsumerGroups")
+                .and_then(|c| c.as_array())
+                .map(|a| a.iter().filter_map(|c| c.get("Name")?.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default();
+            hubs.push(HubConfig { name, partitions: pc as u32, consumer_groups: cgs });
+        }
+        // Microsoft's emulator does not verify signatures (its samples use different keys).
+        Ok(BrokerConfig { hubs, verify_sas: false, ..BrokerConfig::default() })
+    }
+
+    /// Checks ranges and consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.hubs.is_empty() {
+            return Err(invalid("hubs", "at least one hub is needed"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for h in &self.hubs {
+            if h.name.is_empty() || h.name.contains('/') {
+                return Err(invalid("hubs.name", format!("'{}' is not a valid hub name", h.name)));
+            }
+            if !seen.insert(h.name.to_ascii_lowercase()) {
+                return Err(invalid("hubs.name", format!("hub '{}' is declared twice", h.name)));
+            }
+            if !(1..=1024).contains(&h.partitions) {
+                return Err(invalid(
+                    "hubs.partitions",
+                    format!("hub '{}': {} is not in 1..=1024", h.name, h.partitions),
+                ));
+            }
+        }
+        if self.max_message_size < 1024 {
+            return Err(invalid("limits.max_message_size", "must be at least 1024"));
+        }
+        if self.segment_bytes < 4096 {
+            return Err(invalid("storage.segment_bytes", "must be at least 4096"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_default_toml_equals_builtin_defaults() {
+        let c = BrokerConfig::from_toml(include_str!("../config/default.toml")).unwrap();
+        let d = BrokerConfig::default();
+        assert_eq!(c.listen, d.listen);
+        assert_eq!(c.fsync, d.fsync);
+        assert_eq!(c.hubs.len(), 1);
+        assert_eq!(c.hubs[0].partitions, 4);
+        assert_eq!(c.policies[0].key, "SAS_KEY_VALUE");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn emulator_config_json() {
+        let j = r#"{"UserConfig":{"NamespaceConfig":[{"Type":"EventHub","Name":"emulatorNs1","Entities":[
+            {"Name":"eh1","PartitionCount":"2","ConsumerGroups":[{"Name":"cg1"}]},
+            {"Name":"eh2","PartitionCount":32,"ConsumerGroups":[]}]}],"LoggingConfig":{"Type":"File"}}}"#;
+        let c = BrokerConfig::from_emulator_json(j).unwrap();
+        assert_eq!(c.hubs[0].partitions, 2);
+        assert_eq!(c.hubs[0].consumer_groups, vec!["cg1"]);
+        assert_eq!(c.hubs[1].partitions, 32);
+        assert!(!c.verify_sas);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = BrokerConfig::from_toml("[storage]\nfsync = \"sometimes\"").unwrap_err();
+        assert!(e.to_string().contains("storage.fsync"), "{e}");
+        let e = BrokerConfig::from_toml("[[hubs]]\nname=\"a\"\npartitions=0").unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("hubs.partitions"), "{e}");
+        assert!(BrokerConfig::from_toml("bogus = 1").is_err());
+    }
+}

@@ -1,0 +1,973 @@
+//! One task per client connection. It owns the socket and the AMQP engine, and talks to the
+//! partition logs through callbacks that post [`Control`] messages back to it.
+
+use crate::config::Rights;
+use crate::management;
+use crate::state::{Broker, ConsumerGroup, Hub, ReceiverEntry};
+use bytes::{Bytes, BytesMut};
+use ehub_amqp_codec::{
+    find_annotation, put_long, put_string, put_symbol, put_timestamp, splice_annotations, Attach, DeliveryState,
+    Error as AmqpError, Message, ReceiverSettleMode, Role, SectionSpans, SenderSettleMode, Symbol, Value,
+    BATCH_MESSAGE_FORMAT,
+};
+use ehub_amqp_endpoint::driver::Transport;
+use ehub_amqp_endpoint::{
+    AttachReply, Connection, ConnectionConfig, ConnectionRole, Delivery, EndpointError, Event, LinkId, SaslConfig,
+    SendArgs,
+};
+use ehub_model::{annotations, conditions, link as linkprops, nodes, EntityAddress, EventPosition};
+use ehub_partition_log::{AppendEvent, Appended, LogError, Partition, StartPosition, StoredEvent};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Credit granted to client senders (producers and request links).
+const PRODUCER_CREDIT: u32 = 1000;
+/// Appends in flight per producer link before we stop granting credit.
+const MAX_INFLIGHT: usize = 2048;
+/// Events read from the log at once for one consumer.
+const READ_BATCH: usize = 512;
+/// Keys the broker owns in delivered events' message annotations.
+const BROKER_KEYS: [&str; 4] =
+    [annotations::SEQUENCE_NUMBER, annotations::OFFSET, annotations::ENQUEUED_TIME, annotations::PARTITION_KEY];
+
+/// Messages posted to a connection task by storage callbacks, helper tasks and other
+/// connections.
+#[derive(Debug)]
+pub(crate) enum Control {
+    Ack { link: LinkId, delivery_id: u32, settled: bool, result: Result<Appended, String> },
+    Resolved { link: LinkId, id: u64, result: Result<i64, LogError> },
+    ReadDone { link: LinkId, id: u64, result: Result<Vec<StoredEvent>, LogError> },
+    Wake { link: LinkId, id: u64 },
+    Steal { link: LinkId, error: AmqpError },
+}
+
+struct Consumer {
+    id: u64,
+    hub: Arc<Hub>,
+    cg: Arc<ConsumerGroup>,
+    pidx: usize,
+    part: Arc<Partition>,
+    next_seq: Option<i64>,
+    buffer: VecDeque<StoredEvent>,
+    busy: bool,
+    waiting: bool,
+    metrics: bool,
+    tag: u32,
+    cancel: CancellationToken,
+    start: Option<StartPosition>,
+}
+
+enum LinkKind {
+    CbsIn,
+    MgmtIn,
+    ReplyOut { node: &'static str, queue: VecDeque<Bytes>, tag: u32 },
+    Producer { hub: Arc<Hub>, partition: Option<usize>, inflight: usize },
+    Consumer(Box<Consumer>),
+    Refused,
+}
+
+struct LinkInfo {
+    kind: LinkKind,
+    name: String,
+    target_address: Option<String>,
+}
+
+struct Token {
+    path: String,
+    expiry: u64,
+    rights: Rights,
+}
+
+pub(crate) struct ConnTask<S> {
+    broker: Arc<Broker>,
+    conn: Connection,
+    transport: Transport<S>,
+    links: HashMap<LinkId, LinkInfo>,
+    tokens: Vec<Token>,
+    ctl_tx: UnboundedSender<Control>,
+    ctl_rx: UnboundedReceiver<Control>,
+    scratch: BytesMut,
+    acks: Vec<(u16, u32, Option<AmqpError>)>,
+    peer: String,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Normalises an audience or address to its lower-case entity path (no scheme, no host).
+fn entity_path(s: &str) -> String {
+    let path = match s.find("://") {
+        Some(i) => s[i + 3..].find('/').map_or("", |j| &s[i + 3 + j..]),
+        None => s,
+    };
+    path.trim_matches('/').to_ascii_lowercase()
+}
+
+fn covers(token_path: &str, entity: &str) -> bool {
+    entity == token_path || (entity.starts_with(token_path) && entity.as_bytes().get(token_path.len()) == Some(&b'/'))
+}
+
+pub(crate) fn engine_config(broker: &Broker) -> ConnectionConfig {
+    ConnectionConfig {
+        container_id: format!("ehub-{}", uuid::Uuid::new_v4().simple()),
+        hostname: None,
+        max_frame_size: 65536,
+        channel_max: 4999,
+        idle_timeout: None,
+        sasl: SaslConfig::Server {
+            mechanisms: vec![Symbol::from("MSSBCBS"), Symbol::from("ANONYMOUS"), Symbol::from("PLAIN")],
+            allow_no_sasl: true,
+        },
+        session_window: 5000,
+        handle_max: 255,
+        max_message_size: broker.config.max_message_size,
+        ..Default::default()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
+    pub(crate) fn new(broker: Arc<Broker>, io: S, peer: String) -> Self {
+        let (ctl_tx, ctl_rx) = unbounded_channel();
+        let conn = Connection::new(ConnectionRole::Acceptor, engine_config(&broker), Instant::now());
+        ConnTask {
+            broker,
+            conn,
+            transport: Transport::new(io),
+            links: HashMap::new(),
+            tokens: Vec::new(),
+            ctl_tx,
+            ctl_rx,
+            scratch: BytesMut::with_capacity(4096),
+            acks: Vec::new(),
+            peer,
+        }
+    }
+
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+        let result = self.run_inner(&shutdown).await;
+        match &result {
+            Ok(()) => debug!(peer = %self.peer, "connection closed"),
+            Err(e) => debug!(peer = %self.peer, error = %e, "connection ended with error"),
+        }
+        let _ = self.transport.flush(&mut self.conn).await;
+        let ids: Vec<LinkId> = self.links.keys().copied().collect();
+        for id in ids {
+            self.forget_link(id);
+        }
+    }
+
+    async fn run_inner(&mut self, shutdown: &CancellationToken) -> Result<(), EndpointError> {
+        loop {
+            self.pump_all();
+            self.transport.flush(&mut self.conn).await?;
+            if self.conn.is_done() {
+                return Ok(());
+            }
+            let deadline = self.conn.next_timeout();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    self.conn.close(Some(AmqpError::new(conditions::CONNECTION_FORCED, "The broker is shutting down.")));
+                    self.transport.flush(&mut self.conn).await?;
+                    return Ok(());
+                }
+                c = self.ctl_rx.recv() => {
+                    if let Some(c) = c {
+                        self.on_control(c);
+                        for _ in 0..1024 {
+                            match self.ctl_rx.try_recv() {
+                                Ok(c) => self.on_control(c),
+                                Err(_) => break,
+                            }
+                        }
+                        self.flush_acks();
+                    }
+                }
+                n = self.transport.read_into() => {
+                    if n? == 0 {
+                        return Ok(());
+                    }
+                    let fed = self.transport.feed(&mut self.conn);
+                    self.drain_events();
+                    self.flush_acks();
+                    fed?;
+                }
+                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d.into()).await, None => std::future::pending().await } } => {
+                    self.conn.handle_timeout(Instant::now())?;
+                }
+            }
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(ev) = self.conn.poll_event() {
+            if let Err(e) = self.on_event(ev) {
+                warn!(peer = %self.peer, error = %e, "failed to handle an event");
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) -> Result<(), EndpointError> {
+        match ev {
+            Event::SaslInit { mechanism, .. } => debug!(peer = %self.peer, mechanism = mechanism.as_str(), "sasl"),
+            Event::Opened(o) => {
+                debug!(peer = %self.peer, container_id = %o.container_id, "connection opened")
+            }
+            Event::SessionBegun { .. } => {}
+            Event::AttachRequested { link, attach } => self.on_attach(link, *attach)?,
+            Event::Attached { .. } => {}
+            Event::LinkFlow { link } => self.on_flow(link)?,
+            Event::Delivery(d) => self.on_delivery(d)?,
+            Event::Disposition { .. } => {}
+            Event::Detached { link, .. } => self.forget_link(link),
+            Event::SessionEnded { channel, .. } => {
+                let ids: Vec<LinkId> = self.links.keys().filter(|l| l.channel == channel).copied().collect();
+                for id in ids {
+                    self.forget_link(id);
+                }
+            }
+            Event::Closed { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn forget_link(&mut self, id: LinkId) {
+        if let Some(info) = self.links.remove(&id) {
+            if let LinkKind::Consumer(c) = info.kind {
+                c.cancel.cancel();
+                c.cg.remove(c.pidx, c.id);
+            }
+        }
+    }
+
+    fn refuse(
+        &mut self,
+        link: LinkId,
+        name: String,
+        condition: &str,
+        description: String,
+    ) -> Result<(), EndpointError> {
+        debug!(peer = %self.peer, link = %name, condition, description = %description, "refusing link");
+        self.links.insert(link, LinkInfo { kind: LinkKind::Refused, name, target_address: None });
+        self.conn.refuse_link(link, AmqpError::new(condition, description))
+    }
+
+    fn authorized(&self, entity: &str, need: fn(&Rights) -> bool) -> bool {
+        let now = now_secs();
+        let entity = entity_path(entity);
+        self.tokens.iter().any(|t| t.expiry > now && need(&t.rights) && covers(&t.path, &entity))
+    }
+
+    fn not_found(hub: &str) -> String {
+        format!("The messaging entity 'sb://ehub/{hub}' could not be found. To know more visit https://aka.ms/sbResourceMgrExceptions.")
+    }
+
+    fn on_attach(&mut self, link: LinkId, a: Attach) -> Result<(), EndpointError> {
+        let name = a.name.clone();
+        let client_sends = a.role == Role::Sender;
+        let address = if client_sends {
+            a.target.as_ref().and_then(|t| t.address.clone())
+        } else {
+            a.source.as_ref().and_then(|s| s.address.clone())
+        };
+        let Some(address) = address else {
+            return self.refuse(link, name, conditions::NOT_FOUND, "The link has no address.".into());
+        };
+        let Some(entity) = EntityAddress::parse(&address) else {
+            return self.refuse(
+                link,
+                name,
+                conditions::NOT_FOUND,
+                format!("The address '{address}' is not a valid Event Hubs entity."),
+            );
+        };
+        let mut reply = AttachReply {
+            source: Some(a.source.clone().unwrap_or_default()),
+            target: Some(a.target.clone().unwrap_or_default()),
+            properties: a.properties.clone(),
+            ..Default::default()
+        };
+        if client_sends {
+            reply.snd_settle_mode = Some(a.snd_settle_mode);
+            reply.rcv_settle_mode = Some(ReceiverSettleMode::First);
+        } else {
+            reply.snd_settle_mode = Some(SenderSettleMode::Settled);
+            reply.rcv_settle_mode = Some(ReceiverSettleMode::First);
+        }
+        let target_address = a.target.as_ref().and_then(|t| t.address.clone());
+        let kind = match (&entity, client_sends) {
+            (EntityAddress::Cbs, true) => LinkKind::CbsIn,
+            (EntityAddress::Management, true) => LinkKind::MgmtIn,
+            (EntityAddress::Cbs, false) => LinkKind::ReplyOut { node: nodes::CBS, queue: VecDeque::new(), tag: 0 },
+            (EntityAddress::Management, false) => {
+                LinkKind::ReplyOut { node: nodes::MANAGEMENT, queue: VecDeque::new(), tag: 0 }
+            }
+            (EntityAddress::Hub { hub } | EntityAddress::Partition { hub, .. }, true) => {
+                let Some(h) = self.broker.hub(hub).cloned() else {
+                    return self.refuse(link, name, conditions::NOT_FOUND, Self::not_found(hub));
+                };
+                let partition = match &entity {
+                    EntityAddress::Partition { partition, .. } => match h.partition_index(partition) {
+                        Some(i) => Some(i),
+                        None => {
+                            return self.refuse(link, name, conditions::NOT_FOUND, format!("The partition '{partition}' does not exist in Event Hub '{}'. Valid partition ids are 0 to {}.", h.name, h.partitions.len() - 1));
+                        }
+                    },
+                    _ => None,
+                };
+                if !self.authorized(&address, Rights::can_send) {
+                    return self.refuse(link, name, conditions::UNAUTHORIZED_ACCESS, format!("Unauthorized access. 'Send' claim(s) are required to perform this operation. Resource: '{address}'."));
+                }
+                reply.max_message_size = Some(self.broker.config.max_message_size);
+                LinkKind::Producer { hub: h, partition, inflight: 0 }
+            }
+            (EntityAddress::Receive { hub, consumer_group, partition }, false) => {
+                match self.prepare_consumer(link, &a, &address, hub, consumer_group, partition, &mut reply) {
+                    Ok(c) => LinkKind::Consumer(Box::new(c)),
+                    Err((cond, desc)) => return self.refuse(link, name, cond, desc),
+                }
+            }
+            _ => {
+                return self.refuse(
+                    link,
+                    name,
+                    conditions::NOT_ALLOWED,
+                    format!("The operation is not allowed on '{address}'."),
+                );
+            }
+        };
+        self.conn.accept_link(link, reply)?;
+        if matches!(kind, LinkKind::CbsIn | LinkKind::MgmtIn | LinkKind::Producer { .. }) {
+            self.conn.flow(link, PRODUCER_CREDIT)?;
+        }
+        if let LinkKind::Consumer(c) = &kind {
+            info!(peer = %self.peer, entity = %c.hub.name, consumer_group = %c.cg.name, partition_id = c.pidx, link = %name, "receiver attached");
+        }
+        self.links.insert(link, LinkInfo { kind, name, target_address });
+        if let Some(LinkInfo { kind: LinkKind::Consumer(c), .. }) = self.links.get_mut(&link) {
+            // Resolve the start position off the reactor (it may read files).
+            let (part, id, tx) = (Arc::clone(&c.part), c.id, self.ctl_tx.clone());
+            let pos = c.start.take().unwrap_or(StartPosition::Latest);
+            tokio::task::spawn_blocking(move || {
+                let result = part.resolve(&pos);
+                let _ = tx.send(Control::Resolved { link, id, result });
+            });
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn prepare_consumer(
+        &mut self,
+        link: LinkId,
+        a: &Attach,
+        address: &str,
+        hub: &str,
+        consumer_group: &str,
+        partition: &str,
+        reply: &mut AttachReply,
+    ) -> Result<Consumer, (&'static str, String)> {
+        let h = self.broker.hub(hub).cloned().ok_or((conditions::NOT_FOUND, Self::not_found(hub)))?;
+        let cg = h.consumer_group(consumer_group).cloned().ok_or_else(|| {
+            (
+                conditions::NOT_FOUND,
+                format!("The messaging entity 'sb://ehub/{hub}/consumergroups/{consumer_group}' could not be found."),
+            )
+        })?;
+        let pidx = h.partition_index(partition).ok_or_else(|| {
+            (conditions::NOT_FOUND, format!("The partition '{partition}' does not exist in Event Hub '{}'.", h.name))
+        })?;
+        if !self.authorized(address, Rights::can_listen) {
+            return Err((
+                conditions::UNAUTHORIZED_ACCESS,
+                format!("Unauthorized access. 'Listen' claim(s) are required to perform this operation. Resource: '{address}'."),
+            ));
+        }
+        let position = match a.source.as_ref().and_then(|s| s.filter.as_ref()) {
+            Some(f) => EventPosition::from_filter_set(f).map_err(|e| (conditions::NOT_ALLOWED, e.to_string()))?,
+            None => None,
+        };
+        let start = match position {
+            // No filter: start of stream (what early service versions did).
+            None | Some(EventPosition::Earliest) => StartPosition::Earliest,
+            Some(EventPosition::Latest) => StartPosition::Latest,
+            Some(EventPosition::SequenceNumber { value, inclusive }) => StartPosition::Sequence { value, inclusive },
+            Some(EventPosition::EnqueuedTime { millis, inclusive }) => StartPosition::Time { millis, inclusive },
+            Some(EventPosition::Offset { value, inclusive }) => match value.parse::<u64>() {
+                Ok(v) => StartPosition::Offset { value: v, inclusive },
+                Err(_) => {
+                    return Err((conditions::ARGUMENT_ERROR, format!("The supplied offset '{value}' is invalid.")));
+                }
+            },
+        };
+        let props = a.properties.as_deref().unwrap_or(&[]);
+        let epoch = ehub_amqp_codec::map_get(props, linkprops::EPOCH).and_then(Value::as_i64);
+        let name = ehub_amqp_codec::map_get(props, linkprops::RECEIVER_NAME)
+            .or_else(|| ehub_amqp_codec::map_get(props, linkprops::RECEIVER_NAME_RUST))
+            .and_then(|v| v.as_text())
+            .map(str::to_owned);
+        let metrics = a.desired_capabilities.iter().any(|c| c.as_str() == linkprops::RUNTIME_METRIC_CAPABILITY);
+        if metrics {
+            reply.offered_capabilities.push(Symbol::from(linkprops::RUNTIME_METRIC_CAPABILITY));
+        }
+        let id = self.broker.next_id();
+        cg.admit(
+            pidx,
+            ReceiverEntry { id, epoch, name, ctl: self.ctl_tx.clone(), link },
+            self.broker.config.max_receivers_per_partition,
+        )
+        .map_err(|e| (conditions_static(&e.condition), e.description.unwrap_or_default()))?;
+        Ok(Consumer {
+            id,
+            part: Arc::clone(&h.partitions[pidx]),
+            hub: h,
+            cg,
+            pidx,
+            next_seq: None,
+            buffer: VecDeque::new(),
+            busy: true,
+            waiting: false,
+            metrics,
+            tag: 0,
+            cancel: CancellationToken::new(),
+            start: Some(start),
+        })
+    }
+
+    fn on_flow(&mut self, link: LinkId) -> Result<(), EndpointError> {
+        if let Some(LinkInfo { kind: LinkKind::ReplyOut { .. }, .. }) = self.links.get(&link) {
+            self.send_replies(link)?;
+        }
+        Ok(())
+    }
+
+    fn on_delivery(&mut self, d: Delivery) -> Result<(), EndpointError> {
+        let Some(info) = self.links.get_mut(&d.link) else { return Ok(()) };
+        if d.aborted {
+            return Ok(());
+        }
+        match &mut info.kind {
+            LinkKind::CbsIn | LinkKind::MgmtIn => {
+                let is_cbs = matches!(info.kind, LinkKind::CbsIn);
+                if !d.settled {
+                    self.conn.disposition(
+                        d.link.channel,
+                        Role::Receiver,
+                        d.delivery_id,
+                        d.delivery_id,
+                        true,
+                        Some(DeliveryState::Accepted),
+                    )?;
+                }
+                self.conn.top_up_credit(d.link, PRODUCER_CREDIT)?;
+                let request = match Message::decode(&d.payload) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        debug!(peer = %self.peer, error = %e, "undecodable request");
+                        return Ok(());
+                    }
+                };
+                let response = if is_cbs { self.put_token(&request) } else { self.management(&request) };
+                self.queue_reply(d.link, if is_cbs { nodes::CBS } else { nodes::MANAGEMENT }, &request, response)?;
+            }
+            LinkKind::Producer { hub, partition, inflight } => {
+                let limit = self.broker.config.max_message_size;
+                if d.oversized {
+                    let err = AmqpError::new(
+                        conditions::MESSAGE_SIZE_EXCEEDED,
+                        format!("The received message (delivery-id:{}, size:{} bytes) exceeds the limit ({limit} bytes) currently allowed on the link.", d.delivery_id, d.size),
+                    );
+                    self.conn.disposition(
+                        d.link.channel,
+                        Role::Receiver,
+                        d.delivery_id,
+                        d.delivery_id,
+                        true,
+                        Some(DeliveryState::Rejected(Some(err))),
+                    )?;
+                    self.conn.top_up_credit(d.link, PRODUCER_CREDIT)?;
+                    return Ok(());
+                }
+                let events = match split_events(&d) {
+                    Ok(ev) => ev,
+                    Err(reason) => {
+                        let err = AmqpError::new(conditions::DECODE_ERROR, reason);
+                        self.conn.disposition(
+                            d.link.channel,
+                            Role::Receiver,
+                            d.delivery_id,
+                            d.delivery_id,
+                            true,
+                            Some(DeliveryState::Rejected(Some(err))),
+                        )?;
+                        self.conn.top_up_credit(d.link, PRODUCER_CREDIT)?;
+                        return Ok(());
+                    }
+                };
+                let idx = match *partition {
+                    Some(p) => p,
+                    None => match events.iter().find_map(|e| e.partition_key.as_ref()) {
+                        Some(k) => {
+                            ehub_model::partition_for_key(&String::from_utf8_lossy(k), hub.partitions.len() as u32)
+                                as usize
+                        }
+                        None => {
+                            (hub.round_robin.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                                % hub.partitions.len() as u64) as usize
+                        }
+                    },
+                };
+                if events.is_empty() {
+                    if !d.settled {
+                        self.acks.push((d.link.channel, d.delivery_id, None));
+                    }
+                    return Ok(());
+                }
+                *inflight += 1;
+                let part = Arc::clone(&hub.partitions[idx]);
+                let top_up = *inflight < MAX_INFLIGHT;
+                let (tx, link, delivery_id, settled) = (self.ctl_tx.clone(), d.link, d.delivery_id, d.settled);
+                self.broker.store.append(
+                    &part,
+                    events,
+                    Box::new(move |r| {
+                        let _ =
+                            tx.send(Control::Ack { link, delivery_id, settled, result: r.map_err(|e| e.to_string()) });
+                    }),
+                );
+                if top_up {
+                    self.conn.top_up_credit(d.link, PRODUCER_CREDIT)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_control(&mut self, c: Control) {
+        match c {
+            Control::Ack { link, delivery_id, settled, result } => {
+                if let Some(LinkInfo { kind: LinkKind::Producer { inflight, .. }, .. }) = self.links.get_mut(&link) {
+                    *inflight = inflight.saturating_sub(1);
+                    if !settled {
+                        let err = result.err().map(|e| AmqpError::new(conditions::INTERNAL_ERROR, e));
+                        self.acks.push((link.channel, delivery_id, err));
+                    }
+                    let _ = self.conn.top_up_credit(link, PRODUCER_CREDIT);
+                }
+            }
+            Control::Resolved { link, id, result } => {
+                let Some(LinkInfo { kind: LinkKind::Consumer(c), name, .. }) = self.links.get_mut(&link) else {
+                    return;
+                };
+                if c.id != id {
+                    return;
+                }
+                match result {
+                    Ok(seq) => {
+                        c.next_seq = Some(seq);
+                        c.busy = false;
+                    }
+                    Err(e) => {
+                        let cond = if matches!(e, LogError::OutOfRange(_)) {
+                            conditions::ARGUMENT_ERROR
+                        } else {
+                            conditions::INTERNAL_ERROR
+                        };
+                        debug!(link = %name, error = %e, "start position refused");
+                        let _ = self.conn.detach(link, Some(AmqpError::new(cond, e.to_string())));
+                    }
+                }
+            }
+            Control::ReadDone { link, id, result } => {
+                let Some(LinkInfo { kind: LinkKind::Consumer(c), .. }) = self.links.get_mut(&link) else { return };
+                if c.id != id {
+                    return;
+                }
+                c.busy = false;
+                match result {
+                    Ok(events) => {
+                        if let Some(last) = events.last() {
+                            c.next_seq = Some(last.sequence_number + 1);
+                        }
+                        c.buffer.extend(events);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "read failed");
+                        let _ = self.conn.detach(link, Some(AmqpError::new(conditions::INTERNAL_ERROR, e.to_string())));
+                    }
+                }
+            }
+            Control::Wake { link, id } => {
+                if let Some(LinkInfo { kind: LinkKind::Consumer(c), .. }) = self.links.get_mut(&link) {
+                    if c.id == id {
+                        c.waiting = false;
+                    }
+                }
+            }
+            Control::Steal { link, error } => {
+                if matches!(self.links.get(&link), Some(LinkInfo { kind: LinkKind::Consumer(_), .. })) {
+                    let _ = self.conn.detach(link, Some(error));
+                    self.forget_link(link);
+                    self.links
+                        .insert(link, LinkInfo { kind: LinkKind::Refused, name: String::new(), target_address: None });
+                }
+            }
+        }
+    }
+
+    /// Settles acknowledged deliveries, coalescing consecutive ids into ranges.
+    fn flush_acks(&mut self) {
+        if self.acks.is_empty() {
+            return;
+        }
+        let mut acks = std::mem::take(&mut self.acks);
+        acks.sort_by_key(|(ch, id, _)| (*ch, *id));
+        let mut i = 0;
+        while i < acks.len() {
+            let (ch, first, err) = acks[i].clone();
+            if let Some(e) = err {
+                let _ = self.conn.disposition(
+                    ch,
+                    Role::Receiver,
+                    first,
+                    first,
+                    true,
+                    Some(DeliveryState::Rejected(Some(e))),
+                );
+                i += 1;
+                continue;
+            }
+            let mut last = first;
+            let mut j = i + 1;
+            while j < acks.len() && acks[j].0 == ch && acks[j].1 == last.wrapping_add(1) && acks[j].2.is_none() {
+                last = acks[j].1;
+                j += 1;
+            }
+            let _ = self.conn.disposition(ch, Role::Receiver, first, last, true, Some(DeliveryState::Accepted));
+            i = j;
+        }
+        self.acks = acks;
+        self.acks.clear();
+    }
+
+    fn pump_all(&mut self) {
+        let ids: Vec<LinkId> =
+            self.links.iter().filter(|(_, l)| matches!(l.kind, LinkKind::Consumer(_))).map(|(id, _)| *id).collect();
+        for id in ids {
+            if let Err(e) = self.pump(id) {
+                debug!(error = %e, "pump failed");
+            }
+        }
+    }
+
+    /// Delivers buffered events while the link has credit, then reads more or waits.
+    fn pump(&mut self, link: LinkId) -> Result<(), EndpointError> {
+        loop {
+            let credit = self.conn.credit(link);
+            let drain = self.conn.link(link).is_some_and(|l| l.drain);
+            let Some(LinkInfo { kind: LinkKind::Consumer(c), .. }) = self.links.get_mut(&link) else { return Ok(()) };
+            if credit == 0 {
+                return Ok(());
+            }
+            if let Some(e) = c.buffer.pop_front() {
+                let metrics = c.metrics.then(|| c.part.info());
+                c.tag = c.tag.wrapping_add(1);
+                let tag = c.tag.to_be_bytes();
+                self.scratch.clear();
+                encode_delivery(&mut self.scratch, &e, metrics.as_ref());
+                self.conn.send(link, SendArgs { tag: &tag, message_format: 0, settled: true }, &self.scratch)?;
+                continue;
+            }
+            if c.busy {
+                return Ok(());
+            }
+            let Some(next) = c.next_seq else { return Ok(()) };
+            if next < c.part.committed_seq() {
+                let want = (credit as usize).min(READ_BATCH);
+                if c.part.is_cached(next) {
+                    match c.part.read(next, want, 1 << 20) {
+                        Ok(events) if !events.is_empty() => {
+                            c.next_seq = Some(events[events.len() - 1].sequence_number + 1);
+                            c.buffer.extend(events);
+                            continue;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            self.conn.detach(link, Some(AmqpError::new(conditions::INTERNAL_ERROR, e.to_string())))?;
+                            return Ok(());
+                        }
+                    }
+                }
+                c.busy = true;
+                let (part, id, tx) = (Arc::clone(&c.part), c.id, self.ctl_tx.clone());
+                tokio::task::spawn_blocking(move || {
+                    let result = part.read(next, want, 4 << 20);
+                    let _ = tx.send(Control::ReadDone { link, id, result });
+                });
+                return Ok(());
+            }
+            if drain {
+                self.conn.drain_complete(link)?;
+                return Ok(());
+            }
+            if !c.waiting {
+                c.waiting = true;
+                let mut rx = c.part.subscribe();
+                let (id, tx, cancel) = (c.id, self.ctl_tx.clone(), c.cancel.clone());
+                tokio::spawn(async move {
+                    loop {
+                        if *rx.borrow_and_update() > next {
+                            break;
+                        }
+                        tokio::select! {
+                            r = rx.changed() => if r.is_err() { return },
+                            _ = cancel.cancelled() => return,
+                        }
+                    }
+                    let _ = tx.send(Control::Wake { link, id });
+                });
+            }
+            return Ok(());
+        }
+    }
+
+    fn queue_reply(
+        &mut self,
+        request_link: LinkId,
+        node: &'static str,
+        request: &Message,
+        response: Message,
+    ) -> Result<(), EndpointError> {
+        let mut response = response;
+        let props = request.properties.clone().unwrap_or_default();
+        let mut rp = response.properties.take().unwrap_or_default();
+        rp.correlation_id = props.message_id.clone();
+        rp.to = props.reply_to.clone();
+        response.properties = Some(rp);
+        let bytes = match response.to_bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "cannot encode response");
+                return Ok(());
+            }
+        };
+        // Pick the reply link: by reply-to (target address or name), else same session, else any.
+        let reply_to = props.reply_to.as_deref();
+        let candidates: Vec<(LinkId, bool, bool)> = self
+            .links
+            .iter()
+            .filter_map(|(id, l)| match &l.kind {
+                LinkKind::ReplyOut { node: n, .. } if *n == node => {
+                    let by_name = reply_to.is_some_and(|r| l.target_address.as_deref() == Some(r) || l.name == r);
+                    Some((*id, by_name, id.channel == request_link.channel))
+                }
+                _ => None,
+            })
+            .collect();
+        let chosen = candidates
+            .iter()
+            .find(|c| c.1)
+            .or_else(|| candidates.iter().find(|c| c.2))
+            .or_else(|| candidates.first())
+            .map(|c| c.0);
+        let Some(reply_link) = chosen else {
+            debug!(peer = %self.peer, node, "no reply link for a request");
+            return Ok(());
+        };
+        if let Some(LinkInfo { kind: LinkKind::ReplyOut { queue, .. }, .. }) = self.links.get_mut(&reply_link) {
+            queue.push_back(bytes);
+        }
+        self.send_replies(reply_link)
+    }
+
+    fn send_replies(&mut self, link: LinkId) -> Result<(), EndpointError> {
+        loop {
+            if self.conn.credit(link) == 0 {
+                return Ok(());
+            }
+            let Some(LinkInfo { kind: LinkKind::ReplyOut { queue, tag, .. }, .. }) = self.links.get_mut(&link) else {
+                return Ok(());
+            };
+            let Some(msg) = queue.pop_front() else { return Ok(()) };
+            *tag = tag.wrapping_add(1);
+            let t = tag.to_be_bytes();
+            self.conn.send(link, SendArgs { tag: &t, message_format: 0, settled: true }, &msg)?;
+        }
+    }
+
+    fn put_token(&mut self, req: &Message) -> Message {
+        let app = req.application_properties.as_deref().unwrap_or(&[]);
+        let get = |k: &str| ehub_amqp_codec::map_get(app, k).and_then(|v| v.as_text()).map(str::to_owned);
+        let ttype = get("type").unwrap_or_default();
+        let audience = get("name").unwrap_or_default();
+        let token = match &req.body {
+            ehub_amqp_codec::Body::Value(v) => v.as_text().map(str::to_owned),
+            ehub_amqp_codec::Body::Data(d) => d.first().map(|b| String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        };
+        let result = match (ttype.as_str(), token) {
+            (_, None) => Err("The put-token request carries no token.".to_string()),
+            (nodes::JWT_TOKEN_TYPE, Some(_)) if self.broker.config.accept_jwt => {
+                Ok(Token { path: entity_path(&audience), expiry: now_secs() + 3600, rights: Rights::ALL })
+            }
+            (nodes::SAS_TOKEN_TYPE, Some(t)) => self.check_sas(&t, &audience),
+            (other, Some(_)) => Err(format!("The token type '{other}' is not supported.")),
+        };
+        match result {
+            Ok(t) => {
+                debug!(peer = %self.peer, audience = %audience, "token accepted");
+                self.tokens.retain(|x| x.path != t.path);
+                self.tokens.push(t);
+                management::status_message(202, "Accepted", None, Value::Null)
+            }
+            Err(desc) => {
+                info!(peer = %self.peer, audience = %audience, reason = %desc, "token refused");
+                management::status_message(401, &desc, Some(conditions::UNAUTHORIZED_ACCESS), Value::Null)
+            }
+        }
+    }
+
+    fn check_sas(&self, token: &str, audience: &str) -> Result<Token, String> {
+        let t = ehub_model::parse_sas_token(token).map_err(|e| format!("InvalidSignature: {e}"))?;
+        let policy = self.broker.policy(&t.key_name);
+        let rights = if self.broker.config.verify_sas {
+            let p = policy.ok_or_else(|| {
+                format!("InvalidSignature: The token has an invalid signature. Unknown policy '{}'.", t.key_name)
+            })?;
+            ehub_model::verify_sas_token(&t, &p.key, now_secs()).map_err(|e| match e {
+                ehub_model::SasError::Expired { .. } => {
+                    format!("ExpiredToken: The token is expired. Expiration time: '{}'", t.expiry)
+                }
+                other => format!("InvalidSignature: The token has an invalid signature. {other}"),
+            })?;
+            p.rights
+        } else {
+            policy.map_or(Rights::ALL, |p| p.rights)
+        };
+        let signed = entity_path(&t.resource);
+        let wanted = entity_path(audience);
+        if !covers(&signed, &wanted) {
+            return Err(format!("InvalidAudience: The token audience '{}' does not cover '{audience}'.", t.resource));
+        }
+        Ok(Token { path: wanted, expiry: t.expiry, rights })
+    }
+
+    fn management(&self, req: &Message) -> Message {
+        let app = req.application_properties.as_deref().unwrap_or(&[]);
+        let hub = ehub_amqp_codec::map_get(app, "name").and_then(|v| v.as_text()).unwrap_or_default().to_owned();
+        let hub_l = hub.to_ascii_lowercase();
+        let now = now_secs();
+        let mut ok = self.tokens.iter().any(|t| t.expiry > now && t.path.split('/').next() == Some(hub_l.as_str()));
+        if !ok {
+            if let Some(tok) = ehub_amqp_codec::map_get(app, "security_token").and_then(|v| v.as_text()) {
+                ok = self.check_sas(tok, &format!("sb://ehub/{hub}")).is_ok();
+            }
+        }
+        if !ok && self.broker.hub(&hub).is_some() {
+            return management::status_message(
+                401,
+                "Unauthorized access. 'Manage', 'Send' or 'Listen' claim(s) are required to perform this operation.",
+                Some(conditions::UNAUTHORIZED_ACCESS),
+                Value::Null,
+            );
+        }
+        management::handle_read(&self.broker, app)
+    }
+}
+
+fn conditions_static(c: &Symbol) -> &'static str {
+    match c.as_str() {
+        conditions::LINK_STOLEN => conditions::LINK_STOLEN,
+        conditions::RESOURCE_LIMIT_EXCEEDED => conditions::RESOURCE_LIMIT_EXCEEDED,
+        _ => conditions::NOT_ALLOWED,
+    }
+}
+
+/// Splits a delivery into the events it carries (one, or the inner messages of a batch).
+fn split_events(d: &Delivery) -> Result<Vec<AppendEvent>, String> {
+    let spans = SectionSpans::scan(&d.payload).map_err(|e| format!("The message could not be decoded: {e}"))?;
+    let key_of = |raw: &Bytes, spans: &SectionSpans| -> Option<Bytes> {
+        let ma = spans.message_annotations.as_ref()?;
+        match find_annotation(raw, ma, annotations::PARTITION_KEY).ok()?? {
+            Value::String(s) => Some(Bytes::from(s)),
+            Value::Symbol(s) => Some(Bytes::from(s.0)),
+            _ => None,
+        }
+    };
+    let envelope_key = key_of(&d.payload, &spans);
+    if d.message_format != BATCH_MESSAGE_FORMAT {
+        return Ok(vec![AppendEvent { partition_key: envelope_key, payload: d.payload.clone() }]);
+    }
+    let items =
+        ehub_amqp_codec::batch_items(&d.payload, &spans).map_err(|e| format!("The batch could not be decoded: {e}"))?;
+    items
+        .into_iter()
+        .map(|item| {
+            let s = SectionSpans::scan(&item).map_err(|e| format!("A batched message could not be decoded: {e}"))?;
+            let key = key_of(&item, &s).or_else(|| envelope_key.clone());
+            Ok(AppendEvent { partition_key: key, payload: item })
+        })
+        .collect()
+}
+
+/// Writes a stored event as delivered: broker annotations spliced in, runtime metrics as
+/// delivery annotations when asked.
+fn encode_delivery(out: &mut BytesMut, e: &StoredEvent, metrics: Option<&ehub_partition_log::PartitionInfo>) {
+    let mut extra = BytesMut::with_capacity(96);
+    let _ = put_symbol(annotations::SEQUENCE_NUMBER, &mut extra);
+    put_long(e.sequence_number, &mut extra);
+    let _ = put_symbol(annotations::OFFSET, &mut extra);
+    let _ = put_string(&e.offset.to_string(), &mut extra);
+    let _ = put_symbol(annotations::ENQUEUED_TIME, &mut extra);
+    put_timestamp(e.enqueued_time, &mut extra);
+    let mut count = 3;
+    if let Some(k) = &e.partition_key {
+        let _ = put_symbol(annotations::PARTITION_KEY, &mut extra);
+        let _ = put_string(&String::from_utf8_lossy(k), &mut extra);
+        count += 1;
+    }
+    let da = metrics.map(|m| {
+        let mut d = BytesMut::new();
+        let map = vec![
+            (Value::Symbol(annotations::LAST_ENQUEUED_SEQUENCE_NUMBER.into()), Value::Long(m.last_sequence_number)),
+            (
+                Value::Symbol(annotations::LAST_ENQUEUED_OFFSET.into()),
+                Value::String(m.last_offset.map_or("-1".into(), |o| o.to_string())),
+            ),
+            (
+                Value::Symbol(annotations::LAST_ENQUEUED_TIME_UTC.into()),
+                Value::Timestamp(ehub_amqp_codec::Timestamp(
+                    m.last_enqueued_time.unwrap_or(ehub_model::CE_ZERO_MILLIS),
+                )),
+            ),
+            (
+                Value::Symbol(annotations::RUNTIME_INFO_RETRIEVAL_TIME_UTC.into()),
+                Value::Timestamp(ehub_amqp_codec::Timestamp(now_millis())),
+            ),
+        ];
+        let msg = Message { delivery_annotations: Some(map), ..Default::default() };
+        let _ = msg.encode(&mut d);
+        d
+    });
+    match SectionSpans::scan(&e.payload) {
+        Ok(spans) => {
+            if splice_annotations(out, &e.payload, &spans, &BROKER_KEYS, &extra, count, da.as_deref()).is_ok() {
+                return;
+            }
+            out.clear();
+            out.extend_from_slice(&e.payload);
+        }
+        Err(_) => out.extend_from_slice(&e.payload),
+    }
+}

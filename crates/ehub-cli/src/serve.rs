@@ -1,0 +1,67 @@
+//! `ehub serve`.
+
+use crate::ServeArgs;
+use anyhow::{bail, Context, Result};
+use ehub_broker::{parse_fsync, Broker, BrokerConfig};
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) fn run(args: ServeArgs) -> Result<()> {
+    let started = Instant::now();
+    if args.print_default_config {
+        print!("{}", ehub_broker::DEFAULT_CONFIG_TOML);
+        return Ok(());
+    }
+    let mut cfg = match &args.config {
+        Some(p) => BrokerConfig::load(p).with_context(|| format!("loading {}", p.display()))?,
+        None => BrokerConfig::default(),
+    };
+    if let Some(l) = &args.listen {
+        cfg.listen = l.parse().with_context(|| format!("--listen '{l}' is not HOST:PORT"))?;
+    }
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if let Some(f) = &args.fsync {
+        cfg.fsync = match parse_fsync(f, 100) {
+            Some(p) => p,
+            None => bail!("--fsync '{f}' is not one of always, interval, never"),
+        };
+    }
+    cfg.validate()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ehub-io").build()?;
+    rt.block_on(async move {
+        let broker =
+            Broker::open(cfg.clone()).with_context(|| format!("opening data directory {}", cfg.data_dir.display()))?;
+        let listener =
+            tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        let hubs: Vec<String> = cfg.hubs.iter().map(|h| format!("{}({})", h.name, h.partitions)).collect();
+        tracing::info!(
+            listen = %addr,
+            data_dir = %cfg.data_dir.display(),
+            fsync = %cfg.fsync,
+            hubs = %hubs.join(","),
+            startup_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "ehub broker listening"
+        );
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested");
+            stop.cancel();
+        });
+        ehub_broker::serve(broker, listener, shutdown).await?;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
