@@ -1,0 +1,262 @@
+//! Wire-level tests: our own engine as the client, over TCP, against an in-process broker.
+
+use bytes::{Bytes, BytesMut};
+use ehub_amqp_codec::*;
+use ehub_amqp_endpoint::driver::Transport;
+use ehub_amqp_endpoint::{Connection, ConnectionConfig, ConnectionRole, Event, LinkId, SaslConfig, SendArgs};
+use ehub_broker::{serve, Broker, BrokerConfig};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+const T: Duration = Duration::from_secs(20);
+
+struct TestBroker {
+    addr: std::net::SocketAddr,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+async fn start() -> TestBroker {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = BrokerConfig { data_dir: dir.path().to_owned(), ..Default::default() };
+    let broker = Broker::open(cfg).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let handle = tokio::spawn(async move { serve(broker, listener, s).await.unwrap() });
+    TestBroker { addr, stop, _dir: dir, handle }
+}
+
+struct Client {
+    conn: Connection,
+    t: Transport<TcpStream>,
+    events: Vec<Event>,
+}
+
+impl Client {
+    async fn connect(addr: std::net::SocketAddr) -> Client {
+        let sock = TcpStream::connect(addr).await.unwrap();
+        let cfg =
+            ConnectionConfig { sasl: SaslConfig::Anonymous, hostname: Some("localhost".into()), ..Default::default() };
+        let mut c = Client {
+            conn: Connection::new(ConnectionRole::Initiator, cfg, Instant::now()),
+            t: Transport::new(sock),
+            events: vec![],
+        };
+        c.until(|e| matches!(e, Event::Opened(_))).await;
+        c
+    }
+
+    /// Pumps IO until an event matching `pred` arrives; returns it.
+    async fn until(&mut self, pred: impl Fn(&Event) -> bool) -> Event {
+        tokio::time::timeout(T, async {
+            loop {
+                if let Some(i) = self.events.iter().position(&pred) {
+                    return self.events.remove(i);
+                }
+                self.t.flush(&mut self.conn).await.unwrap();
+                let n = self.t.read_into().await.unwrap();
+                assert!(n > 0, "connection closed while waiting; events: {:?}", self.events);
+                let r = self.t.feed(&mut self.conn);
+                while let Some(e) = self.conn.poll_event() {
+                    self.events.push(e);
+                }
+                if let Err(e) = r {
+                    if let Some(i) = self.events.iter().position(&pred) {
+                        return self.events.remove(i);
+                    }
+                    panic!("engine error {e}; events {:?}", self.events);
+                }
+            }
+        })
+        .await
+        .expect("timed out waiting for an event")
+    }
+
+    async fn session(&mut self) -> u16 {
+        let ch = self.conn.begin().unwrap();
+        self.until(|e| matches!(e, Event::SessionBegun { .. })).await;
+        ch
+    }
+
+    async fn attach(&mut self, ch: u16, a: Attach) -> (LinkId, Event) {
+        let id = self.conn.attach(ch, a).unwrap();
+        let ev = self
+            .until(|e| matches!(e, Event::Attached { link, .. } | Event::Detached { link, .. } if *link == id))
+            .await;
+        (id, ev)
+    }
+
+    async fn put_token(&mut self, key: &str, audience: &str) -> i64 {
+        let ch = self.session().await;
+        let mut s = Attach::new("cbs-s", 0, Role::Sender);
+        s.target = Some(Target::address("$cbs"));
+        let (sender, _) = self.attach(ch, s).await;
+        let mut r = Attach::new("cbs-r", 0, Role::Receiver);
+        r.source = Some(Source::address("$cbs"));
+        r.target = Some(Target::address("cbs-reply"));
+        let (receiver, _) = self.attach(ch, r).await;
+        self.conn.flow(receiver, 10).unwrap();
+        if self.conn.credit(sender) == 0 {
+            self.until(|e| matches!(e, Event::LinkFlow { link } if *link == sender)).await;
+        }
+        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+        let token = ehub_model::generate_sas_token(audience, "RootManageSharedAccessKey", key, exp);
+        let mut m = Message::with_value(Value::String(token));
+        m.properties = Some(Properties {
+            message_id: Some(Value::Ulong(7)),
+            reply_to: Some("cbs-reply".into()),
+            ..Default::default()
+        });
+        m.application_properties = Some(vec![
+            (Value::from("operation"), Value::from("put-token")),
+            (Value::from("type"), Value::from("servicebus.windows.net:sastoken")),
+            (Value::from("name"), Value::from(audience)),
+        ]);
+        let bytes = m.to_bytes().unwrap();
+        self.conn.send(sender, SendArgs { tag: b"1", message_format: 0, settled: false }, &bytes).unwrap();
+        let Event::Delivery(d) = self.until(|e| matches!(e, Event::Delivery(d) if d.link == receiver)).await else {
+            unreachable!()
+        };
+        let resp = Message::decode(&d.payload).unwrap();
+        assert_eq!(
+            resp.properties.unwrap().correlation_id,
+            Some(Value::Ulong(7)),
+            "correlation-id keeps the request's type"
+        );
+        let app = resp.application_properties.unwrap();
+        let Some(Value::Int(code)) = map_get(&app, "status-code") else {
+            panic!("status-code must be an AMQP int: {app:?}")
+        };
+        // The request's own settlement is not interesting to callers.
+        self.events.retain(|e| !matches!(e, Event::Disposition { .. }));
+        *code as i64
+    }
+}
+
+async fn stop(b: TestBroker) {
+    b.stop.cancel();
+    tokio::time::timeout(T, b.handle).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn wrong_key_gets_401_and_links_are_refused_unauthorized() {
+    let b = start().await;
+    let mut c = Client::connect(b.addr).await;
+    assert_eq!(c.put_token("wrong", "sb://localhost/eh1").await, 401);
+    let ch = c.session().await;
+    let mut a = Attach::new("p", 0, Role::Sender);
+    a.target = Some(Target::address("amqps://localhost/eh1/Partitions/0"));
+    let (_, ev) = c.attach(ch, a).await;
+    let ev = match ev {
+        Event::Attached { link, .. } => {
+            c.until(move |e| matches!(e, Event::Detached { link: l, .. } if *l == link)).await
+        }
+        other => other,
+    };
+    let Event::Detached { error: Some(e), .. } = ev else { panic!("expected a detach with error, got {ev:?}") };
+    assert_eq!(e.condition.as_str(), "amqp:unauthorized-access");
+    stop(b).await;
+}
+
+#[tokio::test]
+async fn oversized_delivery_is_rejected_and_the_link_stays_usable() {
+    let b = start().await;
+    let mut c = Client::connect(b.addr).await;
+    assert_eq!(c.put_token("SAS_KEY_VALUE", "amqps://localhost/eh1").await, 202);
+    let ch = c.session().await;
+    let mut a = Attach::new("p", 0, Role::Sender);
+    a.target = Some(Target::address("amqps://localhost/eh1/Partitions/0"));
+    let (link, ev) = c.attach(ch, a).await;
+    let Event::Attached { attach, .. } = ev else { panic!("{ev:?}") };
+    assert_eq!(attach.max_message_size, Some(1 << 20), "max-message-size is advertised");
+    c.until(|e| matches!(e, Event::LinkFlow { .. })).await;
+    let big = Message::with_data(Bytes::from(vec![7u8; (1 << 20) + 10])).to_bytes().unwrap();
+    c.conn.send(link, SendArgs { tag: b"big", message_format: 0, settled: false }, &big).unwrap();
+    let Event::Disposition { state, settled, .. } = c.until(|e| matches!(e, Event::Disposition { .. })).await else {
+        unreachable!()
+    };
+    assert!(settled);
+    let Some(DeliveryState::Rejected(Some(e))) = state else { panic!("{state:?}") };
+    assert_eq!(e.condition.as_str(), "amqp:link:message-size-exceeded");
+    let small = Message::with_data(Bytes::from_static(b"ok")).to_bytes().unwrap();
+    c.conn.send(link, SendArgs { tag: b"small", message_format: 0, settled: false }, &small).unwrap();
+    let Event::Disposition { state, .. } = c.until(|e| matches!(e, Event::Disposition { .. })).await else {
+        unreachable!()
+    };
+    assert_eq!(state, Some(DeliveryState::Accepted));
+    stop(b).await;
+}
+
+#[tokio::test]
+async fn batch_in_then_annotated_events_out() {
+    let b = start().await;
+    let mut c = Client::connect(b.addr).await;
+    assert_eq!(c.put_token("SAS_KEY_VALUE", "amqps://localhost/eh1").await, 202);
+    let ch = c.session().await;
+    let mut a = Attach::new("p", 0, Role::Sender);
+    a.target = Some(Target::address("eh1/Partitions/2"));
+    let (sender, _) = c.attach(ch, a).await;
+    c.until(|e| matches!(e, Event::LinkFlow { .. })).await;
+    let mut env = BytesMut::new();
+    for i in 0..3 {
+        let mut m = Message::with_data(Bytes::from(format!("e{i}")));
+        m.message_annotations = Some(vec![(Value::Symbol("x-opt-partition-key".into()), Value::from("k"))]);
+        put_data_section(&mut env, &m.to_bytes().unwrap()).unwrap();
+    }
+    c.conn.send(sender, SendArgs { tag: b"b", message_format: BATCH_MESSAGE_FORMAT, settled: false }, &env).unwrap();
+    let Event::Disposition { state, .. } = c.until(|e| matches!(e, Event::Disposition { .. })).await else {
+        unreachable!()
+    };
+    assert_eq!(state, Some(DeliveryState::Accepted));
+
+    let mut r = Attach::new("r", 0, Role::Receiver);
+    let pos = ehub_model::EventPosition::SequenceNumber { value: 1, inclusive: true };
+    r.source = Some(Source {
+        address: Some("eh1/ConsumerGroups/$default/Partitions/2".into()),
+        filter: Some(vec![pos.to_filter_entry()]),
+        ..Default::default()
+    });
+    let (receiver, ev) = c.attach(ch, r).await;
+    let Event::Attached { attach, .. } = ev else { panic!("{ev:?}") };
+    if let Some(i) = c.events.iter().position(|e| matches!(e, Event::Detached { .. })) {
+        panic!("receiver refused: {:?}", c.events[i]);
+    }
+    assert_eq!(attach.snd_settle_mode, SenderSettleMode::Settled);
+    assert!(attach.source.unwrap().filter.is_some(), "the filter set is echoed");
+    assert_eq!(attach.initial_delivery_count, Some(0));
+    c.conn.flow(receiver, 10).unwrap();
+    for want in 1..3i64 {
+        let Event::Delivery(d) = c.until(|e| matches!(e, Event::Delivery(d) if d.link == receiver)).await else {
+            unreachable!()
+        };
+        assert!(d.settled, "events are delivered pre-settled");
+        let m = Message::decode(&d.payload).unwrap();
+        let ma = m.message_annotations.unwrap();
+        assert_eq!(map_get(&ma, "x-opt-sequence-number"), Some(&Value::Long(want)));
+        assert!(matches!(map_get(&ma, "x-opt-offset"), Some(Value::String(_))));
+        assert!(matches!(map_get(&ma, "x-opt-enqueued-time"), Some(Value::Timestamp(_))));
+        assert_eq!(map_get(&ma, "x-opt-partition-key"), Some(&Value::from("k")));
+        assert_eq!(m.body, Body::Data(vec![Bytes::from(format!("e{want}"))]));
+    }
+    stop(b).await;
+}
+
+#[tokio::test]
+async fn garbage_after_open_closes_with_decode_error_and_the_broker_lives_on() {
+    let b = start().await;
+    let mut c = Client::connect(b.addr).await;
+    // A frame header announcing an AMQP frame whose body is not a performative.
+    c.t.get_mut().write_all(&[0, 0, 0, 12, 2, 0, 0, 0, 0xff, 0xfe, 0xfd, 0xfc]).await.unwrap();
+    let ev = c.until(|e| matches!(e, Event::Closed { .. })).await;
+    let Event::Closed { error: Some(e) } = ev else { panic!("{ev:?}") };
+    assert_eq!(e.condition.as_str(), "amqp:decode-error");
+    // Other connections are unaffected.
+    let mut c2 = Client::connect(b.addr).await;
+    assert_eq!(c2.put_token("SAS_KEY_VALUE", "sb://localhost/eh1").await, 202);
+    stop(b).await;
+}
