@@ -487,31 +487,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                         conditions::MESSAGE_SIZE_EXCEEDED,
                         format!("The received message (delivery-id:{}, size:{} bytes) exceeds the limit ({limit} bytes) currently allowed on the link.", d.delivery_id, d.size),
                     );
-                    self.conn.disposition(
-                        d.link.channel,
-                        Role::Receiver,
-                        d.delivery_id,
-                        d.delivery_id,
-                        true,
-                        Some(DeliveryState::Rejected(Some(err))),
-                    )?;
-                    self.conn.top_up_credit(d.link, PRODUCER_CREDIT)?;
-                    return Ok(());
+                    return reject(&mut self.conn, &d, err);
                 }
                 let events = match split_events(&d) {
                     Ok(ev) => ev,
                     Err(reason) => {
                         let err = AmqpError::new(conditions::DECODE_ERROR, reason);
-                        self.conn.disposition(
-                            d.link.channel,
-                            Role::Receiver,
-                            d.delivery_id,
-                            d.delivery_id,
-                            true,
-                            Some(DeliveryState::Rejected(Some(err))),
-                        )?;
-                        self.conn.top_up_credit(d.link, PRODUCER_CREDIT)?;
-                        return Ok(());
+                        return reject(&mut self.conn, &d, err);
                     }
                 };
                 let idx = match *partition {
@@ -892,6 +874,14 @@ fn conditions_static(c: &Symbol) -> &'static str {
         conditions::RESOURCE_LIMIT_EXCEEDED => conditions::RESOURCE_LIMIT_EXCEEDED,
         _ => conditions::NOT_ALLOWED,
     }
+}
+
+/// Rejects one delivery with `err`, keeping the link (and its credit) usable.
+fn reject(conn: &mut Connection, d: &Delivery, err: AmqpError) -> Result<(), EndpointError> {
+    let state = Some(DeliveryState::Rejected(Some(err)));
+    conn.disposition(d.link.channel, Role::Receiver, d.delivery_id, d.delivery_id, true, state)?;
+    conn.top_up_credit(d.link, PRODUCER_CREDIT)?;
+    Ok(())
 }
 
 /// Splits a delivery into the events it carries (one, or the inner messages of a batch).
