@@ -176,9 +176,7 @@ impl<'a> Decoder<'a> {
         let descriptor = self.read_descriptor()?;
         let inner = self.u8()?;
         if inner == code::DESCRIBED {
-            // A described type whose value is itself described: decode as a nested described value.
-            self.pos -= 1;
-            return Ok(Constructor { descriptor: Some(descriptor), code: code::DESCRIBED });
+            return Err(self.err("constructor is described twice"));
         }
         Ok(Constructor { descriptor: Some(descriptor), code: inner })
     }
@@ -356,9 +354,6 @@ impl<'a> Decoder<'a> {
         self.end = end;
         let r = (|| {
             let ctor = self.read_constructor()?;
-            if ctor.code == code::DESCRIBED {
-                return Err(self.err("array element constructor is doubly described"));
-            }
             let elem = array_type_of(ctor.code).ok_or_else(|| self.err("invalid array element type"))?;
             let mut items = Vec::with_capacity(count);
             for _ in 0..count {
@@ -398,8 +393,8 @@ impl<'a> Decoder<'a> {
     }
 
     /// Reads the header of a described list (a composite type or performative) and returns
-    /// a reader for its fields. Accepts numeric or symbolic descriptors; `expected` lists the
-    /// accepted numeric code and symbolic name.
+    /// a reader for its fields. Accepts numeric and symbolic descriptors; the caller maps the
+    /// returned descriptor to a type.
     pub fn read_composite(&mut self) -> Result<(Descriptor, FieldReader<'a>)> {
         if self.u8()? != code::DESCRIBED {
             return Err(self.err("expected a described type"));

@@ -405,20 +405,20 @@ pub struct FieldWriter<'a> {
 }
 
 impl FieldWriter<'_> {
-    fn done(&mut self, _null: bool) {
+    fn done(&mut self) {
         self.count += 1;
     }
 
     /// A null field.
     pub fn null(&mut self) {
         self.out.put_u8(code::NULL);
-        self.done(true);
+        self.done();
     }
 
     /// Any value.
     pub fn value(&mut self, v: &Value) -> Result {
         encode_value(v, self.out)?;
-        self.done(v.is_null());
+        self.done();
         Ok(())
     }
 
@@ -440,7 +440,7 @@ impl FieldWriter<'_> {
     {
         if present {
             f(self.out)?;
-            self.done(false);
+            self.done();
         } else {
             self.null();
         }
@@ -452,7 +452,7 @@ impl FieldWriter<'_> {
         match v {
             Some(x) => {
                 put_uint(x, self.out);
-                self.done(false)
+                self.done()
             }
             None => self.null(),
         }
@@ -463,7 +463,7 @@ impl FieldWriter<'_> {
         match v {
             Some(x) => {
                 put_ulong(x, self.out);
-                self.done(false)
+                self.done()
             }
             None => self.null(),
         }
@@ -475,7 +475,7 @@ impl FieldWriter<'_> {
             Some(x) => {
                 self.out.put_u8(code::USHORT);
                 self.out.put_u16(x);
-                self.done(false)
+                self.done()
             }
             None => self.null(),
         }
@@ -487,7 +487,7 @@ impl FieldWriter<'_> {
             Some(x) => {
                 self.out.put_u8(code::UBYTE);
                 self.out.put_u8(x);
-                self.done(false)
+                self.done()
             }
             None => self.null(),
         }
@@ -498,7 +498,7 @@ impl FieldWriter<'_> {
         match v {
             Some(b) => {
                 self.out.put_u8(if b { code::TRUE } else { code::FALSE });
-                self.done(false)
+                self.done()
             }
             None => self.null(),
         }
@@ -509,7 +509,7 @@ impl FieldWriter<'_> {
         match v {
             Some(s) => {
                 put_string(s, self.out)?;
-                self.done(false)
+                self.done()
             }
             None => self.null(),
         }
@@ -521,7 +521,7 @@ impl FieldWriter<'_> {
         match v {
             Some(s) => {
                 put_symbol(s, self.out)?;
-                self.done(false)
+                self.done()
             }
             None => self.null(),
         }
@@ -533,7 +533,7 @@ impl FieldWriter<'_> {
         match v {
             Some(b) => {
                 put_binary(b, self.out)?;
-                self.done(false)
+                self.done()
             }
             None => self.null(),
         }
@@ -545,7 +545,7 @@ impl FieldWriter<'_> {
         match v {
             Some(t) => {
                 put_timestamp(t, self.out);
-                self.done(false)
+                self.done()
             }
             None => self.null(),
         }
@@ -562,7 +562,7 @@ impl FieldWriter<'_> {
                     }
                     Ok(m.len() * 2)
                 })?;
-                self.done(false)
+                self.done()
             }
             None => self.null(),
         }
@@ -578,7 +578,7 @@ impl FieldWriter<'_> {
         let arr =
             Array { elem: ArrayType::Symbol, descriptor: None, items: v.iter().cloned().map(Value::Symbol).collect() };
         put_array(&arr, self.out)?;
-        self.done(false);
+        self.done();
         Ok(())
     }
 }

@@ -273,10 +273,30 @@ pub struct Link {
     partial: Option<Partial>,
 }
 
+impl Link {
+    /// A link in the attach-sent state. `role` is ours; a receiver starts from the sender's
+    /// initial delivery count and enforces our max message size.
+    fn new(a: &Attach, role: Role, our_max_message_size: u64) -> Self {
+        let receiver = role == Role::Receiver;
+        Link {
+            name: a.name.clone(),
+            role,
+            remote_handle: None,
+            state: LinkState::AttachSent,
+            delivery_count: a.initial_delivery_count.unwrap_or(0),
+            credit: 0,
+            drain: false,
+            max_message_size: if receiver { our_max_message_size } else { 0 },
+            snd_settle_mode: a.snd_settle_mode,
+            rcv_settle_mode: a.rcv_settle_mode,
+            partial: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Session {
     remote_channel: Option<u16>,
-    begun: bool,
     end_sent: bool,
     next_outgoing_id: u32,
     incoming_window: u32,
@@ -293,7 +313,6 @@ impl Session {
     fn new(window: u32) -> Self {
         Session {
             remote_channel: None,
-            begun: false,
             end_sent: false,
             next_outgoing_id: 0,
             incoming_window: window,
@@ -784,7 +803,6 @@ impl Connection {
                     .filter(|s| s.remote_channel.is_none())
                     .ok_or_else(|| Self::protocol(condition::NOT_ALLOWED, "begin answers an unknown session"))?;
                 s.remote_channel = Some(channel);
-                s.begun = true;
                 ours
             }
             None => {
@@ -793,7 +811,6 @@ impl Connection {
                     .ok_or_else(|| Self::protocol(condition::RESOURCE_LIMIT_EXCEEDED, "no free channel"))?;
                 let mut s = Session::new(self.cfg.session_window);
                 s.remote_channel = Some(channel);
-                s.begun = true;
                 self.sessions.insert(local, s);
                 let reply = Begin {
                     remote_channel: Some(channel),
@@ -850,19 +867,12 @@ impl Connection {
             None => {
                 let h = s.free_handle();
                 let role = if a.role == Role::Sender { Role::Receiver } else { Role::Sender };
-                let link = Link {
-                    name: a.name.clone(),
-                    role,
-                    remote_handle: Some(a.handle),
-                    state: LinkState::AttachSent, // until accept_link/refuse_link
-                    delivery_count: if role == Role::Receiver { a.initial_delivery_count.unwrap_or(0) } else { 0 },
-                    credit: 0,
-                    drain: false,
-                    max_message_size: if role == Role::Receiver { max_msg } else { a.max_message_size.unwrap_or(0) },
-                    snd_settle_mode: a.snd_settle_mode,
-                    rcv_settle_mode: a.rcv_settle_mode,
-                    partial: None,
-                };
+                // Stays AttachSent until accept_link/refuse_link.
+                let mut link = Link::new(&a, role, max_msg);
+                link.remote_handle = Some(a.handle);
+                if role == Role::Sender {
+                    link.max_message_size = a.max_message_size.unwrap_or(0);
+                }
                 s.links.insert(h, link);
                 s.remote_handles.insert(a.handle, h);
                 self.events.push_back(Event::AttachRequested {
@@ -1087,19 +1097,7 @@ impl Connection {
         if attach.role == Role::Sender && attach.initial_delivery_count.is_none() {
             attach.initial_delivery_count = Some(0);
         }
-        let link = Link {
-            name: attach.name.clone(),
-            role: attach.role,
-            remote_handle: None,
-            state: LinkState::AttachSent,
-            delivery_count: attach.initial_delivery_count.unwrap_or(0),
-            credit: 0,
-            drain: false,
-            max_message_size: if attach.role == Role::Receiver { max_msg } else { 0 },
-            snd_settle_mode: attach.snd_settle_mode,
-            rcv_settle_mode: attach.rcv_settle_mode,
-            partial: None,
-        };
+        let link = Link::new(&attach, attach.role, max_msg);
         s.links.insert(h, link);
         self.write(channel, &Performative::Attach(Box::new(attach)), &[])?;
         Ok(LinkId { channel, handle: h })

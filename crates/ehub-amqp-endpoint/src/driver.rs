@@ -44,17 +44,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
     /// Writes all pending output of the engine. Not cancel-safe: run it to completion.
     pub async fn flush(&mut self, conn: &mut Connection) -> io::Result<()> {
         if conn.has_output() {
-            let out = conn.output().split();
-            self.io.write_all(&out).await?;
+            self.io.write_all(conn.output()).await?;
             self.io.flush().await?;
+            // clear() keeps the allocation for the next batch of frames.
+            conn.output().clear();
             conn.note_sent(Instant::now());
-            // Give the buffer back so its allocation is reused.
-            let mut out = out;
-            out.clear();
-            let buf = conn.output();
-            if buf.is_empty() {
-                *buf = out;
-            }
         }
         Ok(())
     }

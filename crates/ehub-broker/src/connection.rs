@@ -92,6 +92,8 @@ pub(crate) struct ConnTask<S> {
     ctl_tx: UnboundedSender<Control>,
     ctl_rx: UnboundedReceiver<Control>,
     scratch: BytesMut,
+    /// Encoded broker annotations of the event being delivered (reused: hot path).
+    annotations: BytesMut,
     acks: Vec<(u16, u32, Option<AmqpError>)>,
     peer: String,
 }
@@ -148,6 +150,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             ctl_tx,
             ctl_rx,
             scratch: BytesMut::with_capacity(4096),
+            annotations: BytesMut::with_capacity(128),
             acks: Vec::new(),
             peer,
         }
@@ -667,7 +670,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 c.tag = c.tag.wrapping_add(1);
                 let tag = c.tag.to_be_bytes();
                 self.scratch.clear();
-                encode_delivery(&mut self.scratch, &e, metrics.as_ref());
+                encode_delivery(&mut self.scratch, &mut self.annotations, &e, metrics.as_ref());
                 self.conn.send(link, SendArgs { tag: &tag, message_format: 0, settled: true }, &self.scratch)?;
                 continue;
             }
@@ -913,18 +916,23 @@ fn split_events(d: &Delivery) -> Result<Vec<AppendEvent>, String> {
 
 /// Writes a stored event as delivered: broker annotations spliced in, runtime metrics as
 /// delivery annotations when asked.
-fn encode_delivery(out: &mut BytesMut, e: &StoredEvent, metrics: Option<&ehub_partition_log::PartitionInfo>) {
-    let mut extra = BytesMut::with_capacity(96);
-    let _ = put_symbol(annotations::SEQUENCE_NUMBER, &mut extra);
-    put_long(e.sequence_number, &mut extra);
-    let _ = put_symbol(annotations::OFFSET, &mut extra);
-    let _ = put_string(&e.offset.to_string(), &mut extra);
-    let _ = put_symbol(annotations::ENQUEUED_TIME, &mut extra);
-    put_timestamp(e.enqueued_time, &mut extra);
+fn encode_delivery(
+    out: &mut BytesMut,
+    extra: &mut BytesMut,
+    e: &StoredEvent,
+    metrics: Option<&ehub_partition_log::PartitionInfo>,
+) {
+    extra.clear();
+    let _ = put_symbol(annotations::SEQUENCE_NUMBER, extra);
+    put_long(e.sequence_number, extra);
+    let _ = put_symbol(annotations::OFFSET, extra);
+    let _ = put_string(&e.offset.to_string(), extra);
+    let _ = put_symbol(annotations::ENQUEUED_TIME, extra);
+    put_timestamp(e.enqueued_time, extra);
     let mut count = 3;
     if let Some(k) = &e.partition_key {
-        let _ = put_symbol(annotations::PARTITION_KEY, &mut extra);
-        let _ = put_string(&String::from_utf8_lossy(k), &mut extra);
+        let _ = put_symbol(annotations::PARTITION_KEY, extra);
+        let _ = put_string(&String::from_utf8_lossy(k), extra);
         count += 1;
     }
     let da = metrics.map(|m| {
@@ -952,7 +960,7 @@ fn encode_delivery(out: &mut BytesMut, e: &StoredEvent, metrics: Option<&ehub_pa
     });
     match SectionSpans::scan(&e.payload) {
         Ok(spans) => {
-            if splice_annotations(out, &e.payload, &spans, &BROKER_KEYS, &extra, count, da.as_deref()).is_ok() {
+            if splice_annotations(out, &e.payload, &spans, &BROKER_KEYS, extra, count, da.as_deref()).is_ok() {
                 return;
             }
             out.clear();
