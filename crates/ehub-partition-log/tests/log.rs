@@ -46,6 +46,17 @@ fn check_all(p: &Partition, n: usize) {
     assert!(p.read(n as i64, 10, 1 << 20).unwrap().is_empty());
 }
 
+/// A partition directory holding `n` events in one segment, with its store shut down.
+fn seeded_partition(n: usize) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let pdir = dir.path().join("0");
+    let store = LogStore::new(cfg(1 << 20, 1 << 30));
+    let p = store.open_partition(&pdir, "0").unwrap();
+    fill(&store, &p, n, 10);
+    store.shutdown();
+    (dir, pdir)
+}
+
 #[test]
 fn reads_from_cache_and_from_files_across_segments() {
     let dir = tempfile::tempdir().unwrap();
@@ -111,14 +122,7 @@ fn resolves_every_kind_of_position() {
 
 #[test]
 fn torn_tail_is_truncated_with_every_acknowledged_record_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let pdir = dir.path().join("0");
-    {
-        let store = LogStore::new(cfg(1 << 20, 1 << 30));
-        let p = store.open_partition(&pdir, "0").unwrap();
-        fill(&store, &p, 100, 10);
-        store.shutdown();
-    }
+    let (_dir, pdir) = seeded_partition(100);
     // Simulate a crash mid-write: half a record at the end.
     let seg = pdir.join(format!("{:020}.log", 0));
     let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
@@ -133,14 +137,7 @@ fn torn_tail_is_truncated_with_every_acknowledged_record_kept() {
 
 #[test]
 fn interior_corruption_refuses_to_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let pdir = dir.path().join("0");
-    {
-        let store = LogStore::new(cfg(1 << 20, 1 << 30));
-        let p = store.open_partition(&pdir, "0").unwrap();
-        fill(&store, &p, 100, 10);
-        store.shutdown();
-    }
+    let (_dir, pdir) = seeded_partition(100);
     let seg = pdir.join(format!("{:020}.log", 0));
     let mut f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
     f.seek(SeekFrom::Start(40)).unwrap();
