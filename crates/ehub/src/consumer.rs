@@ -1,0 +1,439 @@
+//! [`ConsumerClient`] and [`EventReceiver`]: read events from partitions.
+
+use crate::amqp::{ReceiverLink, ReceiverSpec, RecvItem};
+use crate::client::{parse_connection_string, ClientCore, Conn};
+use crate::credential::Credential;
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::{LastEnqueuedEventProperties, ReceivedEventData};
+use crate::options::{ClientOptions, TransportType};
+use crate::properties::{EventHubProperties, PartitionProperties};
+use ehub_amqp_codec::{Source, Symbol, Value};
+use ehub_model::{link as link_props, EventPosition};
+use futures_core::Stream;
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The default consumer group.
+pub const DEFAULT_CONSUMER_GROUP: &str = "$Default";
+
+/// Options of [`ConsumerClient::open_receiver_on_partition`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenReceiverOptions {
+    /// Where to start (default: only events enqueued from now on, like the official SDKs).
+    pub start_position: EventPosition,
+    /// Owner level (epoch): an exclusive receiver that disconnects lower levels.
+    pub owner_level: Option<i64>,
+    /// Events requested ahead of the application (link credit). At least 1.
+    pub prefetch: u32,
+    /// Ask the service for the partition's last-enqueued metrics on every event.
+    pub track_last_enqueued_event_properties: bool,
+    /// Name shown in the service's error texts about this receiver.
+    pub identifier: Option<String>,
+}
+
+impl Default for OpenReceiverOptions {
+    fn default() -> Self {
+        OpenReceiverOptions {
+            start_position: EventPosition::Latest,
+            owner_level: None,
+            prefetch: 300,
+            track_last_enqueued_event_properties: false,
+            identifier: None,
+        }
+    }
+}
+
+/// Builds a [`ConsumerClient`].
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerClientBuilder {
+    options: ClientOptions,
+    consumer_group: Option<String>,
+}
+
+impl ConsumerClientBuilder {
+    /// Replaces all options.
+    pub fn with_options(mut self, options: ClientOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Sets the consumer group (default `$Default`).
+    pub fn with_consumer_group(mut self, group: impl Into<String>) -> Self {
+        self.consumer_group = Some(group.into());
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn with_retry_options(mut self, retry: crate::RetryOptions) -> Self {
+        self.options.retry = retry;
+        self
+    }
+
+    /// Connects to this address instead of the namespace.
+    pub fn with_custom_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.options.custom_endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// Sets the user-agent prefix.
+    pub fn with_application_id(mut self, id: impl Into<String>) -> Self {
+        self.options.user_agent = Some(id.into());
+        self
+    }
+
+    /// Opens a consumer for `eventhub` in `fully_qualified_namespace`.
+    pub async fn open(
+        self,
+        fully_qualified_namespace: &str,
+        eventhub: &str,
+        credential: impl Into<Credential>,
+    ) -> Result<ConsumerClient> {
+        let core = ClientCore::new(fully_qualified_namespace, None, eventhub, credential.into(), self.options)?;
+        Ok(ConsumerClient::from_core(core, self.consumer_group))
+    }
+
+    /// Opens a consumer from a connection string.
+    pub async fn open_with_connection_string(
+        self,
+        connection_string: &str,
+        eventhub: Option<&str>,
+    ) -> Result<ConsumerClient> {
+        let cs = parse_connection_string(connection_string, eventhub)?;
+        let mut options = self.options;
+        if cs.emulator {
+            options.transport = TransportType::Amqp;
+        }
+        let core = ClientCore::new(&cs.namespace, cs.port, &cs.hub, cs.credential, options)?;
+        Ok(ConsumerClient::from_core(core, self.consumer_group))
+    }
+}
+
+/// Reads events from an Event Hub's partitions within one consumer group.
+#[derive(Debug, Clone)]
+pub struct ConsumerClient {
+    core: Arc<ClientCore>,
+    consumer_group: String,
+}
+
+/// Options of [`ConsumerClient::receive`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReceiveOptions {
+    /// Read only this partition (default: all).
+    pub partition_id: Option<String>,
+    /// Receiver options applied to every partition.
+    pub receiver: OpenReceiverOptions,
+}
+
+impl ConsumerClient {
+    /// A builder.
+    pub fn builder() -> ConsumerClientBuilder {
+        ConsumerClientBuilder::default()
+    }
+
+    /// Shorthand for `builder().with_consumer_group(group).open_with_connection_string(...)`.
+    pub async fn from_connection_string(
+        connection_string: &str,
+        eventhub: Option<&str>,
+        consumer_group: Option<&str>,
+    ) -> Result<ConsumerClient> {
+        let mut b = Self::builder();
+        if let Some(g) = consumer_group {
+            b = b.with_consumer_group(g);
+        }
+        b.open_with_connection_string(connection_string, eventhub).await
+    }
+
+    fn from_core(core: ClientCore, group: Option<String>) -> Self {
+        ConsumerClient { core: Arc::new(core), consumer_group: group.unwrap_or_else(|| DEFAULT_CONSUMER_GROUP.into()) }
+    }
+
+    /// The hub's name.
+    pub fn eventhub_name(&self) -> &str {
+        &self.core.hub
+    }
+
+    /// The consumer group.
+    pub fn consumer_group(&self) -> &str {
+        &self.consumer_group
+    }
+
+    /// Hub properties.
+    pub async fn get_eventhub_properties(&self) -> Result<EventHubProperties> {
+        EventHubProperties::from_map(&self.core.management_read(None).await?)
+    }
+
+    /// Partition ids of the hub.
+    pub async fn get_partition_ids(&self) -> Result<Vec<String>> {
+        Ok(self.get_eventhub_properties().await?.partition_ids)
+    }
+
+    /// Properties of one partition.
+    pub async fn get_partition_properties(&self, partition_id: &str) -> Result<PartitionProperties> {
+        PartitionProperties::from_map(&self.core.management_read(Some(partition_id)).await?)
+    }
+
+    /// Opens a receiver on one partition. The link is attached before this returns, so a
+    /// missing hub, a refused token or an owner-level conflict is reported here.
+    pub async fn open_receiver_on_partition(
+        &self,
+        partition_id: &str,
+        options: Option<OpenReceiverOptions>,
+    ) -> Result<EventReceiver> {
+        let mut r = EventReceiver {
+            core: self.core.clone(),
+            consumer_group: self.consumer_group.clone(),
+            partition_id: partition_id.to_owned(),
+            options: options.unwrap_or_default(),
+            link: None,
+            buffer: VecDeque::new(),
+            last_sequence_number: None,
+            last_enqueued: None,
+            failed: false,
+        };
+        self.core.retry("opening the receiver", || r.attach_once()).await.map(|link| {
+            r.link = Some(link);
+            r
+        })
+    }
+
+    /// Reads `options.partition_id` or every partition, calling `on_event` for each event
+    /// until it returns [`ControlFlow::Break`], or a partition fails with an error that is not
+    /// transient (that error is returned).
+    pub async fn receive<F>(&self, options: ReceiveOptions, mut on_event: F) -> Result<()>
+    where
+        F: FnMut(ReceivedEventData) -> ControlFlow<()>,
+    {
+        let partitions = match &options.partition_id {
+            Some(p) => vec![p.clone()],
+            None => self.get_partition_ids().await?,
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<ReceivedEventData>>>(partitions.len().max(1) * 2);
+        let mut tasks = tokio::task::JoinSet::new();
+        for p in partitions {
+            let tx = tx.clone();
+            let me = self.clone();
+            let ro = options.receiver.clone();
+            tasks.spawn(async move {
+                let mut r = match me.open_receiver_on_partition(&p, Some(ro.clone())).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                loop {
+                    let batch = r.receive_batch(ro.prefetch.max(1) as usize, Duration::from_secs(3600)).await;
+                    let stop = batch.is_err();
+                    if tx.send(batch).await.is_err() || stop {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let result = loop {
+            match rx.recv().await {
+                Some(Ok(events)) => {
+                    if events.into_iter().any(|e| on_event(e).is_break()) {
+                        break Ok(());
+                    }
+                }
+                Some(Err(e)) => break Err(e),
+                None => break Ok(()),
+            }
+        };
+        tasks.shutdown().await;
+        result
+    }
+
+    /// Closes the connection. Receivers opened from this client stop working.
+    pub async fn close(&self) {
+        self.core.close().await;
+    }
+}
+
+/// A receiver on one partition. It reconnects after transient failures and resumes right
+/// after the last event it received, so no event is lost or repeated.
+#[derive(Debug)]
+pub struct EventReceiver {
+    core: Arc<ClientCore>,
+    consumer_group: String,
+    partition_id: String,
+    options: OpenReceiverOptions,
+    link: Option<(Conn, ReceiverLink)>,
+    buffer: VecDeque<ReceivedEventData>,
+    last_sequence_number: Option<i64>,
+    last_enqueued: Option<LastEnqueuedEventProperties>,
+    failed: bool,
+}
+
+impl EventReceiver {
+    /// The partition.
+    pub fn partition_id(&self) -> &str {
+        &self.partition_id
+    }
+
+    /// The partition's last-enqueued metrics, as of the last event received (only with
+    /// `track_last_enqueued_event_properties`).
+    pub fn last_enqueued_event_properties(&self) -> Option<&LastEnqueuedEventProperties> {
+        self.last_enqueued.as_ref()
+    }
+
+    async fn attach_once(&self) -> Result<(Conn, ReceiverLink)> {
+        let conn = self.core.connection().await?;
+        let address = self
+            .core
+            .url(&format!("{}/ConsumerGroups/{}/Partitions/{}", self.core.hub, self.consumer_group, self.partition_id));
+        let position = match self.last_sequence_number {
+            Some(s) => EventPosition::SequenceNumber { value: s, inclusive: false },
+            None => self.options.start_position.clone(),
+        };
+        let mut properties = Vec::new();
+        if let Some(level) = self.options.owner_level {
+            properties.push((Value::Symbol(link_props::EPOCH.into()), Value::Long(level)));
+        }
+        if let Some(id) = &self.options.identifier {
+            properties.push((Value::Symbol(link_props::RECEIVER_NAME.into()), Value::String(id.clone())));
+        }
+        let mut caps = Vec::new();
+        if self.options.track_last_enqueued_event_properties {
+            caps.push(Symbol::from(link_props::RUNTIME_METRIC_CAPABILITY));
+        }
+        let spec = ReceiverSpec {
+            name: uuid::Uuid::new_v4().to_string(),
+            source: Source {
+                address: Some(address.clone()),
+                filter: Some(vec![position.to_filter_entry()]),
+                ..Default::default()
+            },
+            properties: (!properties.is_empty()).then_some(properties),
+            desired_capabilities: caps,
+            prefetch: self.options.prefetch.max(1),
+        };
+        let r = async {
+            self.core.authorize(&conn, &address).await?;
+            self.core.with_timeout("attaching the receiver", conn.amqp.attach_receiver(spec)).await
+        }
+        .await;
+        let link = self.core.settle_failure(&conn, r).await?;
+        tracing::debug!(connection_id = conn.amqp.id, address = %address, "receiver attached");
+        Ok((conn, link))
+    }
+
+    /// Waits for the next batch of deliveries and decodes it into the buffer. Returns false
+    /// when `deadline` passed first.
+    async fn fill(&mut self, deadline: Option<Instant>) -> Result<bool> {
+        if self.failed {
+            return Err(Error::new(ErrorKind::ConnectionLost, "the receiver failed earlier; open a new one"));
+        }
+        let mut retried = 0u32;
+        loop {
+            if self.link.is_none() {
+                match self.attach_once().await {
+                    Ok(l) => self.link = Some(l),
+                    Err(e) if e.is_transient() && retried < self.core.options.retry.max_retries => {
+                        tokio::time::sleep(self.core.options.retry.delay(retried)).await;
+                        retried += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        self.failed = true;
+                        return Err(e);
+                    }
+                }
+            }
+            let (conn, link) = self.link.as_mut().expect("attached above");
+            let item = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, link.rx.recv()).await {
+                    Ok(item) => item,
+                    Err(_) => return Ok(false),
+                },
+                None => link.rx.recv().await,
+            };
+            let err = match item {
+                Some(RecvItem::Deliveries(ds)) => {
+                    conn.amqp.credit(link.link, ds.len() as u32);
+                    for d in ds {
+                        let (ev, last) = ReceivedEventData::decode(d.payload, &self.partition_id)?;
+                        self.last_sequence_number = Some(ev.sequence_number());
+                        if last.is_some() {
+                            self.last_enqueued = last;
+                        }
+                        self.buffer.push_back(ev);
+                    }
+                    return Ok(true);
+                }
+                Some(RecvItem::Detached(e)) => e,
+                None => Error::connection_lost("the connection ended"),
+            };
+            let (conn, _) = self.link.take().expect("present");
+            if err.kind() == ErrorKind::ConnectionLost {
+                self.core.discard(&conn).await;
+            }
+            if err.is_transient() && retried < self.core.options.retry.max_retries {
+                tracing::info!(partition_id = %self.partition_id, error = %err, "receiver lost; resuming");
+                tokio::time::sleep(self.core.options.retry.delay(retried)).await;
+                retried += 1;
+                continue;
+            }
+            self.failed = true;
+            return Err(err);
+        }
+    }
+
+    /// The next event, waiting as long as it takes.
+    pub async fn recv(&mut self) -> Result<ReceivedEventData> {
+        loop {
+            if let Some(e) = self.buffer.pop_front() {
+                return Ok(e);
+            }
+            self.fill(None).await?;
+        }
+    }
+
+    /// Up to `max_batch_size` events: whatever is available once at least one event arrived,
+    /// or an empty list when none arrived within `max_wait_time`.
+    pub async fn receive_batch(
+        &mut self,
+        max_batch_size: usize,
+        max_wait_time: Duration,
+    ) -> Result<Vec<ReceivedEventData>> {
+        let deadline = Instant::now() + max_wait_time;
+        let mut out = Vec::new();
+        loop {
+            while out.len() < max_batch_size {
+                match self.buffer.pop_front() {
+                    Some(e) => out.push(e),
+                    None => break,
+                }
+            }
+            if out.len() >= max_batch_size || (!out.is_empty() && self.buffer.is_empty()) {
+                return Ok(out);
+            }
+            if !self.fill(Some(deadline)).await? {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// The events as a [`Stream`]. It ends after yielding an error that is not transient.
+    pub fn stream_events(&mut self) -> impl Stream<Item = Result<ReceivedEventData>> + '_ {
+        futures_util::stream::unfold(self, |r| async move {
+            if r.failed && r.buffer.is_empty() {
+                return None;
+            }
+            let item = r.recv().await;
+            Some((item, r))
+        })
+    }
+
+    /// Detaches the link.
+    pub async fn close(mut self) {
+        if let Some((conn, link)) = self.link.take() {
+            conn.amqp.detach(link.link).await;
+        }
+    }
+}

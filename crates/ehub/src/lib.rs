@@ -1,0 +1,65 @@
+//! # ehub
+//!
+//! An Azure Event Hubs client for Rust: producers, consumers, hub and partition properties,
+//! SAS and Entra ID authentication, retries, and a typed error taxonomy, async on tokio with
+//! a [`blocking`] twin. It speaks the service's own AMQP dialect, so it works against Azure
+//! Event Hubs, Microsoft's emulator and `ehub serve` alike.
+//!
+//! ```no_run
+//! use ehub::{ConsumerClient, EventData, EventPosition, OpenReceiverOptions, ProducerClient, SendEventOptions};
+//!
+//! # async fn demo() -> ehub::Result<()> {
+//! let cs = "Endpoint=sb://localhost;SharedAccessKeyName=RootManageSharedAccessKey;\
+//!           SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;";
+//! let producer = ProducerClient::from_connection_string(cs, Some("eh1")).await?;
+//! let to_zero = SendEventOptions { partition_id: Some("0".into()), ..Default::default() };
+//! producer.send_event(EventData::from("hello").with_property("n", 1i64), Some(to_zero)).await?;
+//!
+//! let consumer = ConsumerClient::from_connection_string(cs, Some("eh1"), None).await?;
+//! let options = OpenReceiverOptions { start_position: EventPosition::Earliest, ..Default::default() };
+//! let mut receiver = consumer.open_receiver_on_partition("0", Some(options)).await?;
+//! let event = receiver.recv().await?;
+//! println!("{} at sequence number {}", event.body_as_str().unwrap_or("?"), event.sequence_number());
+//! # Ok(()) }
+//! ```
+//!
+//! Batches count their exact wire size:
+//!
+//! ```
+//! # use ehub::EventData;
+//! let event = EventData::from("x".repeat(100)).with_property("kind", "demo");
+//! assert_eq!(event.body().map(<[u8]>::len), Some(100));
+//! ```
+//!
+//! Errors carry a kind that maps onto the Python library's classes, the service's AMQP
+//! condition and description, and [`Error::is_transient`].
+#![warn(missing_docs)]
+
+mod amqp;
+mod batch;
+pub mod blocking;
+mod client;
+mod consumer;
+mod credential;
+mod error;
+mod event;
+mod options;
+mod producer;
+mod properties;
+mod transport;
+
+pub use batch::{EventDataBatch, EventDataBatchOptions};
+pub use consumer::{
+    ConsumerClient, ConsumerClientBuilder, EventReceiver, OpenReceiverOptions, ReceiveOptions, DEFAULT_CONSUMER_GROUP,
+};
+pub use credential::{Credential, SasKeyCredential, SasTokenCredential, EVENTHUBS_SCOPE};
+pub use ehub_amqp_codec::{Symbol, Timestamp, Value};
+pub use ehub_model::EventPosition;
+pub use error::{Error, ErrorKind, Result};
+pub use event::{AmqpAnnotatedMessage, EventData, LastEnqueuedEventProperties, ReceivedEventData};
+pub use options::{ClientOptions, ProxyOptions, RetryMode, RetryOptions, TransportType};
+pub use producer::{ProducerClient, ProducerClientBuilder, SendEventOptions};
+pub use properties::{EventHubProperties, PartitionProperties};
+
+/// `azure_core`'s credential trait, re-exported so `azure_identity` credentials plug in.
+pub use azure_core::credentials::TokenCredential;
