@@ -2,7 +2,7 @@
 //! authorization with refresh, management requests, and the retry loop.
 
 use crate::amqp::AmqpConnection;
-use crate::credential::{unix_now, CbsToken, Credential};
+use crate::credential::{CbsToken, Credential};
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::{ClientOptions, Endpoint};
 use ehub_amqp_codec::{Body, Map, Message, Timestamp, Value};
@@ -286,10 +286,15 @@ async fn refresh(
     mut expires_at: u64,
     timeout: Duration,
 ) {
-    let mut put_at = unix_now();
+    let now_ms = || {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    };
+    let mut put_at_ms = now_ms();
     loop {
-        let lifetime = expires_at.saturating_sub(put_at).max(1);
-        let wait = Duration::from_millis(lifetime * 900);
+        // Token expiries are whole seconds; measure the lifetime left in milliseconds so
+        // short tokens are renewed before they lapse.
+        let lifetime_ms = (expires_at * 1000).saturating_sub(put_at_ms).max(100);
+        let wait = Duration::from_millis(lifetime_ms * 9 / 10);
         tokio::select! {
             _ = conn.closed() => return,
             _ = tokio::time::sleep(wait) => {}
@@ -304,7 +309,7 @@ async fn refresh(
         match attempt.await {
             Ok(exp) => {
                 tracing::debug!(connection_id = conn.id, audience = %audience, expires_at = exp, "token refreshed");
-                put_at = unix_now();
+                put_at_ms = now_ms();
                 expires_at = exp;
             }
             Err(e) if conn.is_closed() => {
@@ -313,9 +318,9 @@ async fn refresh(
             }
             Err(e) => {
                 tracing::warn!(connection_id = conn.id, audience = %audience, error = %e, "token refresh failed; retrying");
-                // Try again in about ten seconds (0.9 of an 11 s "lifetime").
-                put_at = unix_now();
-                expires_at = put_at + 11;
+                // Try again in about ten seconds.
+                put_at_ms = now_ms();
+                expires_at = put_at_ms / 1000 + 11;
             }
         }
     }

@@ -85,6 +85,9 @@ pub struct Error {
     message: String,
     condition: Option<String>,
     description: Option<String>,
+    /// Set when retrying cannot help even though the kind usually can (a TLS certificate
+    /// the client does not trust is a connect error, but a permanent one).
+    permanent: bool,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
@@ -94,7 +97,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error of `kind` with a message.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), condition: None, description: None, source: None }
+        Error { kind, message: message.into(), condition: None, description: None, permanent: false, source: None }
     }
 
     /// Keeps `source` as the cause.
@@ -141,6 +144,11 @@ impl Error {
         err
     }
 
+    pub(crate) fn permanent(mut self) -> Self {
+        self.permanent = true;
+        self
+    }
+
     /// The kind.
     pub fn kind(&self) -> ErrorKind {
         self.kind
@@ -158,6 +166,9 @@ impl Error {
 
     /// True when retrying the same operation may succeed.
     pub fn is_transient(&self) -> bool {
+        if self.permanent {
+            return false;
+        }
         match self.kind {
             ErrorKind::ConnectionLost | ErrorKind::ServerBusy | ErrorKind::OperationTimeout => true,
             ErrorKind::Connect => !matches!(

@@ -32,10 +32,17 @@ pub(crate) async fn connect(endpoint: &Endpoint, options: &ClientOptions) -> Res
     let config = tls_config(options)?;
     let name = rustls::pki_types::ServerName::try_from(endpoint.dial_host.clone())
         .map_err(|e| Error::invalid(format!("'{}' is not a valid TLS server name: {e}", endpoint.dial_host)))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| connect_error(format!("TLS handshake with {target}"), e))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| {
+        // rustls reports certificate and protocol failures as InvalidData: retrying
+        // cannot fix those.
+        let permanent = e.kind() == std::io::ErrorKind::InvalidData;
+        let err = connect_error(format!("TLS handshake with {target}"), e);
+        if permanent {
+            err.permanent()
+        } else {
+            err
+        }
+    })?;
     Ok(Box::new(tls))
 }
 
