@@ -133,6 +133,13 @@ pub(crate) fn engine_config(broker: &Broker) -> ConnectionConfig {
         session_window: 5000,
         handle_max: 255,
         max_message_size: broker.config.max_message_size,
+        // Informational: lets tools such as `ehub bench` report the durability policy they
+        // measured. The service sends no properties; clients ignore unknown ones.
+        properties: Some(vec![
+            (Value::Symbol("product".into()), Value::String("ehub".into())),
+            (Value::Symbol("version".into()), Value::String(env!("CARGO_PKG_VERSION").into())),
+            (Value::Symbol(ehub_model::EHUB_FSYNC_PROPERTY.into()), Value::String(broker.config.fsync.to_string())),
+        ]),
         ..Default::default()
     }
 }

@@ -1,25 +1,66 @@
 //! `ehub`: the command line of the ehub toolkit.
+//!
+//! Exit codes (documented in `ehub --help` and the README):
+//! 0 success, 1 other error, 2 bad usage, 3 authentication, 4 connection, 5 not found,
+//! 6 event rejected or too large, 7 timeout, 8 consumer disconnected, 9 server busy.
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
+use std::process::ExitCode;
 
+mod bench;
+mod client;
 mod serve;
+mod timefmt;
+
+const EXIT_CODES: &str = "Exit codes: 0 success, 1 other error, 2 bad usage, 3 authentication, 4 connection, \
+5 not found, 6 event rejected or too large, 7 timeout, 8 consumer disconnected, 9 server busy.";
 
 #[derive(Parser)]
-#[command(name = "ehub", version, about = "Azure Event Hubs toolkit: an Event Hubs-compatible broker and client tools")]
+#[command(
+    name = "ehub",
+    version,
+    about = "Azure Event Hubs toolkit: an Event Hubs-compatible broker and client tools",
+    after_help = EXIT_CODES
+)]
 struct Cli {
     /// Log filter (RUST_LOG syntax), e.g. `info` or `ehub_broker=debug`.
-    #[arg(long, global = true, env = "EHUB_LOG", default_value = "info")]
-    log: String,
+    #[arg(long, global = true, env = "EHUB_LOG")]
+    log: Option<String>,
+    /// Connection string of the namespace (for `ehub serve`:
+    /// "Endpoint=sb://localhost;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;").
+    #[arg(long, global = true, env = "EVENTHUB_CONNECTION_STRING", hide_env_values = true)]
+    connection_string: Option<String>,
+    /// Event Hub name (default: the connection string's EntityPath).
+    #[arg(long, global = true)]
+    hub: Option<String>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the Event Hubs-compatible broker.
     Serve(ServeArgs),
+    /// Show hub and partition properties.
+    Info,
+    /// Send events: bodies as arguments, files, one per line from stdin, or generated.
+    Send(client::SendArgs),
+    /// Receive events from one or all partitions.
+    Receive(client::ReceiveArgs),
+    /// Measure throughput and latency.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[derive(clap::Args)]
@@ -41,13 +82,91 @@ pub(crate) struct ServeArgs {
     print_default_config: bool,
 }
 
-fn main() -> Result<()> {
+/// Connection settings shared by the client commands.
+pub(crate) struct Target {
+    pub connection_string: String,
+    pub hub: Option<String>,
+    pub output: Output,
+}
+
+impl Target {
+    fn from(cli: &Cli) -> Result<Target> {
+        let cs = cli.connection_string.clone().context(
+            "no connection string: pass --connection-string or set EVENTHUB_CONNECTION_STRING \
+             (for a local `ehub serve`: \"Endpoint=sb://localhost;SharedAccessKeyName=RootManageSharedAccessKey;\
+             SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;\" with --hub eh1)",
+        )?;
+        Ok(Target { connection_string: cs, hub: cli.hub.clone(), output: cli.output })
+    }
+}
+
+/// Exit code for an error, by the client error kind when there is one.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use ehub::ErrorKind as K;
+    let Some(err) = e.chain().find_map(|c| c.downcast_ref::<ehub::Error>()) else { return 1 };
+    match err.kind() {
+        K::Authentication => 3,
+        K::Connect | K::ConnectionLost | K::ClientClosed => 4,
+        K::ResourceNotFound => 5,
+        K::EventData | K::EventDataSend | K::MessageTooLarge => 6,
+        K::OperationTimeout => 7,
+        K::ConsumerDisconnected => 8,
+        K::ServerBusy => 9,
+        K::InvalidArgument => 2,
+        _ => 1,
+    }
+}
+
+/// What to do about an error, by kind.
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    use ehub::ErrorKind as K;
+    let err = e.chain().find_map(|c| c.downcast_ref::<ehub::Error>())?;
+    Some(match err.kind() {
+        K::Authentication => "check SharedAccessKeyName/SharedAccessKey (or the token) and the policy's rights",
+        K::Connect | K::ConnectionLost => {
+            "check that the namespace is reachable; for a local broker run `ehub serve` and use UseDevelopmentEmulator=true"
+        }
+        K::ResourceNotFound => "check the hub name (--hub or EntityPath), the consumer group and the partition id",
+        K::MessageTooLarge => "send smaller events or smaller batches (the limit is 1 MiB per message)",
+        K::ConsumerDisconnected => "another receiver with a higher or equal owner level took the partition",
+        K::ServerBusy => "the service is throttling; retry later or send less",
+        K::OperationTimeout => "the service did not answer in time; retry or raise the timeout",
+        _ => return None,
+    })
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_log = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    let filter = cli.log.clone().unwrap_or_else(|| default_log.into());
+    let filter = match tracing_subscriber::EnvFilter::try_new(&filter) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: invalid --log filter '{filter}': {e}");
+            return ExitCode::from(2);
+        }
+    };
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("invalid --log filter")?)
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    match cli.command {
+    let result = match &cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Info => Target::from(&cli).and_then(|t| client::info(&t)),
+        Command::Send(args) => Target::from(&cli).and_then(|t| client::send(&t, args)),
+        Command::Receive(args) => Target::from(&cli).and_then(|t| client::receive(&t, args)),
+        Command::Bench(b) => Target::from(&cli).and_then(|t| bench::run(&t, b)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if let Some(h) = hint(&e) {
+                eprintln!("hint: {h}");
+            }
+            ExitCode::from(exit_code(&e))
+        }
     }
 }

@@ -6,7 +6,7 @@ use ehub_broker::{parse_fsync, Broker, BrokerConfig};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub(crate) fn run(args: ServeArgs) -> Result<()> {
+pub(crate) fn run(args: &ServeArgs) -> Result<()> {
     let started = Instant::now();
     if args.print_default_config {
         print!("{}", ehub_broker::DEFAULT_CONFIG_TOML);

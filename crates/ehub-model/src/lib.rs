@@ -104,5 +104,9 @@ pub mod conditions {
 /// The "no time" timestamp: 0001-01-01T00:00:00Z in Unix milliseconds (reference rule 24).
 pub const CE_ZERO_MILLIS: i64 = -62_135_596_800_000;
 
+/// Connection property in the `open` of an ehub broker naming its fsync policy (`always`,
+/// `interval(<ms>ms)` or `never`). Azure sends no such property.
+pub const EHUB_FSYNC_PROPERTY: &str = "com.ehub:fsync";
+
 /// Largest event or batch the service accepts on Standard and above (1 MiB).
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 1024 * 1024;

@@ -83,6 +83,8 @@ pub(crate) struct AmqpConnection {
     closed: CancellationToken,
     /// Process-unique id, for logs.
     pub id: u64,
+    /// Properties of the service's `open`.
+    pub remote_properties: std::sync::Arc<Map>,
 }
 
 impl std::fmt::Debug for Cmd {
@@ -111,9 +113,10 @@ impl AmqpConnection {
             let stream = transport::connect(endpoint, options).await?;
             handshake(stream, endpoint, options).await
         };
-        let (conn, t, session) = tokio::time::timeout(options.connect_timeout, fut).await.map_err(|_| {
-            Error::new(ErrorKind::Connect, format!("connecting timed out after {:?}", options.connect_timeout))
-        })??;
+        let (conn, t, session, remote_properties) =
+            tokio::time::timeout(options.connect_timeout, fut).await.map_err(|_| {
+                Error::new(ErrorKind::Connect, format!("connecting timed out after {:?}", options.connect_timeout))
+            })??;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let closed = CancellationToken::new();
         let actor = Actor {
@@ -137,7 +140,7 @@ impl AmqpConnection {
             c.cancel();
         });
         tracing::debug!(connection_id = id, host = %endpoint.dial_host, port = endpoint.dial_port, tls = endpoint.tls, "connection opened");
-        Ok(AmqpConnection { cmds: tx, closed, id })
+        Ok(AmqpConnection { cmds: tx, closed, id, remote_properties: std::sync::Arc::new(remote_properties) })
     }
 
     /// True once the connection has ended.
@@ -211,7 +214,7 @@ fn user_agent(prefix: Option<&str>) -> String {
     }
 }
 
-type Handshake = (Connection, Transport<BoxStream>, u16);
+type Handshake = (Connection, Transport<BoxStream>, u16, Map);
 
 async fn handshake(stream: BoxStream, endpoint: &Endpoint, options: &ClientOptions) -> Result<Handshake> {
     let properties: Map = vec![
@@ -236,6 +239,7 @@ async fn handshake(stream: BoxStream, endpoint: &Endpoint, options: &ClientOptio
     let mut conn = Connection::new(ConnectionRole::Initiator, cfg, Instant::now());
     let mut t = Transport::new(stream);
     let mut session = None;
+    let mut remote_properties = Map::new();
     loop {
         t.flush(&mut conn).await.map_err(|e| Error::new(ErrorKind::Connect, format!("writing: {e}")).with_source(e))?;
         let n =
@@ -246,8 +250,13 @@ async fn handshake(stream: BoxStream, endpoint: &Endpoint, options: &ClientOptio
         let fed = t.feed(&mut conn);
         while let Some(ev) = conn.poll_event() {
             match ev {
-                Event::Opened(_) => session = Some(conn.begin().map_err(engine_error)?),
-                Event::SessionBegun { channel } if Some(channel) == session => return Ok((conn, t, channel)),
+                Event::Opened(open) => {
+                    remote_properties = open.properties.clone().unwrap_or_default();
+                    session = Some(conn.begin().map_err(engine_error)?)
+                }
+                Event::SessionBegun { channel } if Some(channel) == session => {
+                    return Ok((conn, t, channel, remote_properties))
+                }
                 Event::Closed { error } => {
                     return Err(match error {
                         Some(e) => Error::from_amqp(&e, "opening the connection"),

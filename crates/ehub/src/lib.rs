@@ -53,7 +53,7 @@ pub use consumer::{
     ConsumerClient, ConsumerClientBuilder, EventReceiver, OpenReceiverOptions, ReceiveOptions, DEFAULT_CONSUMER_GROUP,
 };
 pub use credential::{Credential, SasKeyCredential, SasTokenCredential, EVENTHUBS_SCOPE};
-pub use ehub_amqp_codec::{Symbol, Timestamp, Value};
+pub use ehub_amqp_codec::{Body as AmqpBody, Symbol, Timestamp, Value};
 pub use ehub_model::EventPosition;
 pub use error::{Error, ErrorKind, Result};
 pub use event::{AmqpAnnotatedMessage, EventData, LastEnqueuedEventProperties, ReceivedEventData};

@@ -121,6 +121,21 @@ impl ProducerClient {
         &self.core.endpoint.namespace
     }
 
+    /// The properties the service sent when the connection opened (opening one if needed).
+    /// Azure sends none; an ehub broker names itself and its fsync policy
+    /// ([`ehub_model::EHUB_FSYNC_PROPERTY`]).
+    pub async fn connection_properties(&self) -> Result<Vec<(String, String)>> {
+        let conn = self.core.retry("connecting", || self.core.connection()).await?;
+        Ok(conn
+            .amqp
+            .remote_properties
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((k.as_text()?.to_owned(), v.as_text().map(str::to_owned).unwrap_or_else(|| format!("{v:?}"))))
+            })
+            .collect())
+    }
+
     /// Hub properties.
     pub async fn get_eventhub_properties(&self) -> Result<EventHubProperties> {
         EventHubProperties::from_map(&self.core.management_read(None).await?)

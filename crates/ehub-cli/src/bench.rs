@@ -1,0 +1,392 @@
+//! `ehub bench send|receive|e2e`: throughput and latency through the client library.
+
+use crate::client::{consumer, generated_body, parse_position, producer, runtime, Progress};
+use crate::{Output, Target};
+use anyhow::{bail, Result};
+use ehub::{EventData, EventDataBatchOptions, EventPosition, OpenReceiverOptions, ProducerClient, SendEventOptions};
+use serde_json::json;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Acknowledged sends: events/s, MB/s and latency per send.
+    Send(BenchArgs),
+    /// Reading a partition: events/s and MB/s.
+    Receive(BenchArgs),
+    /// Producer to consumer latency at a fixed rate.
+    E2e(BenchArgs),
+}
+
+#[derive(clap::Args, Clone)]
+pub(crate) struct BenchArgs {
+    /// Events to send or receive (default 100000 unless --duration is given).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Event size in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Events per send (1 = single-event sends).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Use this partition.
+    #[arg(long, conflicts_with = "partitions")]
+    partition: Option<String>,
+    /// Spread over the first N partitions (default: all for send, 0 for receive and e2e).
+    #[arg(long)]
+    partitions: Option<usize>,
+    /// Sends in flight per partition.
+    #[arg(long, default_value_t = 8)]
+    in_flight: usize,
+    /// Start position for receive: earliest, latest, seq:N, offset:O, time:RFC3339.
+    #[arg(long, default_value = "earliest")]
+    from: String,
+    /// Consumer group for receive and e2e.
+    #[arg(long, default_value = "$Default")]
+    consumer_group: String,
+    /// Events per second for e2e.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Receiver prefetch (link credit).
+    #[arg(long, default_value_t = 3000)]
+    prefetch: u32,
+}
+
+impl BenchArgs {
+    fn limit(&self) -> (u64, Option<Duration>) {
+        let d = self.duration.map(Duration::from_secs_f64);
+        (self.count.unwrap_or(if d.is_some() { u64::MAX } else { 100_000 }), d)
+    }
+}
+
+pub(crate) fn run(t: &Target, cmd: &BenchCommand) -> Result<()> {
+    runtime()?.block_on(async {
+        match cmd {
+            BenchCommand::Send(a) => send(t, a).await,
+            BenchCommand::Receive(a) => receive(t, a).await,
+            BenchCommand::E2e(a) => e2e(t, a).await,
+        }
+    })
+}
+
+/// What the broker says about itself (ehub brokers name their fsync policy).
+async fn broker_info(p: &ProducerClient) -> (String, String) {
+    let props = p.connection_properties().await.unwrap_or_default();
+    let get = |k: &str| props.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.clone());
+    let product = get("product").unwrap_or_else(|| "unknown".into());
+    let fsync = get(ehub_model::EHUB_FSYNC_PROPERTY).unwrap_or_else(|| "unknown (not an ehub broker)".into());
+    (product, fsync)
+}
+
+async fn partitions(p: &ProducerClient, a: &BenchArgs, all_by_default: bool) -> Result<Vec<String>> {
+    if let Some(p) = &a.partition {
+        return Ok(vec![p.clone()]);
+    }
+    let ids = p.get_partition_ids().await?;
+    let n = a.partitions.unwrap_or(if all_by_default { ids.len() } else { 1 });
+    if n == 0 || n > ids.len() {
+        bail!("--partitions {n}: the hub has {} partitions", ids.len());
+    }
+    Ok(ids.into_iter().take(n).collect())
+}
+
+fn percentiles(mut v: Vec<u64>) -> serde_json::Value {
+    if v.is_empty() {
+        return serde_json::Value::Null;
+    }
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+    json!({"p50": at(0.50), "p99": at(0.99), "p999": at(0.999), "max": v[v.len() - 1], "samples": v.len()})
+}
+
+struct Report {
+    mode: &'static str,
+    settings: serde_json::Value,
+    product: String,
+    fsync: String,
+    events: u64,
+    bytes: u64,
+    seconds: f64,
+    latency_us: serde_json::Value,
+    latency_label: &'static str,
+}
+
+impl Report {
+    fn print(&self, output: Output) {
+        let eps = self.events as f64 / self.seconds.max(1e-9);
+        let mbps = self.bytes as f64 / self.seconds.max(1e-9) / 1e6;
+        match output {
+            Output::Json => println!(
+                "{}",
+                json!({
+                    "mode": self.mode,
+                    "settings": self.settings,
+                    "broker": {"product": self.product, "fsync": self.fsync},
+                    "events": self.events,
+                    "bytes": self.bytes,
+                    "seconds": self.seconds,
+                    "events_per_s": eps,
+                    "mb_per_s": mbps,
+                    "latency_us": self.latency_us,
+                    "latency_of": self.latency_label,
+                })
+            ),
+            Output::Text => {
+                println!("ehub bench {}  settings: {}", self.mode, self.settings);
+                println!("broker: {}, fsync={}", self.product, self.fsync);
+                println!(
+                    "result: {} events in {:.3} s = {:.0} events/s, {:.1} MB/s of payload",
+                    self.events, self.seconds, eps, mbps
+                );
+                if !self.latency_us.is_null() {
+                    let l = &self.latency_us;
+                    println!(
+                        "latency of {} (µs): p50 {}  p99 {}  p999 {}  max {}",
+                        self.latency_label, l["p50"], l["p99"], l["p999"], l["max"]
+                    );
+                }
+            }
+        }
+    }
+}
+
+async fn send(t: &Target, a: &BenchArgs) -> Result<()> {
+    if a.batch == 0 || a.in_flight == 0 {
+        bail!("--batch and --in-flight must be at least 1");
+    }
+    let p = producer(t).await?;
+    let (product, fsync) = broker_info(&p).await;
+    let parts = partitions(&p, a, true).await?;
+    let (limit, duration) = a.limit();
+    let body = generated_body(0, a.size);
+    let claimed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = duration.map(|d| started + d);
+    let mut tasks = tokio::task::JoinSet::new();
+    for pid in &parts {
+        let mut template = p
+            .create_batch(Some(EventDataBatchOptions { partition_id: Some(pid.clone()), ..Default::default() }))
+            .await?;
+        for _ in 0..a.batch {
+            if !template.try_add(&EventData::from(body.clone()))? {
+                bail!("{} events of {} bytes do not fit into one message", a.batch, a.size);
+            }
+        }
+        for _ in 0..a.in_flight {
+            let (p, template, claimed, done, body, pid) =
+                (p.clone(), template.clone(), claimed.clone(), done.clone(), body.clone(), pid.clone());
+            let n = a.batch as u64;
+            tasks.spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    if deadline.is_some_and(|d| Instant::now() >= d) || claimed.fetch_add(n, Ordering::Relaxed) >= limit
+                    {
+                        return Ok::<_, ehub::Error>(lat);
+                    }
+                    let t0 = Instant::now();
+                    if n == 1 {
+                        let o = SendEventOptions { partition_id: Some(pid.clone()), ..Default::default() };
+                        p.send_event(EventData::from(body.clone()), Some(o)).await?;
+                    } else {
+                        p.send_batch(&template).await?;
+                    }
+                    lat.push(t0.elapsed().as_micros() as u64);
+                    done.fetch_add(n, Ordering::Relaxed);
+                }
+            });
+        }
+    }
+    let mut progress = Progress::new("sent", (limit != u64::MAX).then_some(limit));
+    let mut lat = Vec::new();
+    loop {
+        tokio::select! {
+            r = tasks.join_next() => match r {
+                Some(r) => lat.extend(r??),
+                None => break,
+            },
+            _ = tokio::time::sleep(Duration::from_millis(250)) => progress.update(done.load(Ordering::Relaxed)),
+        }
+    }
+    progress.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    let events = done.load(Ordering::Relaxed);
+    p.close().await;
+    Report {
+        mode: "send",
+        settings: json!({"count": a.count, "duration": a.duration, "size": a.size, "batch": a.batch,
+                         "partitions": parts, "in_flight": a.in_flight}),
+        product,
+        fsync,
+        events,
+        bytes: events * a.size as u64,
+        seconds,
+        latency_us: percentiles(lat),
+        latency_label: if a.batch == 1 { "each acknowledged send" } else { "each acknowledged batch" },
+    }
+    .print(t.output);
+    Ok(())
+}
+
+async fn receive(t: &Target, a: &BenchArgs) -> Result<()> {
+    let p = producer(t).await?;
+    let (product, fsync) = broker_info(&p).await;
+    let parts = partitions(&p, a, false).await?;
+    if parts.len() != 1 {
+        bail!("bench receive reads one partition; pass --partition");
+    }
+    let (limit, duration) = a.limit();
+    let c = consumer(t, &a.consumer_group).await?;
+    let opts = OpenReceiverOptions {
+        start_position: parse_position(&a.from, false)?,
+        prefetch: a.prefetch.max(1),
+        ..Default::default()
+    };
+    let mut r = c.open_receiver_on_partition(&parts[0], Some(opts)).await?;
+    let started = Instant::now();
+    let deadline = duration.map(|d| started + d);
+    let (mut events, mut bytes) = (0u64, 0u64);
+    let mut progress = Progress::new("received", (limit != u64::MAX).then_some(limit));
+    while events < limit && deadline.is_none_or(|d| Instant::now() < d) {
+        let batch = r.receive_batch(a.prefetch.max(1) as usize, Duration::from_secs(10)).await?;
+        if batch.is_empty() {
+            if a.count.is_some() {
+                bail!("only {events} of {limit} events arrived: the partition holds fewer (send some first)");
+            }
+            break;
+        }
+        let take = batch.len().min((limit - events) as usize);
+        for e in &batch[..take] {
+            bytes += e.body().map_or(0, |b| b.len() as u64);
+        }
+        events += take as u64;
+        progress.update(events);
+    }
+    progress.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    r.close().await;
+    c.close().await;
+    p.close().await;
+    Report {
+        mode: "receive",
+        settings: json!({"count": a.count, "duration": a.duration, "partition": parts[0], "from": a.from,
+                         "prefetch": a.prefetch}),
+        product,
+        fsync,
+        events,
+        bytes,
+        seconds,
+        latency_us: serde_json::Value::Null,
+        latency_label: "",
+    }
+    .print(t.output);
+    Ok(())
+}
+
+async fn e2e(t: &Target, a: &BenchArgs) -> Result<()> {
+    if a.rate == 0 || a.size < 16 {
+        bail!("--rate must be positive and --size at least 16 (the send time travels in the body)");
+    }
+    let p = producer(t).await?;
+    let (product, fsync) = broker_info(&p).await;
+    let parts = partitions(&p, a, false).await?;
+    let pid = parts[0].clone();
+    let (limit, duration) = a.limit();
+    let limit = if limit == u64::MAX { u64::MAX } else { limit };
+    let c = consumer(t, &a.consumer_group).await?;
+    let opts = OpenReceiverOptions {
+        start_position: EventPosition::Latest,
+        prefetch: a.prefetch.max(1),
+        ..Default::default()
+    };
+    let mut r = c.open_receiver_on_partition(&pid, Some(opts)).await?;
+    let epoch = Instant::now();
+    let size = a.size;
+    let rate = a.rate;
+    let mut sender = Some({
+        let (p, pid) = (p.clone(), pid.clone());
+        tokio::spawn(async move {
+            // Sends `rate` events per second, a tick every millisecond, each event on its own.
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut sent = 0u64;
+            let mut inflight = tokio::task::JoinSet::new();
+            let stop_at = duration.map(|d| epoch + d);
+            while sent < limit && stop_at.is_none_or(|s| Instant::now() < s) {
+                tick.tick().await;
+                let due = ((epoch.elapsed().as_secs_f64() * rate as f64) as u64).min(limit);
+                while sent < due {
+                    let mut body = (epoch.elapsed().as_nanos() as u64).to_be_bytes().to_vec();
+                    body.resize(size, b'.');
+                    let (p, pid) = (p.clone(), pid.clone());
+                    inflight.spawn(async move {
+                        let o = SendEventOptions { partition_id: Some(pid), ..Default::default() };
+                        p.send_event(EventData::from(body), Some(o)).await
+                    });
+                    sent += 1;
+                }
+                while let Some(r) = inflight.try_join_next() {
+                    r??;
+                }
+            }
+            while let Some(r) = inflight.join_next().await {
+                r??;
+            }
+            Ok::<u64, anyhow::Error>(sent)
+        })
+    });
+    let mut lat = Vec::new();
+    let mut received = 0u64;
+    let mut bytes = 0u64;
+    let mut progress = Progress::new("received", (limit != u64::MAX).then_some(limit));
+    let mut sent_total = None;
+    loop {
+        if let Some(s) = sent_total {
+            if received >= s {
+                break;
+            }
+        }
+        let batch = r.receive_batch(1000, Duration::from_millis(200)).await?;
+        let now = epoch.elapsed().as_nanos() as u64;
+        for e in &batch {
+            if let Some(b) = e.body() {
+                if b.len() >= 8 {
+                    let t0 = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+                    lat.push(now.saturating_sub(t0) / 1000);
+                }
+                bytes += b.len() as u64;
+            }
+        }
+        received += batch.len() as u64;
+        progress.update(received);
+        if let Some(h) = sender.take_if(|h| h.is_finished()) {
+            sent_total = Some(h.await??);
+        } else if batch.is_empty() && sent_total.is_some() {
+            break;
+        }
+    }
+    progress.finish();
+    let seconds = epoch.elapsed().as_secs_f64();
+    c.close().await;
+    p.close().await;
+    if received < sent_total.unwrap_or(0) {
+        bail!("only {received} of {} events arrived", sent_total.unwrap_or(0));
+    }
+    Report {
+        mode: "e2e",
+        settings: json!({"count": a.count, "duration": a.duration, "size": a.size, "rate": a.rate, "partition": pid}),
+        product,
+        fsync,
+        events: received,
+        bytes,
+        seconds,
+        latency_us: percentiles(lat),
+        latency_label: "producer to consumer",
+    }
+    .print(t.output);
+    Ok(())
+}

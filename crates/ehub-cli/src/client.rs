@@ -1,0 +1,486 @@
+//! `ehub info`, `ehub send` and `ehub receive`, on the ehub client library.
+
+use crate::timefmt::{format_millis, parse_rfc3339};
+use crate::{Output, Target};
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+use ehub::{
+    ConsumerClient, EventData, EventDataBatchOptions, EventPosition, OpenReceiverOptions, ProducerClient,
+    ReceivedEventData, Value,
+};
+use serde_json::json;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+pub(crate) async fn producer(t: &Target) -> Result<ProducerClient> {
+    Ok(ProducerClient::from_connection_string(&t.connection_string, t.hub.as_deref()).await?)
+}
+
+pub(crate) async fn consumer(t: &Target, group: &str) -> Result<ConsumerClient> {
+    Ok(ConsumerClient::from_connection_string(&t.connection_string, t.hub.as_deref(), Some(group)).await?)
+}
+
+fn time_millis(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    }
+}
+
+pub(crate) fn info(t: &Target) -> Result<()> {
+    runtime()?.block_on(async {
+        let p = producer(t).await?;
+        let hub = p.get_eventhub_properties().await?;
+        let mut parts = Vec::new();
+        for id in &hub.partition_ids {
+            parts.push(p.get_partition_properties(id).await?);
+        }
+        p.close().await;
+        match t.output {
+            Output::Json => {
+                let partitions: Vec<_> = parts
+                    .iter()
+                    .map(|p| {
+                        json!({
+                            "id": p.id,
+                            "beginning_sequence_number": p.beginning_sequence_number,
+                            "last_enqueued_sequence_number": p.last_enqueued_sequence_number,
+                            "last_enqueued_offset": p.last_enqueued_offset,
+                            "last_enqueued_time_utc": format_millis(time_millis(p.last_enqueued_time_utc)),
+                            "is_empty": p.is_empty,
+                        })
+                    })
+                    .collect();
+                let v = json!({
+                    "name": hub.name,
+                    "created_at": format_millis(time_millis(hub.created_at)),
+                    "partition_ids": hub.partition_ids,
+                    "partitions": partitions,
+                });
+                println!("{v}");
+            }
+            Output::Text => {
+                println!("hub:        {}", hub.name);
+                println!("created at: {}", format_millis(time_millis(hub.created_at)));
+                println!("partitions: {}", hub.partition_ids.len());
+                println!();
+                println!(
+                    "{:>9}  {:>14}  {:>14}  {:>14}  {:<24}  empty",
+                    "partition", "first seq", "last seq", "last offset", "last enqueued"
+                );
+                for p in &parts {
+                    let time =
+                        if p.is_empty { "-".to_owned() } else { format_millis(time_millis(p.last_enqueued_time_utc)) };
+                    println!(
+                        "{:>9}  {:>14}  {:>14}  {:>14}  {:<24}  {}",
+                        p.id,
+                        p.beginning_sequence_number,
+                        p.last_enqueued_sequence_number,
+                        p.last_enqueued_offset,
+                        time,
+                        p.is_empty
+                    );
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+#[derive(clap::Args)]
+pub(crate) struct SendArgs {
+    /// Event bodies, one event each. Without bodies, --file or --count, stdin is read, one
+    /// event per line.
+    bodies: Vec<String>,
+    /// Send to this partition.
+    #[arg(long)]
+    partition: Option<String>,
+    /// Route by this partition key.
+    #[arg(long, conflicts_with = "partition")]
+    partition_key: Option<String>,
+    /// Application property `key=value` (string value), repeatable.
+    #[arg(long = "property", value_name = "KEY=VALUE")]
+    properties: Vec<String>,
+    /// Send each file's content as one event, repeatable.
+    #[arg(long = "file", value_name = "PATH")]
+    files: Vec<PathBuf>,
+    /// Send this many generated events.
+    #[arg(long, conflicts_with_all = ["bodies", "files"])]
+    count: Option<u64>,
+    /// Size in bytes of generated events.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Events per batch (default: as many as fit into one message).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Batches in flight at once.
+    #[arg(long, default_value_t = 8)]
+    in_flight: usize,
+}
+
+pub(crate) fn parse_properties(props: &[String]) -> Result<Vec<(String, String)>> {
+    props
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("--property '{p}' is not KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// A generated body of `size` bytes that starts with the event's index.
+pub(crate) fn generated_body(i: u64, size: usize) -> Vec<u8> {
+    let mut b = format!("{i:010}").into_bytes();
+    b.resize(size, b'.');
+    b.truncate(size);
+    b
+}
+
+pub(crate) fn send(t: &Target, a: &SendArgs) -> Result<()> {
+    let props = parse_properties(&a.properties)?;
+    if a.batch == Some(0) || a.in_flight == 0 {
+        bail!("--batch and --in-flight must be at least 1");
+    }
+    let events: Box<dyn Iterator<Item = Result<Vec<u8>>>> =
+        if let Some(n) = a.count {
+            let size = a.size;
+            Box::new((0..n).map(move |i| Ok(generated_body(i, size))))
+        } else if !a.bodies.is_empty() || !a.files.is_empty() {
+            let files = a.files.clone();
+            Box::new(a.bodies.clone().into_iter().map(|b| Ok(b.into_bytes())).chain(
+                files.into_iter().map(|f| std::fs::read(&f).with_context(|| format!("reading {}", f.display()))),
+            ))
+        } else {
+            if std::io::stdin().is_terminal() {
+                eprintln!("reading events from stdin, one per line (Ctrl-D to end)");
+            }
+            Box::new(std::io::stdin().lock().lines().map(|l| l.context("reading stdin").map(String::into_bytes)))
+        };
+    let total_hint = a.count;
+    runtime()?.block_on(async {
+        let p = producer(t).await?;
+        let started = Instant::now();
+        let opts = EventDataBatchOptions {
+            partition_id: a.partition.clone(),
+            partition_key: a.partition_key.clone(),
+            max_size_in_bytes: None,
+        };
+        let mut inflight = tokio::task::JoinSet::new();
+        let (mut sent, mut bytes) = (0u64, 0u64);
+        let mut progress = Progress::new("sent", total_hint);
+        let mut batch = p.create_batch(Some(opts.clone())).await?;
+        let per_batch = a.batch.unwrap_or(usize::MAX);
+        let mut pending = 0u64;
+        let mut pending_bytes = 0u64;
+        let flush = |batch: ehub::EventDataBatch,
+                     inflight: &mut tokio::task::JoinSet<ehub::Result<(u64, u64)>>,
+                     n: u64,
+                     b: u64| {
+            let p = p.clone();
+            inflight.spawn(async move { p.send_batch(&batch).await.map(|_| (n, b)) });
+        };
+        for body in events {
+            let body = body?;
+            let len = body.len() as u64;
+            let mut e = EventData::from(body);
+            for (k, v) in &props {
+                e.set_property(k.clone(), v.as_str());
+            }
+            if batch.len() >= per_batch || !batch.try_add(&e)? {
+                let full = std::mem::replace(&mut batch, p.create_batch(Some(opts.clone())).await?);
+                flush(full, &mut inflight, pending, pending_bytes);
+                pending = 0;
+                pending_bytes = 0;
+                while inflight.len() >= a.in_flight {
+                    let (n, b) = inflight.join_next().await.expect("non-empty")??;
+                    sent += n;
+                    bytes += b;
+                    progress.update(sent);
+                }
+                if !batch.try_add(&e)? {
+                    bail!("an event of {len} bytes does not fit into an empty batch");
+                }
+            }
+            pending += 1;
+            pending_bytes += len;
+        }
+        if !batch.is_empty() {
+            flush(batch, &mut inflight, pending, pending_bytes);
+        }
+        while let Some(r) = inflight.join_next().await {
+            let (n, b) = r??;
+            sent += n;
+            bytes += b;
+            progress.update(sent);
+        }
+        progress.finish();
+        let secs = started.elapsed().as_secs_f64();
+        p.close().await;
+        let target = match (&a.partition, &a.partition_key) {
+            (Some(p), _) => format!("partition {p}"),
+            (None, Some(k)) => format!("partition key '{k}'"),
+            _ => "the hub (round-robin)".into(),
+        };
+        match t.output {
+            Output::Json => println!(
+                "{}",
+                json!({"sent": sent, "bytes": bytes, "seconds": secs, "hub": p.eventhub_name(),
+                       "partition": a.partition, "partition_key": a.partition_key})
+            ),
+            Output::Text => {
+                println!("sent {sent} events ({bytes} bytes) to {} {target} in {secs:.3} s", p.eventhub_name())
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A progress line on stderr, only when stderr is a terminal and the run is long.
+pub(crate) struct Progress {
+    what: &'static str,
+    total: Option<u64>,
+    last: Instant,
+    shown: bool,
+    enabled: bool,
+}
+
+impl Progress {
+    pub(crate) fn new(what: &'static str, total: Option<u64>) -> Self {
+        Progress { what, total, last: Instant::now(), shown: false, enabled: std::io::stderr().is_terminal() }
+    }
+
+    pub(crate) fn update(&mut self, n: u64) {
+        if !self.enabled || self.last.elapsed() < Duration::from_millis(500) {
+            return;
+        }
+        self.last = Instant::now();
+        self.shown = true;
+        match self.total {
+            Some(t) if t > 0 => eprint!("\r{} {n}/{t} ({:.0}%)   ", self.what, n as f64 * 100.0 / t as f64),
+            _ => eprint!("\r{} {n}   ", self.what),
+        }
+    }
+
+    pub(crate) fn finish(&mut self) {
+        if self.shown {
+            eprintln!();
+            self.shown = false;
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ReceiveArgs {
+    /// Read this partition (default: all partitions).
+    #[arg(long)]
+    partition: Option<String>,
+    /// Consumer group.
+    #[arg(long, default_value = "$Default")]
+    consumer_group: String,
+    /// Start position: earliest, latest, seq:N, offset:O or time:RFC3339.
+    #[arg(long, default_value = "earliest")]
+    from: String,
+    /// Include the event at the start position (for seq, offset and time).
+    #[arg(long)]
+    inclusive: bool,
+    /// Stop after this many events.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop when no event arrives for this many seconds (ignored with --follow).
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Keep waiting for new events (until --count or Ctrl-C).
+    #[arg(long)]
+    follow: bool,
+    /// Owner level (epoch) of the receivers.
+    #[arg(long)]
+    owner_level: Option<i64>,
+}
+
+pub(crate) fn parse_position(from: &str, inclusive: bool) -> Result<EventPosition> {
+    Ok(match from {
+        "earliest" => EventPosition::Earliest,
+        "latest" => EventPosition::Latest,
+        _ => match from.split_once(':') {
+            Some(("seq", n)) => EventPosition::SequenceNumber {
+                value: n.parse().with_context(|| format!("--from seq:{n}: not a number"))?,
+                inclusive,
+            },
+            Some(("offset", o)) if !o.is_empty() => EventPosition::Offset { value: o.to_owned(), inclusive },
+            Some(("time", ts)) => EventPosition::EnqueuedTime {
+                millis: parse_rfc3339(ts).with_context(|| format!("--from time:{ts}: not an RFC 3339 time"))?,
+                inclusive,
+            },
+            _ => bail!("--from '{from}': use earliest, latest, seq:N, offset:O or time:RFC3339"),
+        },
+    })
+}
+
+pub(crate) fn value_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Bool(b) => json!(b),
+        Value::Ubyte(n) => json!(n),
+        Value::Ushort(n) => json!(n),
+        Value::Uint(n) => json!(n),
+        Value::Ulong(n) => json!(n),
+        Value::Byte(n) => json!(n),
+        Value::Short(n) => json!(n),
+        Value::Int(n) => json!(n),
+        Value::Long(n) => json!(n),
+        Value::Float(f) => json!(f),
+        Value::Double(f) => json!(f),
+        Value::String(s) => json!(s),
+        Value::Symbol(s) => json!(s.as_str()),
+        Value::Char(c) => json!(c.to_string()),
+        Value::Timestamp(t) => json!(format_millis(t.0)),
+        Value::Binary(b) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
+        Value::Uuid(u) => json!(uuid_text(u)),
+        Value::List(l) => serde_json::Value::Array(l.iter().map(value_json).collect()),
+        Value::Array(a) => serde_json::Value::Array(a.items.iter().map(value_json).collect()),
+        Value::Map(m) => serde_json::Value::Object(m.iter().map(|(k, v)| (key_text(k), value_json(v))).collect()),
+        other => json!(format!("{other:?}")),
+    }
+}
+
+fn uuid_text(u: &[u8; 16]) -> String {
+    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+fn key_text(k: &Value) -> String {
+    k.as_text().map(str::to_owned).unwrap_or_else(|| value_json(k).to_string())
+}
+
+pub(crate) fn event_json(e: &ReceivedEventData) -> serde_json::Value {
+    let (body, encoding) = match e.body() {
+        Some(b) => match std::str::from_utf8(b) {
+            Ok(s) => (json!(s), "utf8"),
+            Err(_) => (json!(base64::engine::general_purpose::STANDARD.encode(b)), "base64"),
+        },
+        None => match &e.raw_amqp_message().body {
+            ehub::AmqpBody::Value(v) => (value_json(v), "amqp-value"),
+            ehub::AmqpBody::Sequence(s) => {
+                (serde_json::Value::Array(s.iter().flatten().map(value_json).collect()), "amqp-sequence")
+            }
+            _ => (serde_json::Value::Null, "none"),
+        },
+    };
+    let props: serde_json::Map<String, serde_json::Value> =
+        e.properties().iter().map(|(k, v)| (key_text(k), value_json(v))).collect();
+    json!({
+        "partition_id": e.partition_id(),
+        "sequence_number": e.sequence_number(),
+        "offset": e.offset(),
+        "enqueued_time": format_millis(e.enqueued_time_millis()),
+        "partition_key": e.partition_key(),
+        "body": body,
+        "body_encoding": encoding,
+        "properties": props,
+    })
+}
+
+pub(crate) fn receive(t: &Target, a: &ReceiveArgs) -> Result<()> {
+    let position = parse_position(&a.from, a.inclusive)?;
+    if a.timeout.is_nan() || a.timeout <= 0.0 {
+        bail!("--timeout must be positive");
+    }
+    runtime()?.block_on(async {
+        let c = consumer(t, &a.consumer_group).await?;
+        let partitions = match &a.partition {
+            Some(p) => vec![p.clone()],
+            None => c.get_partition_ids().await?,
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<ehub::Result<Vec<ReceivedEventData>>>(64);
+        let opts = OpenReceiverOptions { start_position: position, owner_level: a.owner_level, ..Default::default() };
+        let mut tasks = tokio::task::JoinSet::new();
+        for p in partitions {
+            let (c, tx, opts) = (c.clone(), tx.clone(), opts.clone());
+            tasks.spawn(async move {
+                let mut r = match c.open_receiver_on_partition(&p, Some(opts)).await {
+                    Ok(r) => r,
+                    Err(e) => return drop(tx.send(Err(e)).await),
+                };
+                loop {
+                    let b = r.receive_batch(1000, Duration::from_secs(3600)).await;
+                    let stop = b.is_err();
+                    if tx.send(b).await.is_err() || stop {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let idle = Duration::from_secs_f64(a.timeout);
+        let limit = a.count.unwrap_or(u64::MAX);
+        let mut n = 0u64;
+        let stdout = std::io::stdout();
+        let result = loop {
+            if n >= limit {
+                break Ok(());
+            }
+            let next = if a.follow {
+                tokio::select! {
+                    b = rx.recv() => b,
+                    _ = tokio::signal::ctrl_c() => break Ok(()),
+                }
+            } else {
+                match tokio::time::timeout(idle, rx.recv()).await {
+                    Ok(b) => b,
+                    Err(_) => break Ok(()),
+                }
+            };
+            let events = match next {
+                Some(Ok(events)) => events,
+                Some(Err(e)) => break Err(anyhow::Error::from(e)),
+                None => break Ok(()),
+            };
+            let mut out = stdout.lock();
+            for e in events {
+                if n >= limit {
+                    break;
+                }
+                n += 1;
+                match t.output {
+                    Output::Json => writeln!(out, "{}", event_json(&e))?,
+                    Output::Text => {
+                        let body = match e.body() {
+                            Some(b) => String::from_utf8_lossy(b).into_owned(),
+                            None => format!("{:?}", e.raw_amqp_message().body),
+                        };
+                        let props = if e.properties().is_empty() {
+                            String::new()
+                        } else {
+                            let p: Vec<String> = e
+                                .properties()
+                                .iter()
+                                .map(|(k, v)| format!("{}={}", key_text(k), value_json(v)))
+                                .collect();
+                            format!("  {{{}}}", p.join(", "))
+                        };
+                        writeln!(
+                            out,
+                            "[{} #{} {}] {body}{props}",
+                            e.partition_id(),
+                            e.sequence_number(),
+                            format_millis(e.enqueued_time_millis())
+                        )?;
+                    }
+                }
+            }
+            out.flush()?;
+        };
+        tasks.shutdown().await;
+        c.close().await;
+        if t.output == Output::Text {
+            eprintln!("received {n} events");
+        }
+        result
+    })
+}
