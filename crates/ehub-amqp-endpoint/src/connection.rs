@@ -10,6 +10,7 @@
 //! ```
 
 use crate::error::{condition, EndpointError};
+use crate::idmap::IdMap;
 use bytes::{Bytes, BytesMut};
 use ehub_amqp_codec::{
     encode_empty_frame, encode_frame, encode_sasl_frame, finish_frame, put_composite, split_frame, start_frame, Attach,
@@ -17,7 +18,7 @@ use ehub_amqp_codec::{
     Open, Performative, ProtocolHeader, ReceiverSettleMode, Role, SaslCode, SaslFrame, SenderSettleMode, Source,
     Symbol, Target, Transfer, Value, FRAME_TYPE_AMQP, MIN_MAX_FRAME_SIZE,
 };
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// How this end authenticates (initiator) or which mechanisms it offers (acceptor).
@@ -304,8 +305,8 @@ struct Session {
     remote_incoming_window: u32,
     remote_outgoing_window: u32,
     next_delivery_id: u32,
-    links: HashMap<u32, Link>,
-    remote_handles: HashMap<u32, u32>,
+    links: IdMap<u32, Link>,
+    remote_handles: IdMap<u32, u32>,
     next_handle: u32,
 }
 
@@ -320,8 +321,8 @@ impl Session {
             remote_incoming_window: 0,
             remote_outgoing_window: 0,
             next_delivery_id: 0,
-            links: HashMap::new(),
-            remote_handles: HashMap::new(),
+            links: IdMap::default(),
+            remote_handles: IdMap::default(),
             next_handle: 0,
         }
     }
@@ -381,8 +382,8 @@ pub struct Connection {
     peer_max_frame: u32,
     peer_channel_max: u16,
     peer_idle: Option<Duration>,
-    sessions: HashMap<u16, Session>,
-    remote_channels: HashMap<u16, u16>,
+    sessions: IdMap<u16, Session>,
+    remote_channels: IdMap<u16, u16>,
     /// Channels the peer ended: late frames on them are ignored (Python detaches after `end`).
     ended_channels: std::collections::HashSet<u16>,
     last_recv: Instant,
@@ -408,8 +409,8 @@ impl Connection {
             peer_max_frame: MIN_MAX_FRAME_SIZE,
             peer_channel_max: 0,
             peer_idle: None,
-            sessions: HashMap::new(),
-            remote_channels: HashMap::new(),
+            sessions: IdMap::default(),
+            remote_channels: IdMap::default(),
             ended_channels: Default::default(),
             last_recv: now,
             last_send: now,

@@ -32,8 +32,10 @@
 mod connection;
 pub mod driver;
 mod error;
+mod idmap;
 
 pub use connection::{
     AttachReply, Connection, ConnectionConfig, ConnectionRole, Delivery, Event, Link, LinkId, SaslConfig, SendArgs,
 };
 pub use error::{condition, EndpointError};
+pub use idmap::{IdHasher, IdMap};

@@ -17,7 +17,7 @@ use ehub_amqp_endpoint::{
 };
 use ehub_model::{annotations, conditions, link as linkprops, nodes, EntityAddress, EventPosition};
 use ehub_partition_log::{AppendEvent, Appended, LogError, Partition, StartPosition, StoredEvent};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -87,7 +87,7 @@ pub(crate) struct ConnTask<S> {
     broker: Arc<Broker>,
     conn: Connection,
     transport: Transport<S>,
-    links: HashMap<LinkId, LinkInfo>,
+    links: ehub_amqp_endpoint::IdMap<LinkId, LinkInfo>,
     tokens: Vec<Token>,
     ctl_tx: UnboundedSender<Control>,
     ctl_rx: UnboundedReceiver<Control>,
@@ -152,7 +152,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             broker,
             conn,
             transport: Transport::new(io),
-            links: HashMap::new(),
+            links: Default::default(),
             tokens: Vec::new(),
             ctl_tx,
             ctl_rx,

@@ -228,18 +228,25 @@ impl Partition {
             };
             let i = seg.index.partition_point(|e| e.seq <= seq);
             let pos = if i == 0 { 0 } else { seg.index[i - 1].pos };
+            // The sparse index bounds how far `max_events` can reach, so a reader that wants
+            // a few thousand events does not read (and zero) megabytes it will not use.
+            let last = seq.saturating_add(max_events as i64);
+            let j = seg.index.partition_point(|e| e.seq <= last);
+            let reach = seg.index.get(j).map_or(seg.size, |e| e.pos);
             (
                 seq,
                 Arc::clone(&seg.file),
-                (pos, seg.size, seg.path.clone(), seg.end_seq),
+                (pos, seg.size, seg.path.clone(), seg.end_seq, reach),
                 seg.base_offset,
                 st.committed_seq,
             )
         };
-        let (mut pos, seg_size, path, seg_end_seq) = pos;
+        let (mut pos, seg_size, path, seg_end_seq, reach) = pos;
         let mut events = Vec::new();
         let mut bytes = 0;
-        let want = (max_bytes.max(64 * 1024) as u64).min(seg_size - pos.min(seg_size)) as usize;
+        let want = (max_bytes.max(64 * 1024) as u64)
+            .min(reach.saturating_sub(pos).max(64 * 1024))
+            .min(seg_size - pos.min(seg_size)) as usize;
         while events.len() < max_events && pos < seg_size {
             let n = want.min((seg_size - pos) as usize).max(HEADER_LEN);
             let mut buf = vec![0u8; n];

@@ -15,7 +15,9 @@ use ehub_amqp_codec::{
     Source, Symbol, Target, Value,
 };
 use ehub_amqp_endpoint::driver::Transport;
-use ehub_amqp_endpoint::{Connection, ConnectionConfig, ConnectionRole, Delivery, Event, LinkId, SaslConfig, SendArgs};
+use ehub_amqp_endpoint::{
+    Connection, ConnectionConfig, ConnectionRole, Delivery, Event, IdMap, LinkId, SaslConfig, SendArgs,
+};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -124,12 +126,12 @@ impl AmqpConnection {
             t,
             session,
             cmds: rx,
-            senders: HashMap::new(),
-            receivers: HashMap::new(),
-            unacked: HashMap::new(),
+            senders: IdMap::default(),
+            receivers: IdMap::default(),
+            unacked: IdMap::default(),
             nodes: HashMap::new(),
-            node_links: HashMap::new(),
-            requests: HashMap::new(),
+            node_links: IdMap::default(),
+            requests: IdMap::default(),
             next_request_id: 0,
             next_tag: 0,
             id,
@@ -316,13 +318,13 @@ struct Actor {
     t: Transport<BoxStream>,
     session: u16,
     cmds: mpsc::Receiver<Cmd>,
-    senders: HashMap<LinkId, SenderState>,
-    receivers: HashMap<LinkId, ReceiverState>,
+    senders: IdMap<LinkId, SenderState>,
+    receivers: IdMap<LinkId, ReceiverState>,
     /// Sends awaiting the service's disposition, by delivery id.
-    unacked: HashMap<u32, (LinkId, oneshot::Sender<Result<()>>)>,
+    unacked: IdMap<u32, (LinkId, oneshot::Sender<Result<()>>)>,
     nodes: HashMap<&'static str, NodeState>,
-    node_links: HashMap<LinkId, &'static str>,
-    requests: HashMap<u64, oneshot::Sender<Result<Message>>>,
+    node_links: IdMap<LinkId, &'static str>,
+    requests: IdMap<u64, oneshot::Sender<Result<Message>>>,
     next_request_id: u64,
     next_tag: u64,
     id: u64,
@@ -596,7 +598,7 @@ impl Actor {
     /// Feeds what was read and handles the resulting events.
     fn input(&mut self) -> Step {
         let fed = self.t.feed(&mut self.conn);
-        let mut batches: HashMap<LinkId, Vec<Delivery>> = HashMap::new();
+        let mut batches: IdMap<LinkId, Vec<Delivery>> = IdMap::default();
         while let Some(ev) = self.conn.poll_event() {
             if let Step::Stop(e) = self.event(ev, &mut batches) {
                 return Step::Stop(e);
@@ -616,7 +618,7 @@ impl Actor {
         }
     }
 
-    fn event(&mut self, ev: Event, batches: &mut HashMap<LinkId, Vec<Delivery>>) -> Step {
+    fn event(&mut self, ev: Event, batches: &mut IdMap<LinkId, Vec<Delivery>>) -> Step {
         match ev {
             Event::Attached { link, attach } => self.attached(link, &attach),
             Event::LinkFlow { link } => {

@@ -186,6 +186,7 @@ impl ConsumerClient {
             core: self.core.clone(),
             consumer_group: self.consumer_group.clone(),
             partition_id: partition_id.to_owned(),
+            pid: Arc::from(partition_id),
             options: options.unwrap_or_default(),
             link: None,
             buffer: VecDeque::new(),
@@ -262,6 +263,8 @@ pub struct EventReceiver {
     core: Arc<ClientCore>,
     consumer_group: String,
     partition_id: String,
+    /// The partition id shared by every received event.
+    pid: Arc<str>,
     options: OpenReceiverOptions,
     link: Option<(Conn, ReceiverLink)>,
     buffer: VecDeque<ReceivedEventData>,
@@ -356,8 +359,9 @@ impl EventReceiver {
             let err = match item {
                 Some(RecvItem::Deliveries(ds)) => {
                     conn.amqp.credit(link.link, ds.len() as u32);
+                    let track = self.options.track_last_enqueued_event_properties;
                     for d in ds {
-                        let (ev, last) = ReceivedEventData::decode(d.payload, &self.partition_id)?;
+                        let (ev, last) = ReceivedEventData::decode(d.payload, &self.pid, track)?;
                         self.last_sequence_number = Some(ev.sequence_number());
                         if last.is_some() {
                             self.last_enqueued = last;

@@ -2,8 +2,12 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use bytes::Bytes;
-use ehub_amqp_codec::{Body, Map, Message, Properties, Symbol, Value};
+use ehub_amqp_codec::{
+    code, raw_text, Body, Decoder, Map, Message, Properties, RawMapEntries, SectionSpans, Symbol, Value,
+};
 use ehub_model::annotations as ann;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The full AMQP message under an event, for complete control over every section.
@@ -162,15 +166,25 @@ impl From<Bytes> for EventData {
 }
 
 /// An event read from a partition, with the service's system properties.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Decoding is lazy: the service annotations and the body are located without decoding the
+/// message; the other sections are decoded on first access.
+#[derive(Debug, Clone)]
 pub struct ReceivedEventData {
-    message: Message,
     raw: Bytes,
+    body: Option<Range<usize>>,
+    message: OnceLock<Box<Message>>,
     sequence_number: i64,
     offset: String,
     enqueued_time_millis: i64,
     partition_key: Option<String>,
-    partition_id: String,
+    partition_id: Arc<str>,
+}
+
+impl PartialEq for ReceivedEventData {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw && self.partition_id == other.partition_id
+    }
 }
 
 /// Runtime metrics of a partition, carried on received events when
@@ -196,54 +210,80 @@ pub(crate) fn millis_to_time(ms: i64) -> SystemTime {
 }
 
 impl ReceivedEventData {
-    /// Decodes a delivered message. Fails when the service annotations are missing.
-    pub(crate) fn decode(raw: Bytes, partition_id: &str) -> Result<(Self, Option<LastEnqueuedEventProperties>)> {
+    /// Reads a delivered message. Fails when its sections are malformed or the service
+    /// annotations are missing.
+    pub(crate) fn decode(
+        raw: Bytes,
+        partition_id: &Arc<str>,
+        track_last: bool,
+    ) -> Result<(Self, Option<LastEnqueuedEventProperties>)> {
         let bad = |why: String| {
             Error::new(ErrorKind::EventData, format!("undecodable event from partition {partition_id}: {why}"))
         };
-        let message = Message::decode(&raw).map_err(|e| bad(e.to_string()))?;
-        let ma = message.message_annotations.as_deref().unwrap_or(&[]);
-        let get = |k: &str| ehub_amqp_codec::map_get(ma, k);
-        let sequence_number =
-            get(ann::SEQUENCE_NUMBER).and_then(|v| v.as_i64()).ok_or_else(|| bad("no x-opt-sequence-number".into()))?;
-        let offset = match get(ann::OFFSET) {
-            Some(Value::String(s)) => s.clone(),
-            Some(v) => v.as_i64().map(|n| n.to_string()).ok_or_else(|| bad("x-opt-offset is not text".into()))?,
-            None => return Err(bad("no x-opt-offset".into())),
-        };
-        let enqueued_time_millis = get(ann::ENQUEUED_TIME).and_then(|v| v.as_timestamp()).map(|t| t.0).unwrap_or(0);
-        let partition_key = get(ann::PARTITION_KEY).and_then(|v| v.as_text()).map(str::to_owned);
-        let last = message.delivery_annotations.as_deref().map(|da| {
-            let g = |k: &str| ehub_amqp_codec::map_get(da, k);
-            LastEnqueuedEventProperties {
-                sequence_number: g(ann::LAST_ENQUEUED_SEQUENCE_NUMBER).and_then(|v| v.as_i64()),
-                offset: g(ann::LAST_ENQUEUED_OFFSET).and_then(|v| v.as_text()).map(str::to_owned),
-                enqueued_time: g(ann::LAST_ENQUEUED_TIME_UTC)
-                    .and_then(|v| v.as_timestamp())
-                    .map(|t| millis_to_time(t.0)),
-                retrieval_time: g(ann::RUNTIME_INFO_RETRIEVAL_TIME_UTC)
-                    .and_then(|v| v.as_timestamp())
-                    .map(|t| millis_to_time(t.0)),
+        let spans = SectionSpans::scan(&raw).map_err(|e| bad(e.to_string()))?;
+        let (mut seq, mut offset, mut time, mut key) = (None, None, 0i64, None);
+        if let Some(ma) = &spans.message_annotations {
+            for entry in RawMapEntries::of_section(&raw, ma).map_err(|e| bad(e.to_string()))? {
+                let (k, v) = entry.map_err(|e| bad(e.to_string()))?;
+                let which = match raw_text(&raw[k]) {
+                    Some(ann::SEQUENCE_NUMBER) => 0,
+                    Some(ann::OFFSET) => 1,
+                    Some(ann::ENQUEUED_TIME) => 2,
+                    Some(ann::PARTITION_KEY) => 3,
+                    _ => continue,
+                };
+                let value = Decoder::with_range(&raw, v.start, v.end).read_value().map_err(|e| bad(e.to_string()))?;
+                match which {
+                    0 => seq = value.as_i64(),
+                    1 => {
+                        offset = match value {
+                            Value::String(s) => Some(s),
+                            v => v.as_i64().map(|n| n.to_string()),
+                        }
+                    }
+                    2 => time = value.as_timestamp().map(|t| t.0).unwrap_or(0),
+                    _ => key = value.as_text().map(str::to_owned),
+                }
             }
-        });
-        let last = last.filter(|l| l.sequence_number.is_some());
-        Ok((
-            ReceivedEventData {
-                message,
-                raw,
-                sequence_number,
-                offset,
-                enqueued_time_millis,
-                partition_key,
-                partition_id: partition_id.to_owned(),
-            },
-            last,
-        ))
+        }
+        let sequence_number = seq.ok_or_else(|| bad("no x-opt-sequence-number".into()))?;
+        let offset = offset.ok_or_else(|| bad("no x-opt-offset".into()))?;
+        let body = single_data_section(&raw, &spans);
+        let ev = ReceivedEventData {
+            raw,
+            body,
+            message: OnceLock::new(),
+            sequence_number,
+            offset,
+            enqueued_time_millis: time,
+            partition_key: key,
+            partition_id: partition_id.clone(),
+        };
+        let last = if track_last && spans.delivery_annotations.is_some() {
+            let m = ev.raw_amqp_message();
+            m.delivery_annotations.as_deref().and_then(|da| {
+                let g = |k: &str| ehub_amqp_codec::map_get(da, k);
+                let l = LastEnqueuedEventProperties {
+                    sequence_number: g(ann::LAST_ENQUEUED_SEQUENCE_NUMBER).and_then(|v| v.as_i64()),
+                    offset: g(ann::LAST_ENQUEUED_OFFSET).and_then(|v| v.as_text()).map(str::to_owned),
+                    enqueued_time: g(ann::LAST_ENQUEUED_TIME_UTC)
+                        .and_then(|v| v.as_timestamp())
+                        .map(|t| millis_to_time(t.0)),
+                    retrieval_time: g(ann::RUNTIME_INFO_RETRIEVAL_TIME_UTC)
+                        .and_then(|v| v.as_timestamp())
+                        .map(|t| millis_to_time(t.0)),
+                };
+                l.sequence_number.is_some().then_some(l)
+            })
+        } else {
+            None
+        };
+        Ok((ev, last))
     }
 
-    /// The body when it is one `data` section.
+    /// The body when it is one `data` section (zero-copy).
     pub fn body(&self) -> Option<&[u8]> {
-        data_body(&self.message)
+        self.body.as_ref().map(|r| &self.raw[r.clone()])
     }
 
     /// The body as UTF-8 text, when it is one `data` section of valid UTF-8.
@@ -253,7 +293,7 @@ impl ReceivedEventData {
 
     /// Application properties.
     pub fn properties(&self) -> &[(Value, Value)] {
-        self.message.application_properties.as_deref().unwrap_or(&[])
+        self.raw_amqp_message().application_properties.as_deref().unwrap_or(&[])
     }
 
     /// One application property.
@@ -264,7 +304,7 @@ impl ReceivedEventData {
     /// The service's message annotations (`x-opt-*` and any the publisher set).
     pub fn system_properties(&self) -> &Map {
         static EMPTY: Map = Vec::new();
-        self.message.message_annotations.as_ref().unwrap_or(&EMPTY)
+        self.raw_amqp_message().message_annotations.as_ref().unwrap_or(&EMPTY)
     }
 
     /// Sequence number within the partition.
@@ -299,22 +339,29 @@ impl ReceivedEventData {
 
     /// Content type.
     pub fn content_type(&self) -> Option<&str> {
-        self.message.properties.as_ref().and_then(|p| p.content_type.as_ref()).map(|s| s.as_str())
+        self.raw_amqp_message().properties.as_ref().and_then(|p| p.content_type.as_ref()).map(|s| s.as_str())
     }
 
     /// Correlation id.
     pub fn correlation_id(&self) -> Option<&Value> {
-        self.message.properties.as_ref().and_then(|p| p.correlation_id.as_ref())
+        self.raw_amqp_message().properties.as_ref().and_then(|p| p.correlation_id.as_ref())
     }
 
     /// Message id.
     pub fn message_id(&self) -> Option<&Value> {
-        self.message.properties.as_ref().and_then(|p| p.message_id.as_ref())
+        self.raw_amqp_message().properties.as_ref().and_then(|p| p.message_id.as_ref())
     }
 
     /// The whole AMQP message.
     pub fn raw_amqp_message(&self) -> &AmqpAnnotatedMessage {
-        &self.message
+        self.message.get_or_init(|| {
+            Box::new(Message::decode(&self.raw).unwrap_or_else(|e| {
+                // The sections were scanned when the event arrived; a value inside one
+                // still failed to decode. Report it and expose an empty message.
+                tracing::warn!(partition_id = %self.partition_id, sequence_number = self.sequence_number, error = %e, "undecodable event section");
+                Message::default()
+            }))
+        })
     }
 
     /// The message exactly as delivered.
@@ -325,9 +372,25 @@ impl ReceivedEventData {
     /// An [`EventData`] with the same body and properties, to send elsewhere (the service
     /// annotations are dropped).
     pub fn to_event_data(&self) -> EventData {
-        let mut m = self.message.clone();
+        let mut m = self.raw_amqp_message().clone();
         m.message_annotations = None;
         m.delivery_annotations = None;
         EventData::from_amqp_message(m)
     }
+}
+
+/// The payload range of a body made of exactly one `data` section.
+fn single_data_section(raw: &Bytes, spans: &SectionSpans) -> Option<Range<usize>> {
+    if spans.body_kind != Some(ehub_amqp_codec::descriptor::DATA) {
+        return None;
+    }
+    let b = spans.body.clone()?;
+    // 0x00 0x53 0x75, then vbin8 (len u8) or vbin32 (len u32).
+    let at = b.start + 3;
+    let (start, len) = match *raw.get(at)? {
+        code::VBIN8 => (at + 2, *raw.get(at + 1)? as usize),
+        code::VBIN32 => (at + 5, u32::from_be_bytes(raw.get(at + 1..at + 5)?.try_into().ok()?) as usize),
+        _ => return None,
+    };
+    (start + len == b.end).then_some(start..start + len)
 }
