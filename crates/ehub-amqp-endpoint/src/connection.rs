@@ -1250,6 +1250,21 @@ impl Connection {
         self.write(channel, &Performative::Disposition(d), &[])
     }
 
+    /// Accepts and settles a delivery we received, unless the sender settled it already.
+    pub fn accept_delivery(&mut self, d: &Delivery) -> Result<()> {
+        if d.settled {
+            return Ok(());
+        }
+        self.disposition(
+            d.link.channel,
+            Role::Receiver,
+            d.delivery_id,
+            d.delivery_id,
+            true,
+            Some(DeliveryState::Accepted),
+        )
+    }
+
     /// Sends a message on one of our sender links, splitting it into frames that fit the peer's
     /// max frame size. Consumes one unit of credit. Returns the delivery id.
     pub fn send(&mut self, id: LinkId, args: SendArgs<'_>, payload: &[u8]) -> Result<u32> {

@@ -469,16 +469,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         match &mut info.kind {
             LinkKind::CbsIn | LinkKind::MgmtIn => {
                 let is_cbs = matches!(info.kind, LinkKind::CbsIn);
-                if !d.settled {
-                    self.conn.disposition(
-                        d.link.channel,
-                        Role::Receiver,
-                        d.delivery_id,
-                        d.delivery_id,
-                        true,
-                        Some(DeliveryState::Accepted),
-                    )?;
-                }
+                self.conn.accept_delivery(&d)?;
                 self.conn.top_up_credit(d.link, PRODUCER_CREDIT)?;
                 let request = match Message::decode(&d.payload) {
                     Ok(m) => m,

@@ -629,16 +629,7 @@ impl Actor {
                 }
             }
             Event::Delivery(d) => {
-                if !d.settled {
-                    let _ = self.conn.disposition(
-                        d.link.channel,
-                        Role::Receiver,
-                        d.delivery_id,
-                        d.delivery_id,
-                        true,
-                        Some(DeliveryState::Accepted),
-                    );
-                }
+                let _ = self.conn.accept_delivery(&d);
                 if let Some(node) = self.node_links.get(&d.link).copied() {
                     self.response(node, d);
                 } else if self.receivers.contains_key(&d.link) {

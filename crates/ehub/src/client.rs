@@ -13,6 +13,37 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The option setters both client builders share (the official crate's builder shape).
+macro_rules! builder_options {
+    () => {
+        /// Replaces all options.
+        pub fn with_options(mut self, options: crate::ClientOptions) -> Self {
+            self.options = options;
+            self
+        }
+
+        /// Sets the retry policy.
+        pub fn with_retry_options(mut self, retry: crate::RetryOptions) -> Self {
+            self.options.retry = retry;
+            self
+        }
+
+        /// Connects to this address instead of the namespace (see
+        /// [`crate::ClientOptions::custom_endpoint`]).
+        pub fn with_custom_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+            self.options.custom_endpoint = Some(endpoint.into());
+            self
+        }
+
+        /// Sets the user-agent prefix (the official crate's `application_id`).
+        pub fn with_application_id(mut self, id: impl Into<String>) -> Self {
+            self.options.user_agent = Some(id.into());
+            self
+        }
+    };
+}
+pub(crate) use builder_options;
+
 /// A connection plus the audiences authorized on it.
 #[derive(Debug, Clone)]
 pub(crate) struct Conn {
@@ -69,6 +100,15 @@ pub(crate) fn parse_connection_string(cs: &str, hub: Option<&str>) -> Result<Fro
 }
 
 impl ClientCore {
+    /// A core from a connection string: `UseDevelopmentEmulator=true` selects plain AMQP.
+    pub(crate) fn from_connection_string(mut options: ClientOptions, cs: &str, hub: Option<&str>) -> Result<Self> {
+        let cs = parse_connection_string(cs, hub)?;
+        if cs.emulator {
+            options.transport = crate::options::TransportType::Amqp;
+        }
+        ClientCore::new(&cs.namespace, cs.port, &cs.hub, cs.credential, options)
+    }
+
     pub(crate) fn new(
         namespace: &str,
         port: Option<u16>,

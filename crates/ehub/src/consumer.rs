@@ -1,11 +1,11 @@
 //! [`ConsumerClient`] and [`EventReceiver`]: read events from partitions.
 
 use crate::amqp::{ReceiverLink, ReceiverSpec, RecvItem};
-use crate::client::{parse_connection_string, ClientCore, Conn};
+use crate::client::{ClientCore, Conn};
 use crate::credential::Credential;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{LastEnqueuedEventProperties, ReceivedEventData};
-use crate::options::{ClientOptions, TransportType};
+use crate::options::ClientOptions;
 use crate::properties::{EventHubProperties, PartitionProperties};
 use ehub_amqp_codec::{Source, Symbol, Value};
 use ehub_model::{link as link_props, EventPosition};
@@ -54,33 +54,11 @@ pub struct ConsumerClientBuilder {
 }
 
 impl ConsumerClientBuilder {
-    /// Replaces all options.
-    pub fn with_options(mut self, options: ClientOptions) -> Self {
-        self.options = options;
-        self
-    }
+    crate::client::builder_options!();
 
     /// Sets the consumer group (default `$Default`).
     pub fn with_consumer_group(mut self, group: impl Into<String>) -> Self {
         self.consumer_group = Some(group.into());
-        self
-    }
-
-    /// Sets the retry policy.
-    pub fn with_retry_options(mut self, retry: crate::RetryOptions) -> Self {
-        self.options.retry = retry;
-        self
-    }
-
-    /// Connects to this address instead of the namespace.
-    pub fn with_custom_endpoint(mut self, endpoint: impl Into<String>) -> Self {
-        self.options.custom_endpoint = Some(endpoint.into());
-        self
-    }
-
-    /// Sets the user-agent prefix.
-    pub fn with_application_id(mut self, id: impl Into<String>) -> Self {
-        self.options.user_agent = Some(id.into());
         self
     }
 
@@ -101,12 +79,7 @@ impl ConsumerClientBuilder {
         connection_string: &str,
         eventhub: Option<&str>,
     ) -> Result<ConsumerClient> {
-        let cs = parse_connection_string(connection_string, eventhub)?;
-        let mut options = self.options;
-        if cs.emulator {
-            options.transport = TransportType::Amqp;
-        }
-        let core = ClientCore::new(&cs.namespace, cs.port, &cs.hub, cs.credential, options)?;
+        let core = ClientCore::from_connection_string(self.options, connection_string, eventhub)?;
         Ok(ConsumerClient::from_core(core, self.consumer_group))
     }
 }

@@ -2,11 +2,11 @@
 
 use crate::amqp::SenderLink;
 use crate::batch::{EventDataBatch, EventDataBatchOptions};
-use crate::client::{parse_connection_string, ClientCore, Conn};
+use crate::client::{ClientCore, Conn};
 use crate::credential::Credential;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::EventData;
-use crate::options::{ClientOptions, TransportType};
+use crate::options::ClientOptions;
 use crate::properties::{EventHubProperties, PartitionProperties};
 use bytes::Bytes;
 use ehub_amqp_codec::BATCH_MESSAGE_FORMAT;
@@ -33,29 +33,7 @@ pub struct ProducerClientBuilder {
 }
 
 impl ProducerClientBuilder {
-    /// Replaces all options.
-    pub fn with_options(mut self, options: ClientOptions) -> Self {
-        self.options = options;
-        self
-    }
-
-    /// Sets the retry policy.
-    pub fn with_retry_options(mut self, retry: crate::RetryOptions) -> Self {
-        self.options.retry = retry;
-        self
-    }
-
-    /// Connects to this address instead of the namespace (see [`ClientOptions::custom_endpoint`]).
-    pub fn with_custom_endpoint(mut self, endpoint: impl Into<String>) -> Self {
-        self.options.custom_endpoint = Some(endpoint.into());
-        self
-    }
-
-    /// Sets the user-agent prefix (the official crate's `application_id`).
-    pub fn with_application_id(mut self, id: impl Into<String>) -> Self {
-        self.options.user_agent = Some(id.into());
-        self
-    }
+    crate::client::builder_options!();
 
     /// Opens a producer for `eventhub` in the namespace `fully_qualified_namespace`
     /// (`<name>.servicebus.windows.net`).
@@ -76,12 +54,7 @@ impl ProducerClientBuilder {
         connection_string: &str,
         eventhub: Option<&str>,
     ) -> Result<ProducerClient> {
-        let cs = parse_connection_string(connection_string, eventhub)?;
-        let mut options = self.options;
-        if cs.emulator {
-            options.transport = TransportType::Amqp;
-        }
-        let core = ClientCore::new(&cs.namespace, cs.port, &cs.hub, cs.credential, options)?;
+        let core = ClientCore::from_connection_string(self.options, connection_string, eventhub)?;
         Ok(ProducerClient::from_core(core))
     }
 }
