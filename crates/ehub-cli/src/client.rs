@@ -262,7 +262,12 @@ impl Progress {
         self.last = Instant::now();
         self.shown = true;
         match self.total {
-            Some(t) if t > 0 => eprint!("\r{} {n}/{t} ({:.0}%)   ", self.what, n as f64 * 100.0 / t as f64),
+            Some(t) if t > 0 => {
+                let frac = (n as f64 / t as f64).clamp(0.0, 1.0);
+                let filled = (frac * 30.0) as usize;
+                let bar = format!("{}{}", "#".repeat(filled), ".".repeat(30 - filled));
+                eprint!("\r[{bar}] {} {n}/{t} ({:.0}%)   ", self.what, frac * 100.0)
+            }
             _ => eprint!("\r{} {n}   ", self.what),
         }
     }
