@@ -296,7 +296,6 @@ async fn e2e(t: &Target, a: &BenchArgs) -> Result<()> {
     let parts = partitions(&p, a, false).await?;
     let pid = parts[0].clone();
     let (limit, duration) = a.limit();
-    let limit = if limit == u64::MAX { u64::MAX } else { limit };
     let c = consumer(t, &a.consumer_group).await?;
     let opts = OpenReceiverOptions {
         start_position: EventPosition::Latest,

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use ehub::{
     ConsumerClient, EventData, EventDataBatchOptions, EventPosition, OpenReceiverOptions, ProducerClient,
-    ReceivedEventData, Value,
+    ReceiveOptions, ReceivedEventData, Value,
 };
 use serde_json::json;
 use std::io::{BufRead, IsTerminal, Write};
@@ -398,30 +398,8 @@ pub(crate) fn receive(t: &Target, a: &ReceiveArgs) -> Result<()> {
     }
     runtime()?.block_on(async {
         let c = consumer(t, &a.consumer_group).await?;
-        let partitions = match &a.partition {
-            Some(p) => vec![p.clone()],
-            None => c.get_partition_ids().await?,
-        };
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<ehub::Result<Vec<ReceivedEventData>>>(64);
         let opts = OpenReceiverOptions { start_position: position, owner_level: a.owner_level, ..Default::default() };
-        let mut tasks = tokio::task::JoinSet::new();
-        for p in partitions {
-            let (c, tx, opts) = (c.clone(), tx.clone(), opts.clone());
-            tasks.spawn(async move {
-                let mut r = match c.open_receiver_on_partition(&p, Some(opts)).await {
-                    Ok(r) => r,
-                    Err(e) => return drop(tx.send(Err(e)).await),
-                };
-                loop {
-                    let b = r.receive_batch(1000, Duration::from_secs(3600)).await;
-                    let stop = b.is_err();
-                    if tx.send(b).await.is_err() || stop {
-                        return;
-                    }
-                }
-            });
-        }
-        drop(tx);
+        let mut batches = c.receive_all(ReceiveOptions { partition_id: a.partition.clone(), receiver: opts }).await?;
         let idle = Duration::from_secs_f64(a.timeout);
         let limit = a.count.unwrap_or(u64::MAX);
         let mut n = 0u64;
@@ -432,11 +410,11 @@ pub(crate) fn receive(t: &Target, a: &ReceiveArgs) -> Result<()> {
             }
             let next = if a.follow {
                 tokio::select! {
-                    b = rx.recv() => b,
+                    b = batches.next() => b,
                     _ = tokio::signal::ctrl_c() => break Ok(()),
                 }
             } else {
-                match tokio::time::timeout(idle, rx.recv()).await {
+                match tokio::time::timeout(idle, batches.next()).await {
                     Ok(b) => b,
                     Err(_) => break Ok(()),
                 }
@@ -481,7 +459,7 @@ pub(crate) fn receive(t: &Target, a: &ReceiveArgs) -> Result<()> {
             }
             out.flush()?;
         };
-        tasks.shutdown().await;
+        batches.close().await;
         c.close().await;
         if t.output == Output::Text {
             eprintln!("received {n} events");

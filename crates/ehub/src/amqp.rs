@@ -183,10 +183,9 @@ impl AmqpConnection {
     }
 
     /// Tells the connection that `consumed` deliveries of a receiver were taken, so it may
-    /// grant that much credit again.
-    pub(crate) fn credit(&self, link: LinkId, consumed: u32) {
-        // A full queue means the connection is busy; credit is re-granted on the next call.
-        let _ = self.cmds.try_send(Cmd::Credit { link, consumed });
+    /// grant that much credit again. Awaited, never dropped: lost credit would stall the link.
+    pub(crate) async fn credit(&self, link: LinkId, consumed: u32) {
+        let _ = self.cmds.send(Cmd::Credit { link, consumed }).await;
     }
 
     pub(crate) async fn detach(&self, link: LinkId) {
@@ -294,7 +293,6 @@ fn engine_error(e: ehub_amqp_endpoint::EndpointError) -> Error {
 struct SenderState {
     attach_reply: Option<oneshot::Sender<Result<SenderLink>>>,
     queue: VecDeque<(u32, Bytes, oneshot::Sender<Result<()>>)>,
-    max_message_size: u64,
 }
 
 struct ReceiverState {
@@ -397,7 +395,7 @@ impl Actor {
     }
 
     fn fail_all(&mut self, why: &Error) {
-        let again = || Error::new(why.kind(), why.to_string());
+        let again = || why.detached_copy();
         for (_, s) in self.senders.drain() {
             if let Some(r) = s.attach_reply {
                 let _ = r.send(Err(again()));
@@ -449,10 +447,7 @@ impl Actor {
                 a.target = Some(Target::address(address));
                 match self.conn.attach(self.session, a) {
                     Ok(link) => {
-                        self.senders.insert(
-                            link,
-                            SenderState { attach_reply: Some(reply), queue: VecDeque::new(), max_message_size: 0 },
-                        );
+                        self.senders.insert(link, SenderState { attach_reply: Some(reply), queue: VecDeque::new() });
                     }
                     Err(e) => drop(reply.send(Err(engine_error(e)))),
                 }
@@ -576,13 +571,6 @@ impl Actor {
         }
         while self.conn.credit(link) > 0 {
             let Some((format, payload, reply)) = s.queue.pop_front() else { break };
-            if s.max_message_size > 0 && payload.len() as u64 > s.max_message_size {
-                let _ = reply.send(Err(Error::new(
-                    ErrorKind::MessageTooLarge,
-                    format!("the event is {} bytes; the link allows {}", payload.len(), s.max_message_size),
-                )));
-                continue;
-            }
             // The tag only has to be unique among unsettled deliveries of the link.
             self.next_tag = self.next_tag.wrapping_add(1);
             let tag = self.next_tag.to_be_bytes();
@@ -712,9 +700,10 @@ impl Actor {
         if let Some(s) = self.senders.get_mut(&link) {
             // A null target means the service is refusing the link; its detach follows.
             if attach.target.is_some() {
-                s.max_message_size = attach.max_message_size.unwrap_or(0);
+                // The producer enforces the limit before queueing a send.
+                let max_message_size = attach.max_message_size.unwrap_or(0);
                 if let Some(r) = s.attach_reply.take() {
-                    let _ = r.send(Ok(SenderLink { link, max_message_size: s.max_message_size }));
+                    let _ = r.send(Ok(SenderLink { link, max_message_size }));
                 }
                 self.pump_sender(link);
             }

@@ -158,8 +158,7 @@ impl ConsumerClient {
         let mut r = EventReceiver {
             core: self.core.clone(),
             consumer_group: self.consumer_group.clone(),
-            partition_id: partition_id.to_owned(),
-            pid: Arc::from(partition_id),
+            partition_id: Arc::from(partition_id),
             options: options.unwrap_or_default(),
             link: None,
             buffer: VecDeque::new(),
@@ -173,30 +172,21 @@ impl ConsumerClient {
         })
     }
 
-    /// Reads `options.partition_id` or every partition, calling `on_event` for each event
-    /// until it returns [`ControlFlow::Break`], or a partition fails with an error that is not
-    /// transient (that error is returned).
-    pub async fn receive<F>(&self, options: ReceiveOptions, mut on_event: F) -> Result<()>
-    where
-        F: FnMut(ReceivedEventData) -> ControlFlow<()>,
-    {
+    /// Opens a receiver on `options.partition_id` or on every partition and merges what they
+    /// read: [`EventBatches::next`] yields each partition's batches as they arrive.
+    pub async fn receive_all(&self, options: ReceiveOptions) -> Result<EventBatches> {
         let partitions = match &options.partition_id {
             Some(p) => vec![p.clone()],
             None => self.get_partition_ids().await?,
         };
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<ReceivedEventData>>>(partitions.len().max(1) * 2);
+        let (tx, rx) = tokio::sync::mpsc::channel(partitions.len().max(1) * 2);
         let mut tasks = tokio::task::JoinSet::new();
         for p in partitions {
-            let tx = tx.clone();
-            let me = self.clone();
-            let ro = options.receiver.clone();
+            let (tx, me, ro) = (tx.clone(), self.clone(), options.receiver.clone());
             tasks.spawn(async move {
                 let mut r = match me.open_receiver_on_partition(&p, Some(ro.clone())).await {
                     Ok(r) => r,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
+                    Err(e) => return drop(tx.send(Err(e)).await),
                 };
                 loop {
                     let batch = r.receive_batch(ro.prefetch.max(1) as usize, Duration::from_secs(3600)).await;
@@ -207,9 +197,19 @@ impl ConsumerClient {
                 }
             });
         }
-        drop(tx);
+        Ok(EventBatches { rx, tasks })
+    }
+
+    /// Reads `options.partition_id` or every partition, calling `on_event` for each event
+    /// until it returns [`ControlFlow::Break`], or a partition fails with an error that is not
+    /// transient (that error is returned).
+    pub async fn receive<F>(&self, options: ReceiveOptions, mut on_event: F) -> Result<()>
+    where
+        F: FnMut(ReceivedEventData) -> ControlFlow<()>,
+    {
+        let mut batches = self.receive_all(options).await?;
         let result = loop {
-            match rx.recv().await {
+            match batches.next().await {
                 Some(Ok(events)) => {
                     if events.into_iter().any(|e| on_event(e).is_break()) {
                         break Ok(());
@@ -219,7 +219,7 @@ impl ConsumerClient {
                 None => break Ok(()),
             }
         };
-        tasks.shutdown().await;
+        batches.close().await;
         result
     }
 
@@ -229,15 +229,35 @@ impl ConsumerClient {
     }
 }
 
+/// Batches from several partitions, merged ([`ConsumerClient::receive_all`]). Dropping it
+/// stops the receivers.
+#[derive(Debug)]
+pub struct EventBatches {
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<ReceivedEventData>>>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl EventBatches {
+    /// The next batch from any partition; an error ends that partition's receiver. `None`
+    /// once every receiver has ended.
+    pub async fn next(&mut self) -> Option<Result<Vec<ReceivedEventData>>> {
+        self.rx.recv().await
+    }
+
+    /// Stops the receivers and waits for them.
+    pub async fn close(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
 /// A receiver on one partition. It reconnects after transient failures and resumes right
 /// after the last event it received, so no event is lost or repeated.
 #[derive(Debug)]
 pub struct EventReceiver {
     core: Arc<ClientCore>,
     consumer_group: String,
-    partition_id: String,
-    /// The partition id shared by every received event.
-    pid: Arc<str>,
+    /// The partition id, shared by every received event.
+    partition_id: Arc<str>,
     options: OpenReceiverOptions,
     link: Option<(Conn, ReceiverLink)>,
     buffer: VecDeque<ReceivedEventData>,
@@ -331,10 +351,10 @@ impl EventReceiver {
             };
             let err = match item {
                 Some(RecvItem::Deliveries(ds)) => {
-                    conn.amqp.credit(link.link, ds.len() as u32);
+                    conn.amqp.credit(link.link, ds.len() as u32).await;
                     let track = self.options.track_last_enqueued_event_properties;
                     for d in ds {
-                        let (ev, last) = ReceivedEventData::decode(d.payload, &self.pid, track)?;
+                        let (ev, last) = ReceivedEventData::decode(d.payload, &self.partition_id, track)?;
                         self.last_sequence_number = Some(ev.sequence_number());
                         if last.is_some() {
                             self.last_enqueued = last;

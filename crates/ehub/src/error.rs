@@ -144,6 +144,19 @@ impl Error {
         err
     }
 
+    /// The same error (kind, message, condition, description) without its source, for
+    /// failing many waiters with one cause.
+    pub(crate) fn detached_copy(&self) -> Self {
+        Error {
+            kind: self.kind,
+            message: self.message.clone(),
+            condition: self.condition.clone(),
+            description: self.description.clone(),
+            permanent: self.permanent,
+            source: None,
+        }
+    }
+
     pub(crate) fn permanent(mut self) -> Self {
         self.permanent = true;
         self

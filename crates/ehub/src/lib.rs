@@ -50,7 +50,8 @@ mod transport;
 
 pub use batch::{EventDataBatch, EventDataBatchOptions};
 pub use consumer::{
-    ConsumerClient, ConsumerClientBuilder, EventReceiver, OpenReceiverOptions, ReceiveOptions, DEFAULT_CONSUMER_GROUP,
+    ConsumerClient, ConsumerClientBuilder, EventBatches, EventReceiver, OpenReceiverOptions, ReceiveOptions,
+    DEFAULT_CONSUMER_GROUP,
 };
 pub use credential::{Credential, SasKeyCredential, SasTokenCredential, EVENTHUBS_SCOPE};
 pub use ehub_amqp_codec::{Body as AmqpBody, Symbol, Timestamp, Value};

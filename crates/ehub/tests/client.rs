@@ -169,3 +169,42 @@ async fn a_higher_owner_level_disconnects_the_old_receiver() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn receive_over_all_partitions_and_the_event_stream() {
+    use futures_util::StreamExt;
+    tokio::time::timeout(T, async {
+        let f = start().await;
+        let cs = f.broker.connection_string();
+        let producer = ProducerClient::from_connection_string(&cs, Some("eh1")).await.unwrap();
+        for p in ["0", "1", "2", "3"] {
+            producer.send_event(format!("to {p}"), to(p)).await.unwrap();
+        }
+        let consumer = ConsumerClient::from_connection_string(&cs, Some("eh1"), None).await.unwrap();
+        let options = ehub::ReceiveOptions { partition_id: None, receiver: earliest().unwrap() };
+        let mut seen = Vec::new();
+        consumer
+            .receive(options, |e| {
+                seen.push((e.partition_id().to_owned(), e.body_as_str().unwrap().to_owned()));
+                if seen.len() == 4 {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
+                }
+            })
+            .await
+            .unwrap();
+        seen.sort();
+        let want: Vec<_> = ["0", "1", "2", "3"].iter().map(|p| (p.to_string(), format!("to {p}"))).collect();
+        assert_eq!(seen, want);
+
+        let mut r = consumer.open_receiver_on_partition("3", earliest()).await.unwrap();
+        producer.send_event("second", to("3")).await.unwrap();
+        let bodies: Vec<String> =
+            r.stream_events().take(2).map(|e| e.unwrap().body_as_str().unwrap().to_owned()).collect().await;
+        assert_eq!(bodies, ["to 3", "second"]);
+        f.broker.stop().await;
+    })
+    .await
+    .unwrap();
+}
