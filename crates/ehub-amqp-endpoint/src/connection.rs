@@ -769,7 +769,9 @@ impl Connection {
             hostname: self.cfg.hostname.clone(),
             max_frame_size: Some(self.cfg.max_frame_size),
             channel_max: Some(self.cfg.channel_max),
-            idle_time_out: self.cfg.idle_timeout.map(|d| d.as_millis().min(u32::MAX as u128) as u32),
+            // Half of our threshold, as the spec recommends (2.4.5): peers that heartbeat at
+            // exactly the advertised interval (fe2o3 does) then never trip it.
+            idle_time_out: self.cfg.idle_timeout.map(|d| (d.as_millis() / 2).min(u32::MAX as u128) as u32),
             offered_capabilities: self.cfg.offered_capabilities.clone(),
             desired_capabilities: self.cfg.desired_capabilities.clone(),
             properties: self.cfg.properties.clone(),
