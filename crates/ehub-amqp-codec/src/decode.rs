@@ -183,6 +183,12 @@ impl<'a> Decoder<'a> {
 
     /// Reads a descriptor (the value after a 0x00 byte).
     pub fn read_descriptor(&mut self) -> Result<Descriptor> {
+        // Fast path: the small-ulong form every section and performative uses.
+        if let Some([code::SMALL_ULONG, c]) = self.buf.get(self.pos..self.end).and_then(|b| b.get(..2)) {
+            let c = u64::from(*c);
+            self.pos += 2;
+            return Ok(Descriptor::Code(c));
+        }
         self.enter()?;
         let v = self.read_value();
         self.depth -= 1;
@@ -480,8 +486,37 @@ impl<'a> FieldReader<'a> {
         DecodeError::malformed(self.dec.pos, reason)
     }
 
+    /// Fast path for unsigned fields in their usual encodings, without building a `Value`
+    /// (transfers, flows and dispositions are decoded once per event). `None` means "take the
+    /// general path", which also produces the precise error for truncated or odd input.
+    fn fast_unsigned(&mut self) -> Option<Option<u64>> {
+        if self.left == 0 {
+            return Some(None);
+        }
+        let b = self.dec.buf.get(self.dec.pos..self.dec.end)?;
+        let (v, n) = match *b.first()? {
+            code::NULL => (None, 1),
+            code::UINT0 | code::ULONG0 => (Some(0), 1),
+            code::SMALL_UINT | code::SMALL_ULONG | code::UBYTE => (Some(u64::from(*b.get(1)?)), 2),
+            code::USHORT => (Some(u64::from(u16::from_be_bytes(b.get(1..3)?.try_into().ok()?))), 3),
+            code::UINT => (Some(u64::from(u32::from_be_bytes(b.get(1..5)?.try_into().ok()?))), 5),
+            code::ULONG => (Some(u64::from_be_bytes(b.get(1..9)?.try_into().ok()?)), 9),
+            _ => return None,
+        };
+        self.dec.pos += n;
+        self.left -= 1;
+        Some(v)
+    }
+
+    fn narrow<T: TryFrom<u64>>(&self, v: Option<u64>, what: &'static str) -> Result<Option<T>> {
+        v.map(|n| T::try_from(n).map_err(|_| self.bad(what))).transpose()
+    }
+
     /// An optional `uint` field (accepts any unsigned width that fits).
     pub fn opt_u32(&mut self) -> Result<Option<u32>> {
+        if let Some(v) = self.fast_unsigned() {
+            return self.narrow(v, "expected uint");
+        }
         match self.value()? {
             Value::Null => Ok(None),
             v => v.as_i128().and_then(|n| u32::try_from(n).ok()).map(Some).ok_or_else(|| self.bad("expected uint")),
@@ -490,6 +525,9 @@ impl<'a> FieldReader<'a> {
 
     /// An optional `ushort` field.
     pub fn opt_u16(&mut self) -> Result<Option<u16>> {
+        if let Some(v) = self.fast_unsigned() {
+            return self.narrow(v, "expected ushort");
+        }
         match self.value()? {
             Value::Null => Ok(None),
             v => v.as_i128().and_then(|n| u16::try_from(n).ok()).map(Some).ok_or_else(|| self.bad("expected ushort")),
@@ -498,6 +536,9 @@ impl<'a> FieldReader<'a> {
 
     /// An optional `ulong` field.
     pub fn opt_u64(&mut self) -> Result<Option<u64>> {
+        if let Some(v) = self.fast_unsigned() {
+            return self.narrow(v, "expected ulong");
+        }
         match self.value()? {
             Value::Null => Ok(None),
             v => v.as_i128().and_then(|n| u64::try_from(n).ok()).map(Some).ok_or_else(|| self.bad("expected ulong")),
@@ -506,6 +547,9 @@ impl<'a> FieldReader<'a> {
 
     /// An optional `ubyte` field.
     pub fn opt_u8(&mut self) -> Result<Option<u8>> {
+        if let Some(v) = self.fast_unsigned() {
+            return self.narrow(v, "expected ubyte");
+        }
         match self.value()? {
             Value::Null => Ok(None),
             v => v.as_i128().and_then(|n| u8::try_from(n).ok()).map(Some).ok_or_else(|| self.bad("expected ubyte")),
@@ -514,6 +558,20 @@ impl<'a> FieldReader<'a> {
 
     /// An optional `boolean` field.
     pub fn opt_bool(&mut self) -> Result<Option<bool>> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        let fast = match self.dec.buf.get(self.dec.pos..self.dec.end).and_then(|b| b.first()) {
+            Some(&code::NULL) => Some(None),
+            Some(&code::TRUE) => Some(Some(true)),
+            Some(&code::FALSE) => Some(Some(false)),
+            _ => None,
+        };
+        if let Some(v) = fast {
+            self.dec.pos += 1;
+            self.left -= 1;
+            return Ok(v);
+        }
         match self.value()? {
             Value::Null => Ok(None),
             Value::Bool(b) => Ok(Some(b)),
@@ -538,6 +596,23 @@ impl<'a> FieldReader<'a> {
 
     /// An optional `binary` field.
     pub fn opt_binary(&mut self) -> Result<Option<Bytes>> {
+        if self.left > 0 {
+            let (pos, end) = (self.dec.pos, self.dec.end);
+            match self.dec.buf.get(pos..end) {
+                Some([code::NULL, ..]) => {
+                    self.dec.pos += 1;
+                    self.left -= 1;
+                    return Ok(None);
+                }
+                Some([code::VBIN8, n, ..]) if pos + 2 + usize::from(*n) <= end => {
+                    let n = usize::from(*n);
+                    self.dec.pos += 2 + n;
+                    self.left -= 1;
+                    return Ok(Some(self.dec.buf.slice(pos + 2..pos + 2 + n)));
+                }
+                _ => {}
+            }
+        }
         match self.value()? {
             Value::Null => Ok(None),
             Value::Binary(b) => Ok(Some(b)),

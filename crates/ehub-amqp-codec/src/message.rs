@@ -528,10 +528,22 @@ pub fn batch_items(raw: &Bytes, spans: &SectionSpans) -> Result<Vec<Bytes>, Deco
             // Sections after the body (footer) are outside `body`; anything else is malformed.
             return Err(DecodeError::Malformed { offset: at, reason: "non-data section inside a batch body" });
         }
-        match dec.read_value()? {
-            Value::Binary(b) => items.push(b),
+        // The binary's bytes, sliced without building a `Value`.
+        let pos = dec.position();
+        let (len, head) = match raw.get(pos) {
+            Some(&code::VBIN8) => (raw.get(pos + 1).map(|&n| n as usize), 2),
+            Some(&code::VBIN32) => {
+                (raw.get(pos + 1..pos + 5).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize), 5)
+            }
             _ => return Err(DecodeError::Malformed { offset: at, reason: "data section is not binary" }),
-        }
+        };
+        let start = pos + head;
+        let end = len
+            .and_then(|n| start.checked_add(n))
+            .filter(|&e| e <= body.end)
+            .ok_or(DecodeError::Malformed { offset: pos, reason: "data section runs past the message" })?;
+        items.push(raw.slice(start..end));
+        dec = Decoder::with_range(raw, end, body.end);
     }
     Ok(items)
 }

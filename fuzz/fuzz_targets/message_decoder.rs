@@ -1,0 +1,20 @@
+//! Message-level decoding on arbitrary bytes: section scanning, full decoding, annotation lookup,
+//! splicing and batch splitting, as the broker does them on every received event.
+#![no_main]
+
+use bytes::{Bytes, BytesMut};
+use ehub_amqp_codec::{batch_items, find_annotation, splice_annotations, Message, SectionSpans};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let raw = Bytes::copy_from_slice(data);
+    let _ = Message::decode(&raw);
+    if let Ok(spans) = SectionSpans::scan(&raw) {
+        if let Some(ma) = &spans.message_annotations {
+            let _ = find_annotation(&raw, ma, "x-opt-partition-key");
+        }
+        let mut out = BytesMut::new();
+        let _ = splice_annotations(&mut out, &raw, &spans, &["x-opt-sequence-number"], &[], 0, None);
+        let _ = batch_items(&raw, &spans);
+    }
+});
