@@ -26,7 +26,7 @@ fn conversation(sasl: SaslConfig, big: bool) -> (Vec<u8>, Vec<Vec<u8>>) {
         now,
     );
     let mut client_bytes = Vec::new();
-    let mut pump = |c: &mut Connection, s: &mut Connection, client_bytes: &mut Vec<u8>| {
+    let pump = |c: &mut Connection, s: &mut Connection, client_bytes: &mut Vec<u8>| {
         for _ in 0..8 {
             let mut x = c.output().split();
             client_bytes.extend_from_slice(&x);

@@ -50,10 +50,8 @@ fuzz_target!(|data: &[u8]| {
                     let _ = conn.accept_delivery(&d);
                     let _ = conn.top_up_credit(d.link, 4);
                 }
-                Event::LinkFlow { link } => {
-                    if conn.link(link).is_some_and(|l| l.role == Role::Sender) {
-                        let _ = conn.send(link, SendArgs { tag: b"t", message_format: 0, settled: true }, &[0u8; 700]);
-                    }
+                Event::LinkFlow { link } if conn.link(link).is_some_and(|l| l.role == Role::Sender) => {
+                    let _ = conn.send(link, SendArgs { tag: b"t", message_format: 0, settled: true }, &[0u8; 700]);
                 }
                 Event::Detached { .. } | Event::SessionEnded { .. } | Event::Closed { .. } => {}
                 _ => {}

@@ -809,9 +809,18 @@ impl Connection {
                 ours
             }
             None => {
-                let local = (0..=self.peer_channel_max.min(self.cfg.channel_max))
-                    .find(|c| !self.sessions.contains_key(c))
-                    .ok_or_else(|| Self::protocol(condition::RESOURCE_LIMIT_EXCEEDED, "no free channel"))?;
+                // Answer on the peer's own channel number when it is free here, so both ends
+                // number the session alike. Some clients assume they do: the official Rust SDK
+                // (fe2o3 0.16) closed connections with "Session is not found" once the numbers
+                // diverged after a session was ended and another begun (interop/rust).
+                let limit = self.peer_channel_max.min(self.cfg.channel_max);
+                let local = if channel <= limit && !self.sessions.contains_key(&channel) {
+                    channel
+                } else {
+                    (0..=limit)
+                        .find(|c| !self.sessions.contains_key(c))
+                        .ok_or_else(|| Self::protocol(condition::RESOURCE_LIMIT_EXCEEDED, "no free channel"))?
+                };
                 let mut s = Session::new(self.cfg.session_window);
                 s.remote_channel = Some(channel);
                 self.sessions.insert(local, s);

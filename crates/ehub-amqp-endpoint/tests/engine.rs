@@ -446,3 +446,27 @@ fn input_split_at_every_byte_gives_the_same_events() {
     }
     assert_eq!(got, (0..20).map(|i| format!("event {i}")).collect::<Vec<_>>());
 }
+
+#[test]
+fn acceptor_answers_a_begin_on_the_peers_channel_when_free() {
+    let now = Instant::now();
+    let mut server = Connection::new(ConnectionRole::Acceptor, ConnectionConfig::default(), now);
+    let mut input = BytesMut::from(&AMQP_HEADER[..]);
+    encode_frame(&mut input, 0, &Performative::Open(Open { container_id: "c".into(), ..Default::default() }), &[])
+        .unwrap();
+    // The peer begins on channel 3 first, then on channel 0.
+    for ch in [3u16, 0] {
+        let b = Begin { incoming_window: 10, outgoing_window: 10, ..Default::default() };
+        encode_frame(&mut input, ch, &Performative::Begin(b), &[]).unwrap();
+    }
+    server.feed(&mut input, now).unwrap();
+    let mut out = server.output().split();
+    let _ = out.split_to(8);
+    let mut answers = Vec::new();
+    while let Some(f) = ehub_amqp_codec::decode_frame(&mut out, u32::MAX).unwrap() {
+        if let ehub_amqp_codec::FrameBody::Amqp(Performative::Begin(b), _) = f.body {
+            answers.push((f.channel, b.remote_channel));
+        }
+    }
+    assert_eq!(answers, vec![(3, Some(3)), (0, Some(0))]);
+}

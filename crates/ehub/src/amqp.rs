@@ -440,8 +440,11 @@ impl Actor {
     fn command(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::AttachSender { name, address, reply } => {
+                // Settle modes as the official Rust SDK sends them (mixed/first) on every link;
+                // our transfers are unsettled, which mixed allows. Checked against a recording of
+                // the SDK's frames in interop/rust (tests/official_rust_sdk.rs).
                 let mut a = Attach::new(name.clone(), 0, Role::Sender);
-                a.snd_settle_mode = SenderSettleMode::Unsettled;
+                a.snd_settle_mode = SenderSettleMode::Mixed;
                 a.rcv_settle_mode = ReceiverSettleMode::First;
                 a.source = Some(Source::address(format!("sender-link-{name}")));
                 a.target = Some(Target::address(address));
@@ -454,7 +457,7 @@ impl Actor {
             }
             Cmd::AttachReceiver { spec, reply } => {
                 let mut a = Attach::new(spec.name.clone(), 0, Role::Receiver);
-                a.snd_settle_mode = SenderSettleMode::Unsettled;
+                a.snd_settle_mode = SenderSettleMode::Mixed;
                 a.rcv_settle_mode = ReceiverSettleMode::First;
                 a.source = Some(spec.source);
                 a.target = Some(Target::address(format!("receiver-link-{}", spec.name)));
@@ -508,13 +511,13 @@ impl Actor {
         let tag = uuid::Uuid::new_v4().simple().to_string();
         let reply_to = format!("{}-reply-{tag}", node.trim_start_matches('$'));
         let mut s = Attach::new(format!("{}-sender-{tag}", node.trim_start_matches('$')), 0, Role::Sender);
-        s.snd_settle_mode = SenderSettleMode::Unsettled;
+        s.snd_settle_mode = SenderSettleMode::Mixed;
         s.rcv_settle_mode = ReceiverSettleMode::First;
         s.source = Some(Source::address(node));
         s.target = Some(Target::address(node));
         let sender = self.conn.attach(self.session, s).map_err(engine_error)?;
         let mut r = Attach::new(format!("{}-receiver-{tag}", node.trim_start_matches('$')), 0, Role::Receiver);
-        r.snd_settle_mode = SenderSettleMode::Unsettled;
+        r.snd_settle_mode = SenderSettleMode::Mixed;
         r.rcv_settle_mode = ReceiverSettleMode::First;
         r.source = Some(Source::address(node));
         r.target = Some(Target::address(reply_to.clone()));

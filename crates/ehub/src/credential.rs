@@ -5,9 +5,11 @@
 //! and a `TokenCredential` supplies a JWT for the Event Hubs scope.
 
 use crate::error::{Error, ErrorKind, Result};
+#[cfg(feature = "token-credential")]
 use azure_core::credentials::TokenCredential;
 use ehub_model::nodes;
 use std::fmt;
+#[cfg(feature = "token-credential")]
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -79,7 +81,9 @@ pub enum Credential {
     SasKey(SasKeyCredential),
     /// A pre-formed SAS token.
     SasToken(SasTokenCredential),
-    /// An Entra ID credential (for example from `azure_identity`).
+    /// An Entra ID credential (for example from `azure_identity`). Needs the default feature
+    /// `token-credential`.
+    #[cfg(feature = "token-credential")]
     Token(Arc<dyn TokenCredential>),
 }
 
@@ -95,6 +99,7 @@ impl From<SasTokenCredential> for Credential {
     }
 }
 
+#[cfg(feature = "token-credential")]
 impl From<Arc<dyn TokenCredential>> for Credential {
     fn from(c: Arc<dyn TokenCredential>) -> Self {
         Credential::Token(c)
@@ -135,6 +140,7 @@ impl Credential {
                 expires_at: t.expiry,
                 refreshable: false,
             }),
+            #[cfg(feature = "token-credential")]
             Credential::Token(c) => {
                 let t = c.get_token(&[EVENTHUBS_SCOPE], None).await.map_err(|e| {
                     Error::new(ErrorKind::Authentication, format!("the token credential failed: {e}")).with_source(e)

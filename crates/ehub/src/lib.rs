@@ -63,4 +63,5 @@ pub use producer::{ProducerClient, ProducerClientBuilder, SendEventOptions};
 pub use properties::{EventHubProperties, PartitionProperties};
 
 /// `azure_core`'s credential trait, re-exported so `azure_identity` credentials plug in.
+#[cfg(feature = "token-credential")]
 pub use azure_core::credentials::TokenCredential;

@@ -1,0 +1,131 @@
+//! Our client against the official Rust SDK, in the same run, on the same broker:
+//! - send: 100-byte events in batches of 100, acknowledged, 8 batches in flight (8 tasks, each
+//!   awaiting its own `send_batch`, since the SDK has one batch in flight per call);
+//! - receive: one partition from the earliest event.
+//!
+//! `cargo run --release --bin compare -- [events] [fsync]` from `interop/rust` (defaults:
+//! 200000 never). Needs `target/release/ehub` at the workspace root.
+
+use azure_messaging_eventhubs::{
+    ConsumerClient, EventDataBatchOptions, OpenReceiverOptions, ProducerClient, StartLocation, StartPosition,
+};
+use ehub_interop_rust::{custom_endpoint, emulator_connection_string, install_crypto_provider, Broker};
+use futures::StreamExt;
+use std::time::Instant;
+
+const BATCH: usize = 100;
+const TASKS: usize = 8;
+
+async fn sdk_send(port: u16, partition: &str, events: usize) -> f64 {
+    let producer = ProducerClient::builder()
+        .with_custom_endpoint(custom_endpoint(port))
+        .open_with_connection_string(&emulator_connection_string(port), Some("eh1"))
+        .await
+        .unwrap();
+    let producer = std::sync::Arc::new(producer);
+    let body = vec![b'x'; 100];
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let producer = producer.clone();
+        let body = body.clone();
+        let partition = partition.to_string();
+        tasks.push(tokio::spawn(async move {
+            let batches = events / BATCH / TASKS + usize::from(t < (events / BATCH) % TASKS);
+            for _ in 0..batches {
+                let opts = EventDataBatchOptions { partition_id: Some(partition.clone()), ..Default::default() };
+                let batch = producer.create_batch(Some(opts)).await.unwrap();
+                for _ in 0..BATCH {
+                    assert!(batch.try_add_event_data(body.clone(), None).unwrap());
+                }
+                producer.send_batch(batch, None).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    events as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn ours_send(port: u16, partition: &str, events: usize) -> f64 {
+    let producer = std::sync::Arc::new(
+        ehub::ProducerClient::from_connection_string(&emulator_connection_string(port), Some("eh1")).await.unwrap(),
+    );
+    let body = bytes::Bytes::from(vec![b'x'; 100]);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let producer = producer.clone();
+        let body = body.clone();
+        let partition = partition.to_string();
+        tasks.push(tokio::spawn(async move {
+            let batches = events / BATCH / TASKS + usize::from(t < (events / BATCH) % TASKS);
+            for _ in 0..batches {
+                let opts = ehub::EventDataBatchOptions { partition_id: Some(partition.clone()), ..Default::default() };
+                let mut batch = producer.create_batch(Some(opts)).await.unwrap();
+                for _ in 0..BATCH {
+                    assert!(batch.try_add(&ehub::EventData::new(body.clone())).unwrap());
+                }
+                producer.send_batch(&batch).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    events as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn sdk_receive(port: u16, partition: &str, events: usize) -> f64 {
+    let consumer = ConsumerClient::builder()
+        .with_custom_endpoint(custom_endpoint(port))
+        .open_with_connection_string(&emulator_connection_string(port), Some("eh1"))
+        .await
+        .unwrap();
+    let opts = OpenReceiverOptions {
+        start_position: Some(StartPosition { location: StartLocation::Earliest, inclusive: true }),
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let rx = consumer.open_receiver_on_partition(partition.to_string(), Some(opts)).await.unwrap();
+    let mut stream = Box::pin(rx.stream_events());
+    for _ in 0..events {
+        stream.next().await.unwrap().unwrap();
+    }
+    events as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn ours_receive(port: u16, partition: &str, events: usize) -> f64 {
+    let consumer = ehub::ConsumerClient::from_connection_string(&emulator_connection_string(port), Some("eh1"), None)
+        .await
+        .unwrap();
+    let opts = ehub::OpenReceiverOptions { start_position: ehub::EventPosition::Earliest, ..Default::default() };
+    let start = Instant::now();
+    let mut rx = consumer.open_receiver_on_partition(partition, Some(opts)).await.unwrap();
+    let mut n = 0;
+    while n < events {
+        n += rx.receive_batch(1000, std::time::Duration::from_secs(5)).await.unwrap().len();
+    }
+    events as f64 / start.elapsed().as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    install_crypto_provider();
+    let args: Vec<String> = std::env::args().collect();
+    let events: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(200_000);
+    let fsync = args.get(2).cloned().unwrap_or_else(|| "never".into());
+    let broker = Broker::start(&fsync);
+    let port = broker.port;
+    // Partition 0 for the SDK, 1 for ours; each then reads back its own partition.
+    let sdk_tx = sdk_send(port, "0", events).await;
+    let ours_tx = ours_send(port, "1", events).await;
+    let sdk_rx = sdk_receive(port, "0", events).await;
+    let ours_rx = ours_receive(port, "1", events).await;
+    println!("broker fsync={fsync}, {events} events of 100 B, 2 cores, loopback");
+    println!("| operation | official Rust SDK 0.16 | ehub | ratio |");
+    println!("|---|---|---|---|");
+    println!("| send, batches of 100, 8 in flight | {:.0}/s | {:.0}/s | {:.1}x |", sdk_tx, ours_tx, ours_tx / sdk_tx);
+    println!("| receive one partition from earliest | {:.0}/s | {:.0}/s | {:.1}x |", sdk_rx, ours_rx, ours_rx / sdk_rx);
+}

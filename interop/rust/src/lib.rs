@@ -1,0 +1,231 @@
+//! Shared fixtures for the official-Rust-SDK interop tests and the comparison benchmark: a real
+//! `ehub serve` process, and a recording proxy that decodes what a client sends.
+
+use bytes::BytesMut;
+use ehub_amqp_codec::{decode_frame_bytes, split_frame, FrameBody, Performative, ProtocolHeader};
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Installs rustls' process-wide crypto provider. The official SDK's connector relies on the
+/// process default, which rustls cannot pick once two providers are compiled in (the SDK brings
+/// aws-lc-rs, our client ring). Call before opening an official SDK client.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The connection string of Microsoft's emulator, pointed at `port`.
+pub fn emulator_connection_string(port: u16) -> String {
+    format!(
+        "Endpoint=sb://localhost:{port};SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;"
+    )
+}
+
+/// The official Rust SDK ignores `UseDevelopmentEmulator`; it needs this (reference §3.3).
+pub fn custom_endpoint(port: u16) -> String {
+    format!("amqp://127.0.0.1:{port}")
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `ehub serve` on a free port with its own data directory; killed on drop.
+pub struct Broker {
+    child: Child,
+    /// The port it listens on.
+    pub port: u16,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A temporary directory removed on drop (kept tiny to avoid another dependency here).
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Path of the broker binary: `EHUB_BIN`, or the workspace's release build.
+pub fn ehub_bin() -> PathBuf {
+    std::env::var_os("EHUB_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release/ehub"))
+}
+
+impl Broker {
+    /// Starts the broker with `fsync` (always, interval or never) and waits until it listens.
+    pub fn start(fsync: &str) -> Broker {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("ehub-interop-rust-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = ehub_bin();
+        assert!(bin.exists(), "{} not found: run `cargo build --release` at the workspace root", bin.display());
+        let child = Command::new(bin)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(&dir)
+            .args(["--fsync", fsync])
+            .stdout(Stdio::null())
+            // EHUB_INTEROP_BROKER_LOG=path keeps the broker's log (set EHUB_LOG for its level).
+            .stderr(match std::env::var_os("EHUB_INTEROP_BROKER_LOG") {
+                Some(p) => Stdio::from(std::fs::File::create(format!("{}.{port}", p.to_string_lossy())).unwrap()),
+                None => Stdio::null(),
+            })
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "broker did not start listening");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Broker { child, port, _dir: tempdir::Dir(dir) }
+    }
+
+    /// The broker's process id (for RSS readings).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One client-to-broker performative as recorded by [`RecordingProxy`], with the payload of
+/// transfers (the encoded message) kept.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Which proxied connection (in accept order) it came from.
+    pub conn: usize,
+    /// The frame's channel.
+    pub channel: u16,
+    /// The performative.
+    pub performative: Performative,
+    /// The transfer payload (empty for other performatives).
+    pub payload: bytes::Bytes,
+}
+
+/// A TCP proxy in front of the broker that decodes every AMQP frame the client sends (after the
+/// protocol headers and SASL) and records it, then forwards the bytes unchanged.
+pub struct RecordingProxy {
+    /// The port clients connect to.
+    pub port: u16,
+    frames: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl RecordingProxy {
+    /// Starts forwarding to `upstream`.
+    pub async fn start(upstream: u16) -> RecordingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let rec = frames.clone();
+        tokio::spawn(async move {
+            let mut next_conn = 0usize;
+            while let Ok((client, _)) = listener.accept().await {
+                let rec = rec.clone();
+                let conn = next_conn;
+                next_conn += 1;
+                tokio::spawn(async move {
+                    let server = TcpStream::connect(("127.0.0.1", upstream)).await.unwrap();
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let down = tokio::spawn(async move {
+                        let mut buf = BytesMut::new();
+                        let mut chunk = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match sr.read(&mut chunk).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if cw.write_all(&chunk[..n]).await.is_err() {
+                                break;
+                            }
+                            if std::env::var_os("EHUB_PROXY_TRACE").is_none() {
+                                continue;
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                            loop {
+                                if buf.len() >= 8 && ProtocolHeader::parse(&buf[..8]).ok().flatten().is_some() {
+                                    let _ = buf.split_to(8);
+                                    continue;
+                                }
+                                match split_frame(&mut buf, u32::MAX) {
+                                    Ok(Some(raw)) => {
+                                        if let Ok(f) = decode_frame_bytes(raw) {
+                                            if let FrameBody::Amqp(p, _) = f.body {
+                                                let d = format!("{p:?}");
+                                                eprintln!(
+                                                    "S->C conn={conn} ch={} {}",
+                                                    f.channel,
+                                                    &d[..d.len().min(160)]
+                                                );
+                                            }
+                                        }
+                                    }
+                                    _ => break,
+                                }
+                            }
+                        }
+                    });
+                    let mut buf = BytesMut::new();
+                    let mut chunk = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match cr.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if sw.write_all(&chunk[..n]).await.is_err() {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        loop {
+                            if buf.len() >= 8 && ProtocolHeader::parse(&buf[..8]).ok().flatten().is_some() {
+                                let _ = buf.split_to(8);
+                                continue;
+                            }
+                            match split_frame(&mut buf, u32::MAX) {
+                                Ok(Some(raw)) => {
+                                    if let Ok(f) = decode_frame_bytes(raw) {
+                                        if let FrameBody::Amqp(p, payload) = f.body {
+                                            let channel = f.channel;
+                                            if std::env::var_os("EHUB_PROXY_TRACE").is_some() {
+                                                let d = format!("{p:?}");
+                                                eprintln!("C->S conn={conn} ch={channel} {}", &d[..d.len().min(160)]);
+                                            }
+                                            rec.lock().unwrap().push(Recorded {
+                                                conn,
+                                                channel,
+                                                performative: p,
+                                                payload,
+                                            });
+                                        }
+                                    }
+                                }
+                                _ => break,
+                            }
+                        }
+                    }
+                    let _ = sw.shutdown().await;
+                    down.abort();
+                });
+            }
+        });
+        RecordingProxy { port, frames }
+    }
+
+    /// Everything recorded so far.
+    pub fn take(&self) -> Vec<Recorded> {
+        std::mem::take(&mut *self.frames.lock().unwrap())
+    }
+}
