@@ -101,6 +101,27 @@ impl Drop for Broker {
     }
 }
 
+/// Consumes the protocol headers and complete AMQP frames at the front of `buf`, handing each
+/// performative (with its channel and payload) to `f`.
+fn drain_frames(buf: &mut BytesMut, mut f: impl FnMut(u16, Performative, bytes::Bytes)) {
+    loop {
+        if buf.len() >= 8 && ProtocolHeader::parse(&buf[..8]).ok().flatten().is_some() {
+            let _ = buf.split_to(8);
+            continue;
+        }
+        match split_frame(buf, u32::MAX) {
+            Ok(Some(raw)) => {
+                if let Ok(frame) = decode_frame_bytes(raw) {
+                    if let FrameBody::Amqp(p, payload) = frame.body {
+                        f(frame.channel, p, payload);
+                    }
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
 /// One client-to-broker performative as recorded by [`RecordingProxy`], with the payload of
 /// transfers (the encoded message) kept.
 #[derive(Debug, Clone)]
@@ -155,27 +176,10 @@ impl RecordingProxy {
                                 continue;
                             }
                             buf.extend_from_slice(&chunk[..n]);
-                            loop {
-                                if buf.len() >= 8 && ProtocolHeader::parse(&buf[..8]).ok().flatten().is_some() {
-                                    let _ = buf.split_to(8);
-                                    continue;
-                                }
-                                match split_frame(&mut buf, u32::MAX) {
-                                    Ok(Some(raw)) => {
-                                        if let Ok(f) = decode_frame_bytes(raw) {
-                                            if let FrameBody::Amqp(p, _) = f.body {
-                                                let d = format!("{p:?}");
-                                                eprintln!(
-                                                    "S->C conn={conn} ch={} {}",
-                                                    f.channel,
-                                                    &d[..d.len().min(160)]
-                                                );
-                                            }
-                                        }
-                                    }
-                                    _ => break,
-                                }
-                            }
+                            drain_frames(&mut buf, |channel, p, _| {
+                                let d = format!("{p:?}");
+                                eprintln!("S->C conn={conn} ch={channel} {}", &d[..d.len().min(160)]);
+                            });
                         }
                     });
                     let mut buf = BytesMut::new();
@@ -189,32 +193,13 @@ impl RecordingProxy {
                             break;
                         }
                         buf.extend_from_slice(&chunk[..n]);
-                        loop {
-                            if buf.len() >= 8 && ProtocolHeader::parse(&buf[..8]).ok().flatten().is_some() {
-                                let _ = buf.split_to(8);
-                                continue;
+                        drain_frames(&mut buf, |channel, p, payload| {
+                            if std::env::var_os("EHUB_PROXY_TRACE").is_some() {
+                                let d = format!("{p:?}");
+                                eprintln!("C->S conn={conn} ch={channel} {}", &d[..d.len().min(160)]);
                             }
-                            match split_frame(&mut buf, u32::MAX) {
-                                Ok(Some(raw)) => {
-                                    if let Ok(f) = decode_frame_bytes(raw) {
-                                        if let FrameBody::Amqp(p, payload) = f.body {
-                                            let channel = f.channel;
-                                            if std::env::var_os("EHUB_PROXY_TRACE").is_some() {
-                                                let d = format!("{p:?}");
-                                                eprintln!("C->S conn={conn} ch={channel} {}", &d[..d.len().min(160)]);
-                                            }
-                                            rec.lock().unwrap().push(Recorded {
-                                                conn,
-                                                channel,
-                                                performative: p,
-                                                payload,
-                                            });
-                                        }
-                                    }
-                                }
-                                _ => break,
-                            }
-                        }
+                            rec.lock().unwrap().push(Recorded { conn, channel, performative: p, payload });
+                        });
                     }
                     let _ = sw.shutdown().await;
                     down.abort();
