@@ -53,7 +53,6 @@ fuzz_target!(|data: &[u8]| {
                 Event::LinkFlow { link } if conn.link(link).is_some_and(|l| l.role == Role::Sender) => {
                     let _ = conn.send(link, SendArgs { tag: b"t", message_format: 0, settled: true }, &[0u8; 700]);
                 }
-                Event::Detached { .. } | Event::SessionEnded { .. } | Event::Closed { .. } => {}
                 _ => {}
             }
         }

@@ -503,9 +503,14 @@ impl<'a> FieldReader<'a> {
             code::ULONG => (Some(u64::from_be_bytes(b.get(1..9)?.try_into().ok()?)), 9),
             _ => return None,
         };
+        self.consume(n);
+        Some(v)
+    }
+
+    /// Consumes the current field, `n` bytes long (fast paths only).
+    fn consume(&mut self, n: usize) {
         self.dec.pos += n;
         self.left -= 1;
-        Some(v)
     }
 
     fn narrow<T: TryFrom<u64>>(&self, v: Option<u64>, what: &'static str) -> Result<Option<T>> {
@@ -568,8 +573,7 @@ impl<'a> FieldReader<'a> {
             _ => None,
         };
         if let Some(v) = fast {
-            self.dec.pos += 1;
-            self.left -= 1;
+            self.consume(1);
             return Ok(v);
         }
         match self.value()? {
@@ -600,14 +604,12 @@ impl<'a> FieldReader<'a> {
             let (pos, end) = (self.dec.pos, self.dec.end);
             match self.dec.buf.get(pos..end) {
                 Some([code::NULL, ..]) => {
-                    self.dec.pos += 1;
-                    self.left -= 1;
+                    self.consume(1);
                     return Ok(None);
                 }
                 Some([code::VBIN8, n, ..]) if pos + 2 + usize::from(*n) <= end => {
                     let n = usize::from(*n);
-                    self.dec.pos += 2 + n;
-                    self.left -= 1;
+                    self.consume(2 + n);
                     return Ok(Some(self.dec.buf.slice(pos + 2..pos + 2 + n)));
                 }
                 _ => {}

@@ -367,3 +367,39 @@ fn partition_ids_array_encoding() {
     encode_value(&Value::Array(Array::strings(["0", "1"])), &mut out).unwrap();
     assert_eq!(&out[..], &[0xe0, 0x06, 0x02, 0xa1, 0x01, b'0', 0x01, b'1']);
 }
+
+/// A transfer frame whose fields use the widths a peer may choose instead of ours.
+fn transfer_frame(handle: &[u8], delivery_id: &[u8], tag: &[u8]) -> Bytes {
+    let mut fields = Vec::new();
+    fields.extend_from_slice(handle);
+    fields.extend_from_slice(delivery_id);
+    fields.extend_from_slice(tag);
+    fields.extend_from_slice(&[0x43, 0x41]); // message-format uint0, settled true
+    let mut body = vec![0x00, 0x53, 0x14, 0xc0, (fields.len() + 1) as u8, 5];
+    body.extend_from_slice(&fields);
+    body.extend_from_slice(b"payload");
+    let mut frame = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&[2, 0, 0, 0]);
+    frame.extend_from_slice(&body);
+    Bytes::from(frame)
+}
+
+#[test]
+fn scalar_fields_decode_in_every_width_and_refuse_what_does_not_fit() {
+    // handle as ulong, delivery-id as ushort, tag as vbin32: the fast paths and the general
+    // path must agree on the result.
+    let raw = transfer_frame(&[0x80, 0, 0, 0, 0, 0, 0, 0, 5], &[0x60, 0, 7], &[0xb0, 0, 0, 0, 2, 0xab, 0xcd]);
+    let FrameBody::Amqp(Performative::Transfer(t), payload) = decode_frame_bytes(raw).unwrap().body else {
+        panic!("a transfer")
+    };
+    assert_eq!((t.handle, t.delivery_id, t.settled, t.message_format), (5, Some(7), Some(true), Some(0)));
+    assert_eq!(t.delivery_tag.as_deref(), Some(&[0xab, 0xcd][..]));
+    assert_eq!(&payload[..], b"payload");
+    // A handle of 2^40 does not fit a uint.
+    let raw = transfer_frame(&[0x80, 0, 0, 1, 0, 0, 0, 0, 0], &[0x43], &[0xa0, 0]);
+    assert!(decode_frame_bytes(raw).is_err());
+    // A vbin8 tag longer than the frame is an error, not a slice past the end.
+    let mut raw = transfer_frame(&[0x43], &[0x43], &[0xa0, 200]).to_vec();
+    raw.truncate(raw.len() - b"payload".len());
+    assert!(decode_frame_bytes(Bytes::from(raw)).is_err());
+}

@@ -48,24 +48,20 @@ struct End {
 
 impl End {
     async fn next(&mut self) -> Event {
-        loop {
-            if let Some(e) = self.conn.poll_event() {
-                return e;
-            }
-            self.io.flush(&mut self.conn).await.unwrap();
-            assert!(self.io.read_into().await.unwrap() > 0, "peer went away");
-            self.io.feed(&mut self.conn).unwrap();
-        }
+        self.io.next_event(&mut self.conn).await.expect("the peer went away")
+    }
+
+    /// Reads once (waiting for input) and feeds the engine.
+    async fn read(&mut self) {
+        assert!(self.io.read_into().await.unwrap() > 0, "peer went away");
+        self.io.feed(&mut self.conn).unwrap();
     }
 
     /// Reads whatever is already in the socket without waiting.
     async fn poll_read(&mut self) {
         tokio::select! {
             biased;
-            r = self.io.read_into() => {
-                assert!(r.unwrap() > 0, "peer went away");
-                self.io.feed(&mut self.conn).unwrap();
-            }
+            _ = self.read() => {}
             _ = std::future::ready(()) => {}
         }
     }
@@ -142,8 +138,7 @@ async fn sender(mut end: End, link: LinkId, payload: Bytes, format: u32, settled
         }
         end.io.flush(&mut end.conn).await.unwrap();
         if end.conn.credit(link) == 0 {
-            assert!(end.io.read_into().await.unwrap() > 0, "peer went away");
-            end.io.feed(&mut end.conn).unwrap();
+            end.read().await;
         } else {
             end.poll_read().await;
         }
@@ -158,13 +153,6 @@ async fn receiver(mut end: End, link: LinkId, batched: bool, mut targets: mpsc::
     let mut target = 0u64;
     let mut count = 0u64;
     loop {
-        if target == 0 {
-            match targets.try_recv() {
-                Ok(t) => target = t,
-                Err(mpsc::error::TryRecvError::Empty) => {}
-                Err(_) => return,
-            }
-        }
         while let Some(e) = end.conn.poll_event() {
             if let Event::Delivery(d) = e {
                 count += if batched {

@@ -4,11 +4,13 @@
 //! the engine produced in one `write_all` (many frames per syscall). Applications build their
 //! select loop around [`Transport::read_into`] and [`Transport::flush`].
 
-use crate::connection::Connection;
+use crate::connection::{Connection, Event};
+use crate::EndpointError;
 use bytes::BytesMut;
 use std::io;
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::sleep_until;
 
 /// Default read buffer reservation.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -51,6 +53,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
             conn.note_sent(Instant::now());
         }
         Ok(())
+    }
+
+    /// The simplest driver loop, for code that only reacts to the peer (tests, benchmarks, small
+    /// tools): writes pending output, returns the next event, and otherwise reads, sending
+    /// heartbeats and enforcing the idle timeout when they fall due. When the engine fails it
+    /// has usually written a `close` with the precise condition; that is flushed before the
+    /// error is returned. The end of the stream is an `UnexpectedEof` I/O error.
+    pub async fn next_event(&mut self, conn: &mut Connection) -> Result<Event, EndpointError> {
+        loop {
+            self.flush(conn).await?;
+            if let Some(e) = conn.poll_event() {
+                return Ok(e);
+            }
+            if conn.is_done() {
+                return Err(EndpointError::IllegalState("connection is done"));
+            }
+            let step = match conn.next_timeout() {
+                Some(due) => tokio::select! {
+                    r = self.read_into() => self.feed_read(r, conn),
+                    _ = sleep_until(due.into()) => conn.handle_timeout(Instant::now()),
+                },
+                None => {
+                    let r = self.read_into().await;
+                    self.feed_read(r, conn)
+                }
+            };
+            if let Err(e) = step {
+                let _ = self.flush(conn).await;
+                return Err(e);
+            }
+        }
+    }
+
+    fn feed_read(&mut self, read: io::Result<usize>, conn: &mut Connection) -> Result<(), EndpointError> {
+        if read? == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        }
+        self.feed(conn)
     }
 
     /// Shuts the write side down.

@@ -47,39 +47,14 @@ impl Peer {
 
     /// The next engine event, reading (and heartbeating) as needed.
     async fn next(&mut self) -> Result<Event, EndpointError> {
-        loop {
-            self.io.flush(&mut self.conn).await?;
-            if let Some(e) = self.conn.poll_event() {
-                return Ok(e);
-            }
-            if self.conn.is_done() {
-                return Err(EndpointError::IllegalState("connection is done"));
-            }
-            let deadline = self.conn.next_timeout();
-            tokio::select! {
-                r = self.io.read_into() => {
-                    if r? == 0 {
-                        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
-                    }
-                    if let Err(e) = self.io.feed(&mut self.conn) {
-                        // Deliver the engine's close (if any) before reporting.
-                        let _ = self.io.flush(&mut self.conn).await;
-                        return Err(e);
-                    }
-                }
-                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline.unwrap_or_else(Instant::now))),
-                    if deadline.is_some() => {
-                    self.conn.handle_timeout(Instant::now())?;
-                }
-            }
-        }
+        self.io.next_event(&mut self.conn).await
     }
 
     async fn flush(&mut self) {
         self.io.flush(&mut self.conn).await.unwrap();
     }
 
-    /// Waits for an event `f` picks, discarding flow and session bookkeeping events.
+    /// Waits for an event `f` picks; every event before it is discarded.
     async fn until<T>(&mut self, mut f: impl FnMut(Event) -> Option<T>) -> T {
         loop {
             let e = self.next().await.expect("connection failed while waiting");
@@ -118,10 +93,19 @@ fn encode_text(s: &str) -> Bytes {
     Message::with_value(Value::String(s.into())).to_bytes().unwrap()
 }
 
-async fn listen() -> (TcpListener, String) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("amqp://127.0.0.1:{}", l.local_addr().unwrap().port());
-    (l, url)
+/// Starts fe2o3's client, `client(url)`, against our acceptor configured with `cfg`; returns our
+/// end of the accepted connection and the client's task.
+async fn fe2o3_client<F, Fut, T>(cfg: ConnectionConfig, client: F) -> (Peer, tokio::task::JoinHandle<T>)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("amqp://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let client = tokio::spawn(client(url));
+    let (stream, _) = listener.accept().await.unwrap();
+    (Peer::new(ConnectionRole::Acceptor, cfg, stream), client)
 }
 
 /// Echoes the peer's attach back, as a broker accepting any address would.
@@ -150,8 +134,7 @@ fn fe2o3_error(condition: &str, description: &str) -> fdef::Error {
 #[tokio::test]
 async fn acceptor_receives_from_fe2o3_in_every_settle_mode() {
     bounded(async {
-        let (listener, url) = listen().await;
-        let client = tokio::spawn(async move {
+        let (mut p, client) = fe2o3_client(acceptor_config(), |url| async move {
             let mut conn = fe2o3_amqp::Connection::builder()
                 .container_id("fe2o3-client")
                 .sasl_profile(SaslProfile::Plain { username: "user".into(), password: "secret".into() })
@@ -219,10 +202,8 @@ async fn acceptor_receives_from_fe2o3_in_every_settle_mode() {
 
             session.close().await.unwrap();
             conn.close().await.unwrap();
-        });
-
-        let (stream, _) = listener.accept().await.unwrap();
-        let mut p = Peer::new(ConnectionRole::Acceptor, acceptor_config(), stream);
+        })
+        .await;
         let mut names: HashMap<LinkId, String> = HashMap::new();
         let mut got: HashMap<String, Vec<String>> = HashMap::new();
         let mut ranged: Vec<u32> = Vec::new();
@@ -327,8 +308,7 @@ async fn acceptor_receives_from_fe2o3_in_every_settle_mode() {
 #[tokio::test]
 async fn acceptor_sends_to_fe2o3_within_its_credit() {
     bounded(async {
-        let (listener, url) = listen().await;
-        let client = tokio::spawn(async move {
+        let (mut p, client) = fe2o3_client(acceptor_config(), |url| async move {
             let mut conn = fe2o3_amqp::Connection::open("fe2o3-client", url.as_str()).await.unwrap();
             let mut session = FSession::begin(&mut conn).await.unwrap();
             let mut rx = FReceiver::attach(&mut session, "unsettled-rx", "q").await.unwrap();
@@ -354,10 +334,8 @@ async fn acceptor_sends_to_fe2o3_within_its_credit() {
             session.close().await.unwrap();
             conn.close().await.unwrap();
             seen
-        });
-
-        let (stream, _) = listener.accept().await.unwrap();
-        let mut p = Peer::new(ConnectionRole::Acceptor, acceptor_config(), stream);
+        })
+        .await;
         let mut accepted = 0u32;
         for (name, count, presettled) in [("unsettled-rx", 300u32, false), ("settled-rx", 100, true)] {
             let link = p
@@ -417,10 +395,10 @@ async fn acceptor_sends_to_fe2o3_within_its_credit() {
 #[tokio::test]
 async fn acceptor_multi_frame_transfers_both_directions() {
     bounded(async {
-        let (listener, url) = listen().await;
         let big: String = (0..100 * 1024).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
         let big2 = big.clone();
-        let client = tokio::spawn(async move {
+        let cfg = ConnectionConfig { max_frame_size: 512, ..acceptor_config() };
+        let (mut p, client) = fe2o3_client(cfg, |url| async move {
             let mut conn = fe2o3_amqp::Connection::builder()
                 .container_id("fe2o3")
                 .max_frame_size(512)
@@ -444,11 +422,8 @@ async fn acceptor_multi_frame_transfers_both_directions() {
             rx.close().await.unwrap();
             conn.close().await.unwrap();
             back
-        });
-
-        let (stream, _) = listener.accept().await.unwrap();
-        let cfg = ConnectionConfig { max_frame_size: 512, ..acceptor_config() };
-        let mut p = Peer::new(ConnectionRole::Acceptor, cfg, stream);
+        })
+        .await;
         let mut received = 0;
         let mut rx_link = None;
         while received < 3 || rx_link.is_none() {
@@ -494,8 +469,7 @@ async fn acceptor_multi_frame_transfers_both_directions() {
 #[tokio::test]
 async fn acceptor_detach_and_close_with_errors() {
     bounded(async {
-        let (listener, url) = listen().await;
-        let client = tokio::spawn(async move {
+        let (mut p, client) = fe2o3_client(acceptor_config(), |url| async move {
             let mut conn = fe2o3_amqp::Connection::open("fe2o3-client", url.as_str()).await.unwrap();
             let mut session = FSession::begin(&mut conn).await.unwrap();
             let tx = FSender::attach(&mut session, "doomed-tx", "q").await.unwrap();
@@ -504,9 +478,8 @@ async fn acceptor_detach_and_close_with_errors() {
             let err = rx.recv::<String>().await.expect_err("the acceptor detached us with an error");
             let close = conn.on_close().await;
             (format!("{err:?}"), format!("{close:?}"))
-        });
-        let (stream, _) = listener.accept().await.unwrap();
-        let mut p = Peer::new(ConnectionRole::Acceptor, acceptor_config(), stream);
+        })
+        .await;
         let mut tx_error = None;
         loop {
             match p.next().await.unwrap() {
@@ -547,8 +520,8 @@ async fn acceptor_detach_and_close_with_errors() {
 #[tokio::test]
 async fn acceptor_heartbeats_keep_an_idle_connection_alive() {
     bounded(async {
-        let (listener, url) = listen().await;
-        let client = tokio::spawn(async move {
+        let cfg = ConnectionConfig { idle_timeout: Some(Duration::from_millis(400)), ..acceptor_config() };
+        let (mut p, client) = fe2o3_client(cfg, |url| async move {
             let mut conn = fe2o3_amqp::Connection::builder()
                 .container_id("fe2o3")
                 .idle_time_out(400u32)
@@ -562,10 +535,8 @@ async fn acceptor_heartbeats_keep_an_idle_connection_alive() {
             assert!(matches!(outcome, Outcome::Accepted(_)));
             tx.close().await.unwrap();
             conn.close().await.unwrap();
-        });
-        let (stream, _) = listener.accept().await.unwrap();
-        let cfg = ConnectionConfig { idle_timeout: Some(Duration::from_millis(400)), ..acceptor_config() };
-        let mut p = Peer::new(ConnectionRole::Acceptor, cfg, stream);
+        })
+        .await;
         let started = Instant::now();
         let text = loop {
             match p.next().await.expect("our idle timeout fired: fe2o3 sent no heartbeats") {
