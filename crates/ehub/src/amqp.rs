@@ -440,14 +440,8 @@ impl Actor {
     fn command(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::AttachSender { name, address, reply } => {
-                // Settle modes as the official Rust SDK sends them (mixed/first) on every link;
-                // our transfers are unsettled, which mixed allows. Checked against a recording of
-                // the SDK's frames in interop/rust (tests/official_rust_sdk.rs).
-                let mut a = Attach::new(name.clone(), 0, Role::Sender);
-                a.snd_settle_mode = SenderSettleMode::Mixed;
-                a.rcv_settle_mode = ReceiverSettleMode::First;
-                a.source = Some(Source::address(format!("sender-link-{name}")));
-                a.target = Some(Target::address(address));
+                let source = Source::address(format!("sender-link-{name}"));
+                let a = link_attach(name, Role::Sender, source, Target::address(address));
                 match self.conn.attach(self.session, a) {
                     Ok(link) => {
                         self.senders.insert(link, SenderState { attach_reply: Some(reply), queue: VecDeque::new() });
@@ -456,11 +450,8 @@ impl Actor {
                 }
             }
             Cmd::AttachReceiver { spec, reply } => {
-                let mut a = Attach::new(spec.name.clone(), 0, Role::Receiver);
-                a.snd_settle_mode = SenderSettleMode::Mixed;
-                a.rcv_settle_mode = ReceiverSettleMode::First;
-                a.source = Some(spec.source);
-                a.target = Some(Target::address(format!("receiver-link-{}", spec.name)));
+                let target = Target::address(format!("receiver-link-{}", spec.name));
+                let mut a = link_attach(spec.name.clone(), Role::Receiver, spec.source, target);
                 a.properties = spec.properties;
                 a.desired_capabilities = spec.desired_capabilities;
                 match self.conn.attach(self.session, a) {
@@ -509,18 +500,12 @@ impl Actor {
 
     fn attach_node(&mut self, node: &'static str) -> Result<()> {
         let tag = uuid::Uuid::new_v4().simple().to_string();
-        let reply_to = format!("{}-reply-{tag}", node.trim_start_matches('$'));
-        let mut s = Attach::new(format!("{}-sender-{tag}", node.trim_start_matches('$')), 0, Role::Sender);
-        s.snd_settle_mode = SenderSettleMode::Mixed;
-        s.rcv_settle_mode = ReceiverSettleMode::First;
-        s.source = Some(Source::address(node));
-        s.target = Some(Target::address(node));
+        let name = node.trim_start_matches('$');
+        let reply_to = format!("{name}-reply-{tag}");
+        let s = link_attach(format!("{name}-sender-{tag}"), Role::Sender, Source::address(node), Target::address(node));
         let sender = self.conn.attach(self.session, s).map_err(engine_error)?;
-        let mut r = Attach::new(format!("{}-receiver-{tag}", node.trim_start_matches('$')), 0, Role::Receiver);
-        r.snd_settle_mode = SenderSettleMode::Mixed;
-        r.rcv_settle_mode = ReceiverSettleMode::First;
-        r.source = Some(Source::address(node));
-        r.target = Some(Target::address(reply_to.clone()));
+        let target = Target::address(reply_to.clone());
+        let r = link_attach(format!("{name}-receiver-{tag}"), Role::Receiver, Source::address(node), target);
         let receiver = self.conn.attach(self.session, r).map_err(engine_error)?;
         self.node_links.insert(sender, node);
         self.node_links.insert(receiver, node);
@@ -787,4 +772,16 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// An attach with the settle modes the official Rust SDK sends on every link (mixed, first):
+/// our transfers are unsettled, which mixed allows. Checked against a recording of the SDK's
+/// frames in interop/rust (tests/official_rust_sdk.rs).
+fn link_attach(name: String, role: Role, source: Source, target: Target) -> Attach {
+    let mut a = Attach::new(name, 0, role);
+    a.snd_settle_mode = SenderSettleMode::Mixed;
+    a.rcv_settle_mode = ReceiverSettleMode::First;
+    a.source = Some(source);
+    a.target = Some(target);
+    a
 }

@@ -201,8 +201,18 @@ impl ClientCore {
             .map_err(|_| Error::timeout("getting a token", self.options.auth_timeout))?
     }
 
+    /// Hub properties, for both clients.
+    pub(crate) async fn eventhub_properties(&self) -> Result<crate::EventHubProperties> {
+        crate::EventHubProperties::from_map(&self.management_read(None).await?)
+    }
+
+    /// Properties of one partition, for both clients.
+    pub(crate) async fn partition_properties(&self, partition_id: &str) -> Result<crate::PartitionProperties> {
+        crate::PartitionProperties::from_map(&self.management_read(Some(partition_id)).await?)
+    }
+
     /// A management READ of the hub or of one partition (reference §8). Returns the body map.
-    pub(crate) async fn management_read(&self, partition: Option<&str>) -> Result<Map> {
+    async fn management_read(&self, partition: Option<&str>) -> Result<Map> {
         self.retry("management request", || async {
             let conn = self.connection().await?;
             let audience = self.url(&format!("{}/$management", self.hub));

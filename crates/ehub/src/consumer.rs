@@ -135,7 +135,7 @@ impl ConsumerClient {
 
     /// Hub properties.
     pub async fn get_eventhub_properties(&self) -> Result<EventHubProperties> {
-        EventHubProperties::from_map(&self.core.management_read(None).await?)
+        self.core.eventhub_properties().await
     }
 
     /// Partition ids of the hub.
@@ -145,7 +145,7 @@ impl ConsumerClient {
 
     /// Properties of one partition.
     pub async fn get_partition_properties(&self, partition_id: &str) -> Result<PartitionProperties> {
-        PartitionProperties::from_map(&self.core.management_read(Some(partition_id)).await?)
+        self.core.partition_properties(partition_id).await
     }
 
     /// Opens a receiver on one partition. The link is attached before this returns, so a

@@ -111,7 +111,7 @@ impl ProducerClient {
 
     /// Hub properties.
     pub async fn get_eventhub_properties(&self) -> Result<EventHubProperties> {
-        EventHubProperties::from_map(&self.core.management_read(None).await?)
+        self.core.eventhub_properties().await
     }
 
     /// Partition ids of the hub.
@@ -121,7 +121,7 @@ impl ProducerClient {
 
     /// Properties of one partition.
     pub async fn get_partition_properties(&self, partition_id: &str) -> Result<PartitionProperties> {
-        PartitionProperties::from_map(&self.core.management_read(Some(partition_id)).await?)
+        self.core.partition_properties(partition_id).await
     }
 
     /// An empty batch for the partition or key in `options`, as large as the link allows
