@@ -6,6 +6,7 @@ use ehub_amqp_codec::{decode_frame_bytes, split_frame, FrameBody, Performative, 
 use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,17 +41,7 @@ pub struct Broker {
     child: Child,
     /// The port it listens on.
     pub port: u16,
-    _dir: tempdir::Dir,
-}
-
-mod tempdir {
-    /// A temporary directory removed on drop (kept tiny to avoid another dependency here).
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    _dir: tempfile::TempDir,
 }
 
 /// Path of the broker binary: `EHUB_BIN`, or the workspace's release build.
@@ -64,13 +55,12 @@ impl Broker {
     /// Starts the broker with `fsync` (always, interval or never) and waits until it listens.
     pub fn start(fsync: &str) -> Broker {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("ehub-interop-rust-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let bin = ehub_bin();
         assert!(bin.exists(), "{} not found: run `cargo build --release` at the workspace root", bin.display());
         let child = Command::new(bin)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(&dir)
+            .arg(dir.path())
             .args(["--fsync", fsync])
             .stdout(Stdio::null())
             // EHUB_INTEROP_BROKER_LOG=path keeps the broker's log (set EHUB_LOG for its level).
@@ -85,7 +75,7 @@ impl Broker {
             assert!(Instant::now() < deadline, "broker did not start listening");
             std::thread::sleep(Duration::from_millis(10));
         }
-        Broker { child, port, _dir: tempdir::Dir(dir) }
+        Broker { child, port, _dir: dir }
     }
 
     /// The broker's process id (for RSS readings).
@@ -138,10 +128,37 @@ pub struct Recorded {
 
 /// A TCP proxy in front of the broker that decodes every AMQP frame the client sends (after the
 /// protocol headers and SASL) and records it, then forwards the bytes unchanged.
+/// `EHUB_PROXY_TRACE=1` also prints both directions' performatives.
 pub struct RecordingProxy {
     /// The port clients connect to.
     pub port: u16,
     frames: Arc<Mutex<Vec<Recorded>>>,
+    open: Arc<AtomicUsize>,
+}
+
+/// Copies `from` to `to` until either side ends, showing each chunk to `seen`.
+async fn forward<R, W>(mut from: R, mut to: W, mut seen: impl FnMut(&[u8]))
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&chunk[..n]).await.is_err() {
+            break;
+        }
+        seen(&chunk[..n]);
+    }
+    let _ = to.shutdown().await;
+}
+
+fn trace(direction: &str, conn: usize, channel: u16, p: &Performative) {
+    let d = format!("{p:?}");
+    eprintln!("{direction} conn={conn} ch={channel} {}", &d[..d.len().min(160)]);
 }
 
 impl RecordingProxy {
@@ -150,67 +167,56 @@ impl RecordingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let frames = Arc::new(Mutex::new(Vec::new()));
-        let rec = frames.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let tracing = std::env::var_os("EHUB_PROXY_TRACE").is_some();
+        let (rec, live) = (frames.clone(), open.clone());
         tokio::spawn(async move {
-            let mut next_conn = 0usize;
-            while let Ok((client, _)) = listener.accept().await {
-                let rec = rec.clone();
-                let conn = next_conn;
-                next_conn += 1;
+            for conn in 0usize.. {
+                let Ok((client, _)) = listener.accept().await else { return };
+                let (rec, live) = (rec.clone(), live.clone());
+                live.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let server = TcpStream::connect(("127.0.0.1", upstream)).await.unwrap();
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut sr, mut sw) = server.into_split();
-                    let down = tokio::spawn(async move {
-                        let mut buf = BytesMut::new();
-                        let mut chunk = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = match sr.read(&mut chunk).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => n,
-                            };
-                            if cw.write_all(&chunk[..n]).await.is_err() {
-                                break;
-                            }
-                            if std::env::var_os("EHUB_PROXY_TRACE").is_none() {
-                                continue;
-                            }
-                            buf.extend_from_slice(&chunk[..n]);
-                            drain_frames(&mut buf, |channel, p, _| {
-                                let d = format!("{p:?}");
-                                eprintln!("S->C conn={conn} ch={channel} {}", &d[..d.len().min(160)]);
-                            });
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    let mut down_buf = BytesMut::new();
+                    let down = tokio::spawn(forward(sr, cw, move |bytes| {
+                        if tracing {
+                            down_buf.extend_from_slice(bytes);
+                            drain_frames(&mut down_buf, |channel, p, _| trace("S->C", conn, channel, &p));
                         }
-                    });
-                    let mut buf = BytesMut::new();
-                    let mut chunk = vec![0u8; 64 * 1024];
-                    loop {
-                        let n = match cr.read(&mut chunk).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        if sw.write_all(&chunk[..n]).await.is_err() {
-                            break;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        drain_frames(&mut buf, |channel, p, payload| {
-                            if std::env::var_os("EHUB_PROXY_TRACE").is_some() {
-                                let d = format!("{p:?}");
-                                eprintln!("C->S conn={conn} ch={channel} {}", &d[..d.len().min(160)]);
+                    }));
+                    let mut up_buf = BytesMut::new();
+                    forward(cr, sw, |bytes| {
+                        up_buf.extend_from_slice(bytes);
+                        drain_frames(&mut up_buf, |channel, p, payload| {
+                            if tracing {
+                                trace("C->S", conn, channel, &p);
                             }
                             rec.lock().unwrap().push(Recorded { conn, channel, performative: p, payload });
                         });
-                    }
-                    let _ = sw.shutdown().await;
+                    })
+                    .await;
                     down.abort();
+                    live.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        RecordingProxy { port, frames }
+        RecordingProxy { port, frames, open }
     }
 
     /// Everything recorded so far.
     pub fn take(&self) -> Vec<Recorded> {
         std::mem::take(&mut *self.frames.lock().unwrap())
+    }
+
+    /// Everything recorded, once every client has closed its connection (so nothing it sent
+    /// is still in flight). Gives up waiting after 10 s.
+    pub async fn take_when_closed(&self) -> Vec<Recorded> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.open.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.take()
     }
 }

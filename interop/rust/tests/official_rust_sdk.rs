@@ -7,35 +7,12 @@ use azure_messaging_eventhubs::{
     ConsumerClient, EventDataBatchOptions, OpenReceiverOptions, ProducerClient, SendEventOptions, StartLocation,
     StartPosition,
 };
-use ehub_amqp_codec::{Body, Descriptor, Message, Performative, Role, Value};
+use ehub_amqp_codec::{Descriptor, Message, Performative, Role, Value};
 use ehub_interop_rust::{custom_endpoint, emulator_connection_string, Broker, Recorded, RecordingProxy};
 use futures::StreamExt;
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::time::Duration;
-
-/// Runs an official-SDK call, again (up to 3 more times) if the SDK dropped its connection.
-///
-/// Why: fe2o3-amqp 0.16 (under the SDK) drops a link's relay when it sends `detach` without
-/// waiting for the answer; if the answer arrives before its `end`, which our broker on
-/// loopback can manage, the SDK ends the session with `unattached-handle` and then closes the
-/// connection ("Session is not found"). Over a real network the answer comes later. Only calls
-/// that can be repeated safely (no event sent twice) go through this.
-macro_rules! sdk {
-    ($call:expr) => {{
-        let mut attempt = 0;
-        loop {
-            match $call.await {
-                Ok(v) => break v,
-                Err(e) if attempt < 3 && format!("{e:?}").contains("Connection dropped") => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("official SDK call failed: {e:?}"),
-            }
-        }
-    }};
-}
 
 async fn bounded<F: Future>(f: F) -> F::Output {
     ehub_interop_rust::install_crypto_provider();
@@ -58,25 +35,21 @@ async fn sdk_consumer(port: u16) -> ConsumerClient {
         .expect("official SDK consumer opens against ehub serve")
 }
 
-/// The next event of an official-SDK receiver, tolerating the dropped connections described at
-/// `sdk!` (the SDK's receiver recovers and resumes).
+/// The next event of an official-SDK receiver.
 async fn next_event(
     rx: &azure_messaging_eventhubs::EventReceiver,
 ) -> azure_messaging_eventhubs::models::ReceivedEventData {
-    let mut stream = Box::pin(rx.stream_events());
-    let mut dropped = 0;
-    loop {
-        match stream.next().await.expect("the stream ended") {
-            Ok(e) => return e,
-            Err(e) if dropped < 3 && format!("{e:?}").contains("Connection dropped") => dropped += 1,
-            Err(e) => panic!("official SDK receive failed: {e:?}"),
-        }
-    }
+    rx.stream_events().next().await.expect("the stream ended").unwrap()
 }
 
 /// Runs a whole test (fresh broker, fresh clients) again, up to 3 attempts, when it failed only
-/// because the official SDK dropped its connection in the fe2o3 0.16 race described at `sdk!`
-/// (its receivers then end their streams). Any other failure fails at once.
+/// because the official SDK dropped its own connection; any other failure fails at once.
+///
+/// Why: fe2o3-amqp 0.16, under the SDK, drops a link's relay when it sends `detach` without
+/// waiting for the answer. If the answer arrives before its `end`, which our broker manages on
+/// loopback, the SDK ends the session with `unattached-handle` and then closes the connection
+/// ("Session is not found"); the client does not recover. Over a real network the answer comes
+/// later. Seen in about 1 run in 5 to 15 of the dialect test.
 async fn with_sdk_retries<F, Fut>(mut test: F)
 where
     F: FnMut() -> Fut,
@@ -90,8 +63,7 @@ where
             .cloned()
             .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_default();
-        let sdk_race = msg.contains("Connection dropped") || msg.contains("the stream ended");
-        assert!(attempt < 3 && sdk_race, "{msg}");
+        assert!(attempt < 3 && msg.contains("Connection dropped"), "{msg}");
         eprintln!("attempt {attempt} hit the SDK's dropped-connection race; running the test again");
     }
 }
@@ -109,10 +81,10 @@ async fn official_rust_sdk_properties_send_and_receive() {
     bounded(with_sdk_retries(|| async {
         let broker = Broker::start("always");
         let producer = sdk_producer(broker.port).await;
-        let props = sdk!(producer.get_eventhub_properties());
+        let props = producer.get_eventhub_properties().await.unwrap();
         assert_eq!(props.name, "eh1");
         assert_eq!(props.partition_ids, vec!["0", "1", "2", "3"]);
-        let p0 = sdk!(producer.get_partition_properties("0"));
+        let p0 = producer.get_partition_properties("0").await.unwrap();
         assert_eq!(p0.id, "0");
         assert_eq!(p0.eventhub, "eh1");
 
@@ -148,7 +120,7 @@ async fn official_rust_sdk_properties_send_and_receive() {
         }
 
         let consumer = sdk_consumer(broker.port).await;
-        let rx = sdk!(consumer.open_receiver_on_partition("0".into(), Some(earliest(None))));
+        let rx = consumer.open_receiver_on_partition("0".into(), Some(earliest(None))).await.unwrap();
         let e = next_event(&rx).await;
         assert_eq!(e.event_data().body(), Some(&b"hello from the official SDK"[..]));
         assert_eq!(e.event_data().content_type(), Some("text/plain"));
@@ -157,7 +129,7 @@ async fn official_rust_sdk_properties_send_and_receive() {
         assert!(e.event_data().properties().unwrap().contains_key("color"));
         rx.close().await.unwrap();
 
-        let rx = sdk!(consumer.open_receiver_on_partition("1".into(), Some(earliest(None))));
+        let rx = consumer.open_receiver_on_partition("1".into(), Some(earliest(None))).await.unwrap();
         let got: Vec<_> = rx.stream_events().take(100).map(|e| e.unwrap()).collect().await;
         for (i, e) in got.iter().enumerate() {
             assert_eq!(e.event_data().body(), Some(format!("batch event {i}").as_bytes()));
@@ -167,7 +139,7 @@ async fn official_rust_sdk_properties_send_and_receive() {
 
         let mut keyed = 0;
         for p in ["0", "1", "2", "3"] {
-            let props = sdk!(consumer.get_partition_properties(p));
+            let props = consumer.get_partition_properties(p).await.unwrap();
             let expected_before = match p {
                 "0" => 1,
                 "1" => 100,
@@ -194,7 +166,7 @@ async fn official_rust_sdk_and_ehub_client_read_each_other() {
         let to2 = ehub::SendEventOptions { partition_id: Some("2".into()), ..Default::default() };
         ours.send_event(ehub::EventData::from("from ehub").with_property("n", 42i64), Some(to2)).await.unwrap();
         let consumer = sdk_consumer(broker.port).await;
-        let rx = sdk!(consumer.open_receiver_on_partition("2".into(), Some(earliest(None))));
+        let rx = consumer.open_receiver_on_partition("2".into(), Some(earliest(None))).await.unwrap();
         let e = next_event(&rx).await;
         assert_eq!(e.event_data().body(), Some(&b"from ehub"[..]));
         assert!(e.event_data().properties().unwrap().contains_key("n"));
@@ -226,7 +198,7 @@ async fn official_rust_sdk_owner_level_steal_and_wrong_key() {
         let producer = sdk_producer(broker.port).await;
         producer.send_event(b"x".to_vec(), Some(SendEventOptions { partition_id: Some("0".into()) })).await.unwrap();
         let consumer = sdk_consumer(broker.port).await;
-        let low = sdk!(consumer.open_receiver_on_partition("0".into(), Some(earliest(Some(1)))));
+        let low = consumer.open_receiver_on_partition("0".into(), Some(earliest(Some(1)))).await.unwrap();
         let mut low_stream = Box::pin(low.stream_events());
         assert!(low_stream.next().await.unwrap().is_ok());
         // A higher owner level (ours) takes the partition over: the SDK's receiver fails.
@@ -252,7 +224,7 @@ async fn official_rust_sdk_owner_level_steal_and_wrong_key() {
             .with_retry_options(azure_messaging_eventhubs::RetryOptions { max_retries: 0, ..Default::default() })
             .open_with_connection_string(&bad, Some("eh1"))
             .await;
-        let failed = p_get(p).await.expect("a wrong key was accepted");
+        let failed = first_sdk_error(p).await.expect("a wrong key was accepted");
         // The SDK surfaces the 401 put-token answer as an authorization failure.
         assert!(failed.to_lowercase().contains("authoriz"), "{failed}");
         high.close().await;
@@ -262,7 +234,9 @@ async fn official_rust_sdk_owner_level_steal_and_wrong_key() {
     .await;
 }
 
-async fn p_get(p: azure_messaging_eventhubs::Result<ProducerClient>) -> Option<String> {
+/// The first error of an official-SDK producer: from opening it, or from its first request (the
+/// SDK authenticates lazily).
+async fn first_sdk_error(p: azure_messaging_eventhubs::Result<ProducerClient>) -> Option<String> {
     match p {
         Err(e) => Some(format!("{e:?}")),
         Ok(p) => p.get_eventhub_properties().await.err().map(|e| format!("{e:?}")),
@@ -378,7 +352,6 @@ fn dialect(frames: &[Recorded]) -> BTreeSet<Item> {
                         to,
                     });
                 } else if address == "$management" {
-                    assert!(matches!(m.body, Body::Empty | Body::Value(_) | Body::Data(_)));
                     items.insert(Item::Management {
                         operation: app.get("operation").cloned().unwrap_or_default(),
                         entity_type: app.get("type").cloned().unwrap_or_default(),
@@ -396,60 +369,40 @@ fn dialect(frames: &[Recorded]) -> BTreeSet<Item> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ehub_client_speaks_the_official_rust_sdks_dialect() {
-    let broker = Broker::start("never");
-    bounded(async {
+    bounded(with_sdk_retries(|| async {
+        let broker = Broker::start("never");
         let proxy = RecordingProxy::start(broker.port).await;
         let port = proxy.port;
 
         // The official SDK: properties, a send to partition 0, a send of a batch to the hub,
-        // a receiver with an owner level from the earliest event. A whole attempt is repeated
-        // (up to 3 times, with fresh clients and a fresh recording) when the SDK drops its
-        // connection in the fe2o3 0.16 race described at `sdk!`; any other failure fails.
-        let mut sdk = None;
-        for attempt in 1..=3 {
-            let run = tokio::spawn(async move {
-                {
-                    let producer = ProducerClient::builder()
-                        .with_custom_endpoint(custom_endpoint(port))
-                        .open_with_connection_string(&emulator_connection_string(port), Some("eh1"))
-                        .await
-                        .unwrap();
-                    sdk!(producer.get_eventhub_properties());
-                    sdk!(producer.get_partition_properties("1"));
-                    producer
-                        .send_event(b"a".to_vec(), Some(SendEventOptions { partition_id: Some("0".into()) }))
-                        .await
-                        .unwrap();
-                    let batch = sdk!(producer.create_batch(None));
-                    batch.try_add_event_data(b"b".to_vec(), None).unwrap();
-                    producer.send_batch(batch, None).await.unwrap();
-                    let consumer = ConsumerClient::builder()
-                        .with_custom_endpoint(custom_endpoint(port))
-                        .open_with_connection_string(&emulator_connection_string(port), Some("eh1"))
-                        .await
-                        .unwrap();
-                    let rx = sdk!(consumer.open_receiver_on_partition("0".into(), Some(earliest(Some(3)))));
-                    next_event(&rx).await;
-                    rx.close().await.unwrap();
-                    consumer.close().await.unwrap();
-                    producer.close().await.unwrap();
-                }
-            })
-            .await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let frames = proxy.take();
-            match run {
-                Ok(()) => {
-                    sdk = Some(dialect(&frames));
-                    break;
-                }
-                Err(e) => {
-                    let msg = format!("{:?}", e.into_panic().downcast_ref::<String>());
-                    assert!(attempt < 3 && msg.contains("Connection dropped"), "official SDK phase failed: {msg}");
-                }
-            }
+        // a receiver with an owner level from the earliest event.
+        {
+            let producer = ProducerClient::builder()
+                .with_custom_endpoint(custom_endpoint(port))
+                .open_with_connection_string(&emulator_connection_string(port), Some("eh1"))
+                .await
+                .unwrap();
+            producer.get_eventhub_properties().await.unwrap();
+            producer.get_partition_properties("1").await.unwrap();
+            producer
+                .send_event(b"a".to_vec(), Some(SendEventOptions { partition_id: Some("0".into()) }))
+                .await
+                .unwrap();
+            let batch = producer.create_batch(None).await.unwrap();
+            batch.try_add_event_data(b"b".to_vec(), None).unwrap();
+            producer.send_batch(batch, None).await.unwrap();
+            let consumer = ConsumerClient::builder()
+                .with_custom_endpoint(custom_endpoint(port))
+                .open_with_connection_string(&emulator_connection_string(port), Some("eh1"))
+                .await
+                .unwrap();
+            let rx = consumer.open_receiver_on_partition("0".into(), Some(earliest(Some(3)))).await.unwrap();
+            next_event(&rx).await;
+            rx.close().await.unwrap();
+            consumer.close().await.unwrap();
+            producer.close().await.unwrap();
         }
-        let sdk = sdk.expect("an attempt succeeded");
+        let sdk = dialect(&proxy.take_when_closed().await);
 
         // Ours, the same operations.
         {
@@ -476,8 +429,7 @@ async fn ehub_client_speaks_the_official_rust_sdks_dialect() {
             consumer.close().await;
             producer.close().await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let ours = dialect(&proxy.take());
+        let ours = dialect(&proxy.take_when_closed().await);
 
         let only_sdk: Vec<_> = sdk.difference(&ours).collect();
         let only_ours: Vec<_> = ours.difference(&sdk).collect();
@@ -490,6 +442,6 @@ async fn ehub_client_speaks_the_official_rust_sdks_dialect() {
         assert!(sdk.iter().any(|i| matches!(i, Item::PutToken { .. })));
         assert!(sdk.iter().any(|i| matches!(i, Item::Management { .. })));
         assert!(sdk.iter().any(|i| matches!(i, Item::Attach { filters, .. } if !filters.is_empty())));
-    })
+    }))
     .await;
 }

@@ -16,65 +16,66 @@ use std::time::Instant;
 const BATCH: usize = 100;
 const TASKS: usize = 8;
 
-async fn sdk_send(port: u16, partition: &str, events: usize) -> f64 {
-    let producer = ProducerClient::builder()
-        .with_custom_endpoint(custom_endpoint(port))
-        .open_with_connection_string(&emulator_connection_string(port), Some("eh1"))
-        .await
-        .unwrap();
-    let producer = std::sync::Arc::new(producer);
-    let body = vec![b'x'; 100];
+/// Runs `TASKS` tasks, each sending its share of `events / BATCH` batches through
+/// `send_batches(count)`, and returns events/s over all of them.
+async fn in_parallel<F, Fut>(events: usize, send_batches: F) -> f64
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let batches = events / BATCH;
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..TASKS {
-        let producer = producer.clone();
-        let body = body.clone();
-        let partition = partition.to_string();
-        tasks.push(tokio::spawn(async move {
-            let batches = events / BATCH / TASKS + usize::from(t < (events / BATCH) % TASKS);
-            for _ in 0..batches {
-                let opts = EventDataBatchOptions { partition_id: Some(partition.clone()), ..Default::default() };
-                let batch = producer.create_batch(Some(opts)).await.unwrap();
-                for _ in 0..BATCH {
-                    assert!(batch.try_add_event_data(body.clone(), None).unwrap());
-                }
-                producer.send_batch(batch, None).await.unwrap();
-            }
-        }));
-    }
+    let tasks: Vec<_> =
+        (0..TASKS).map(|t| tokio::spawn(send_batches(batches / TASKS + usize::from(t < batches % TASKS)))).collect();
     for t in tasks {
         t.await.unwrap();
     }
     events as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn ours_send(port: u16, partition: &str, events: usize) -> f64 {
+async fn sdk_send(port: u16, partition: &'static str, events: usize) -> f64 {
+    let producer = std::sync::Arc::new(
+        ProducerClient::builder()
+            .with_custom_endpoint(custom_endpoint(port))
+            .open_with_connection_string(&emulator_connection_string(port), Some("eh1"))
+            .await
+            .unwrap(),
+    );
+    in_parallel(events, |count| {
+        let producer = producer.clone();
+        async move {
+            for _ in 0..count {
+                let opts = EventDataBatchOptions { partition_id: Some(partition.into()), ..Default::default() };
+                let batch = producer.create_batch(Some(opts)).await.unwrap();
+                for _ in 0..BATCH {
+                    assert!(batch.try_add_event_data(vec![b'x'; 100], None).unwrap());
+                }
+                producer.send_batch(batch, None).await.unwrap();
+            }
+        }
+    })
+    .await
+}
+
+async fn ours_send(port: u16, partition: &'static str, events: usize) -> f64 {
     let producer = std::sync::Arc::new(
         ehub::ProducerClient::from_connection_string(&emulator_connection_string(port), Some("eh1")).await.unwrap(),
     );
     let body = bytes::Bytes::from(vec![b'x'; 100]);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..TASKS {
-        let producer = producer.clone();
-        let body = body.clone();
-        let partition = partition.to_string();
-        tasks.push(tokio::spawn(async move {
-            let batches = events / BATCH / TASKS + usize::from(t < (events / BATCH) % TASKS);
-            for _ in 0..batches {
-                let opts = ehub::EventDataBatchOptions { partition_id: Some(partition.clone()), ..Default::default() };
+    in_parallel(events, |count| {
+        let (producer, body) = (producer.clone(), body.clone());
+        async move {
+            for _ in 0..count {
+                let opts = ehub::EventDataBatchOptions { partition_id: Some(partition.into()), ..Default::default() };
                 let mut batch = producer.create_batch(Some(opts)).await.unwrap();
                 for _ in 0..BATCH {
                     assert!(batch.try_add(&ehub::EventData::new(body.clone())).unwrap());
                 }
                 producer.send_batch(&batch).await.unwrap();
             }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    events as f64 / start.elapsed().as_secs_f64()
+        }
+    })
+    .await
 }
 
 async fn sdk_receive(port: u16, partition: &str, events: usize) -> f64 {
