@@ -19,7 +19,7 @@ use ehub_model::{annotations, conditions, link as linkprops, nodes, EntityAddres
 use ehub_partition_log::{AppendEvent, Appended, LogError, Partition, StartPosition, StoredEvent};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
@@ -75,6 +75,15 @@ struct LinkInfo {
     kind: LinkKind,
     name: String,
     target_address: Option<String>,
+    /// The entity address and the claim this link needs for as long as it lives: when the
+    /// last token granting it expires, the link is detached (as the service does).
+    claim: Option<(String, fn(&Rights) -> bool)>,
+}
+
+impl LinkInfo {
+    fn refused(name: String) -> Self {
+        LinkInfo { kind: LinkKind::Refused, name, target_address: None, claim: None }
+    }
 }
 
 struct Token {
@@ -184,6 +193,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 return Ok(());
             }
             let deadline = self.conn.next_timeout();
+            let token_deadline = self.token_deadline();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -214,6 +224,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 }
                 _ = async { match deadline { Some(d) => tokio::time::sleep_until(d.into()).await, None => std::future::pending().await } } => {
                     self.conn.handle_timeout(Instant::now())?;
+                }
+                _ = async { match token_deadline { Some(d) => tokio::time::sleep_until(d.into()).await, None => std::future::pending().await } } => {
+                    self.expire_tokens();
                 }
             }
         }
@@ -268,8 +281,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         description: String,
     ) -> Result<(), EndpointError> {
         debug!(peer = %self.peer, link = %name, condition, description = %description, "refusing link");
-        self.links.insert(link, LinkInfo { kind: LinkKind::Refused, name, target_address: None });
+        self.links.insert(link, LinkInfo::refused(name));
         self.conn.refuse_link(link, AmqpError::new(condition, description))
+    }
+
+    /// When the next token that some link may depend on expires.
+    fn token_deadline(&self) -> Option<Instant> {
+        if !self.links.values().any(|l| l.claim.is_some()) {
+            return None;
+        }
+        let now = now_secs();
+        let next = self.tokens.iter().map(|t| t.expiry).filter(|&e| e > now).min()?;
+        // `now` is truncated, so this instant is at or just after the expiry second.
+        Some(Instant::now() + Duration::from_secs(next - now))
+    }
+
+    /// Drops expired tokens and detaches every link no remaining token authorises.
+    fn expire_tokens(&mut self) {
+        let now = now_secs();
+        self.tokens.retain(|t| t.expiry > now);
+        let lapsed: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.claim.as_ref().is_some_and(|(address, need)| !self.authorized(address, *need)))
+            .map(|(id, _)| *id)
+            .collect();
+        for link in lapsed {
+            let name = self.links.get(&link).map(|l| l.name.clone()).unwrap_or_default();
+            info!(peer = %self.peer, link = %name, "token expired: detaching link");
+            let _ = self.conn.detach(
+                link,
+                Some(AmqpError::new(
+                    conditions::UNAUTHORIZED_ACCESS,
+                    "Unauthorized access. The token for this link has expired and was not renewed.",
+                )),
+            );
+            self.forget_link(link);
+            self.links.insert(link, LinkInfo::refused(name));
+        }
     }
 
     fn authorized(&self, entity: &str, need: fn(&Rights) -> bool) -> bool {
@@ -363,7 +412,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         if let LinkKind::Consumer(c) = &kind {
             info!(peer = %self.peer, entity = %c.hub.name, consumer_group = %c.cg.name, partition_id = c.pidx, link = %name, "receiver attached");
         }
-        self.links.insert(link, LinkInfo { kind, name, target_address });
+        let claim = match &kind {
+            LinkKind::Producer { .. } => Some((address, Rights::can_send as fn(&Rights) -> bool)),
+            LinkKind::Consumer(_) => Some((address, Rights::can_listen as fn(&Rights) -> bool)),
+            _ => None,
+        };
+        self.links.insert(link, LinkInfo { kind, name, target_address, claim });
         if let Some(LinkInfo { kind: LinkKind::Consumer(c), .. }) = self.links.get_mut(&link) {
             // Resolve the start position off the reactor (it may read files).
             let (part, id, tx) = (Arc::clone(&c.part), c.id, self.ctl_tx.clone());
@@ -602,8 +656,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 if matches!(self.links.get(&link), Some(LinkInfo { kind: LinkKind::Consumer(_), .. })) {
                     let _ = self.conn.detach(link, Some(error));
                     self.forget_link(link);
-                    self.links
-                        .insert(link, LinkInfo { kind: LinkKind::Refused, name: String::new(), target_address: None });
+                    self.links.insert(link, LinkInfo::refused(String::new()));
                 }
             }
         }

@@ -92,6 +92,11 @@ impl Client {
     }
 
     async fn put_token(&mut self, key: &str, audience: &str) -> i64 {
+        self.put_token_for(key, audience, 3600).await
+    }
+
+    /// Puts a SAS token valid for `ttl` seconds from now.
+    async fn put_token_for(&mut self, key: &str, audience: &str, ttl: u64) -> i64 {
         let ch = self.session().await;
         let mut s = Attach::new("cbs-s", 0, Role::Sender);
         s.target = Some(Target::address("$cbs"));
@@ -104,7 +109,7 @@ impl Client {
         if self.conn.credit(sender) == 0 {
             self.until(|e| matches!(e, Event::LinkFlow { link } if *link == sender)).await;
         }
-        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + ttl;
         let token = ehub_model::generate_sas_token(audience, "RootManageSharedAccessKey", key, exp);
         let mut m = Message::with_value(Value::String(token));
         m.properties = Some(Properties {
@@ -152,6 +157,20 @@ async fn wrong_key_gets_401_and_links_are_refused_unauthorized() {
     let mut a = Attach::new("p", 0, Role::Sender);
     a.target = Some(Target::address("amqps://localhost/eh1/Partitions/0"));
     let (_, ev) = c.attach(ch, a).await;
+    let e = expect_detached(&mut c, ev).await;
+    assert_eq!(e.condition.as_str(), "amqp:unauthorized-access");
+    stop(b).await;
+}
+
+fn receiver(name: &str, address: &str) -> Attach {
+    let mut a = Attach::new(name, 0, Role::Receiver);
+    a.source = Some(Source::address(address));
+    a.target = Some(Target::address("r"));
+    a
+}
+
+/// The error of a refused attach: a detach either instead of the attach reply or right after it.
+async fn expect_detached(c: &mut Client, ev: Event) -> ehub_amqp_codec::Error {
     let ev = match ev {
         Event::Attached { link, .. } => {
             c.until(move |e| matches!(e, Event::Detached { link: l, .. } if *l == link)).await
@@ -159,7 +178,72 @@ async fn wrong_key_gets_401_and_links_are_refused_unauthorized() {
         other => other,
     };
     let Event::Detached { error: Some(e), .. } = ev else { panic!("expected a detach with error, got {ev:?}") };
-    assert_eq!(e.condition.as_str(), "amqp:unauthorized-access");
+    e
+}
+
+#[tokio::test]
+async fn links_are_detached_when_their_token_expires_unrenewed() {
+    let b = start().await;
+    let mut c = Client::connect(b.addr).await;
+    assert_eq!(c.put_token_for("SAS_KEY_VALUE", "sb://localhost/eh1", 2).await, 202);
+    let ch = c.session().await;
+    let mut p = Attach::new("p", 0, Role::Sender);
+    p.target = Some(Target::address("eh1/Partitions/0"));
+    let (sender, ev) = c.attach(ch, p).await;
+    assert!(matches!(ev, Event::Attached { .. }), "{ev:?}");
+    let (recv, ev) = c.attach(ch, receiver("r", "eh1/ConsumerGroups/$Default/Partitions/0")).await;
+    assert!(matches!(ev, Event::Attached { .. }), "{ev:?}");
+    let started = Instant::now();
+    let mut detached = Vec::new();
+    while detached.len() < 2 {
+        let Event::Detached { link, error: Some(e), .. } = c.until(|e| matches!(e, Event::Detached { .. })).await
+        else {
+            panic!("a detach without an error")
+        };
+        assert_eq!(e.condition.as_str(), "amqp:unauthorized-access");
+        detached.push(link);
+    }
+    detached.sort_by_key(|l| l.handle);
+    let mut want = vec![sender, recv];
+    want.sort_by_key(|l| l.handle);
+    assert_eq!(detached, want, "both links go when their token lapses");
+    assert!(started.elapsed() >= Duration::from_millis(500), "detached before the token expired");
+    // The connection itself stays: a fresh token lets a new link attach.
+    assert_eq!(c.put_token("SAS_KEY_VALUE", "sb://localhost/eh1").await, 202);
+    let mut p = Attach::new("p2", 0, Role::Sender);
+    p.target = Some(Target::address("eh1/Partitions/0"));
+    let (_, ev) = c.attach(ch, p).await;
+    assert!(matches!(ev, Event::Attached { .. }), "{ev:?}");
+    stop(b).await;
+}
+
+#[tokio::test]
+async fn at_most_five_non_epoch_receivers_per_partition_and_consumer_group() {
+    let b = start().await;
+    let mut c = Client::connect(b.addr).await;
+    assert_eq!(c.put_token("SAS_KEY_VALUE", "sb://localhost/eh1").await, 202);
+    let ch = c.session().await;
+    let addr = "eh1/ConsumerGroups/$Default/Partitions/1";
+    let mut held = Vec::new();
+    for i in 0..5 {
+        let (link, ev) = c.attach(ch, receiver(&format!("r{i}"), addr)).await;
+        assert!(matches!(ev, Event::Attached { .. }), "receiver {i}: {ev:?}");
+        held.push(link);
+    }
+    let (_, ev) = c.attach(ch, receiver("r5", addr)).await;
+    let e = expect_detached(&mut c, ev).await;
+    assert_eq!(e.condition.as_str(), "amqp:resource-limit-exceeded");
+    assert!(e.description.as_deref().unwrap_or("").contains("maximum number of allowed receivers"), "{e:?}");
+    // Other partitions and consumer groups have their own limits.
+    let (_, ev) = c.attach(ch, receiver("other-partition", "eh1/ConsumerGroups/$Default/Partitions/2")).await;
+    assert!(matches!(ev, Event::Attached { .. }), "{ev:?}");
+    let (_, ev) = c.attach(ch, receiver("other-group", "eh1/ConsumerGroups/cg1/Partitions/1")).await;
+    assert!(matches!(ev, Event::Attached { .. }), "{ev:?}");
+    // Closing one frees its place.
+    c.conn.detach(held[0], None).unwrap();
+    c.until(|e| matches!(e, Event::Detached { link, .. } if *link == held[0])).await;
+    let (_, ev) = c.attach(ch, receiver("r6", addr)).await;
+    assert!(matches!(ev, Event::Attached { .. }), "{ev:?}");
     stop(b).await;
 }
 

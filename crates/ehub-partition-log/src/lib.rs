@@ -82,6 +82,9 @@ pub struct LogConfig {
     pub retention: Option<Duration>,
     /// Remove the oldest segments while a partition is larger than this.
     pub retention_bytes: Option<u64>,
+    /// How often the writer applies retention. Retention is a background sweep, not part of
+    /// the append path, so a segment may outlive its retention by up to this long.
+    pub retention_check_interval: Duration,
     /// Bytes of recent records kept in memory per partition for tailing readers.
     pub cache_bytes: usize,
     /// Number of writer threads.
@@ -95,6 +98,7 @@ impl Default for LogConfig {
             fsync: FsyncPolicy::Always,
             retention: None,
             retention_bytes: None,
+            retention_check_interval: Duration::from_secs(5),
             cache_bytes: 8 << 20,
             writer_threads: 1,
         }

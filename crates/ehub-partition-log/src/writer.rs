@@ -54,7 +54,8 @@ pub(crate) fn run(rx: Receiver<WriterMsg>, cfg: LogConfig) {
     let tick = match cfg.fsync {
         FsyncPolicy::Interval(d) => d.min(Duration::from_secs(1)),
         _ => Duration::from_secs(1),
-    };
+    }
+    .min(cfg.retention_check_interval);
     loop {
         let first = match rx.recv_timeout(tick) {
             Ok(m) => Some(m),
@@ -133,7 +134,7 @@ pub(crate) fn run(rx: Receiver<WriterMsg>, cfg: LogConfig) {
                 last_sync = Instant::now();
             }
         }
-        if last_retention.elapsed() >= Duration::from_secs(5) {
+        if last_retention.elapsed() >= cfg.retention_check_interval {
             registered.retain(|w| w.strong_count() > 0);
             for p in registered.iter().filter_map(|w| w.upgrade()) {
                 crate::retention::apply(&p, &cfg, now_millis());

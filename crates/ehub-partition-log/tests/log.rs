@@ -173,6 +173,43 @@ fn retention_by_size_removes_whole_old_segments() {
 }
 
 #[test]
+fn retention_by_time_removes_only_segments_older_than_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let window = Duration::from_secs(2);
+    let c = LogConfig {
+        retention: Some(window),
+        retention_check_interval: Duration::from_millis(100),
+        fsync: FsyncPolicy::Never,
+        ..cfg(1024, 8 * 1024)
+    };
+    let store = LogStore::new(c);
+    let p = store.open_partition(dir.path().join("0"), "0").unwrap();
+    let filled = std::time::Instant::now();
+    fill(&store, &p, 3000, 50);
+    let segments = || std::fs::read_dir(dir.path().join("0")).unwrap().count();
+    assert!(segments() > 3, "the fill spans several segments");
+    // Several sweeps run while the events are younger than the window: nothing may go.
+    std::thread::sleep(Duration::from_millis(500));
+    if filled.elapsed() < window {
+        assert_eq!(p.info().begin_sequence_number, 0, "fresh segments were removed");
+    }
+    // Once the window has passed, the sweep removes every closed segment: all of them are old.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while p.info().begin_sequence_number == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let begin = p.info().begin_sequence_number;
+    assert!(begin > 0, "retention by time never ran");
+    assert!(filled.elapsed() >= window, "segments went before the window passed");
+    assert_eq!(segments(), 1, "only the active segment remains");
+    // The active segment is never removed and the log still appends after it.
+    let first = p.read(begin, 1, 1 << 20).unwrap();
+    assert_eq!(first[0].sequence_number, begin);
+    let at = store.append_blocking(&p, vec![ev(3000, None)]).unwrap();
+    assert_eq!(at.first_sequence_number, 3000);
+}
+
+#[test]
 fn committed_watch_wakes_readers() {
     let dir = tempfile::tempdir().unwrap();
     let store = LogStore::new(LogConfig { fsync: FsyncPolicy::Never, ..Default::default() });
