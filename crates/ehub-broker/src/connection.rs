@@ -71,13 +71,16 @@ enum LinkKind {
     Refused,
 }
 
+/// Which right a link needs.
+type Claim = fn(&Rights) -> bool;
+
 struct LinkInfo {
     kind: LinkKind,
     name: String,
     target_address: Option<String>,
     /// The entity address and the claim this link needs for as long as it lives: when the
     /// last token granting it expires, the link is detached (as the service does).
-    claim: Option<(String, fn(&Rights) -> bool)>,
+    claim: Option<(String, Claim)>,
 }
 
 impl LinkInfo {
@@ -321,7 +324,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         }
     }
 
-    fn authorized(&self, entity: &str, need: fn(&Rights) -> bool) -> bool {
+    fn authorized(&self, entity: &str, need: Claim) -> bool {
         let now = now_secs();
         let entity = entity_path(entity);
         self.tokens.iter().any(|t| t.expiry > now && need(&t.rights) && covers(&t.path, &entity))
@@ -413,8 +416,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             info!(peer = %self.peer, entity = %c.hub.name, consumer_group = %c.cg.name, partition_id = c.pidx, link = %name, "receiver attached");
         }
         let claim = match &kind {
-            LinkKind::Producer { .. } => Some((address, Rights::can_send as fn(&Rights) -> bool)),
-            LinkKind::Consumer(_) => Some((address, Rights::can_listen as fn(&Rights) -> bool)),
+            LinkKind::Producer { .. } => Some((address, Rights::can_send as Claim)),
+            LinkKind::Consumer(_) => Some((address, Rights::can_listen as Claim)),
             _ => None,
         };
         self.links.insert(link, LinkInfo { kind, name, target_address, claim });
