@@ -21,12 +21,15 @@ class Broker:
     def __init__(self, data_dir, port=None, fsync="always", config=None):
         self.data_dir = data_dir
         self.port = port or free_port()
+        # AMQP over WebSockets (plain), served beside AMQP.
+        self.ws_port = free_port()
         self.fsync = fsync
         self.config = config
         self.proc = None
 
     def start(self):
-        args = [EHUB, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data_dir, "--fsync", self.fsync]
+        args = [EHUB, "serve", "--listen", f"127.0.0.1:{self.port}", "--listen-ws", f"127.0.0.1:{self.ws_port}",
+                "--data-dir", self.data_dir, "--fsync", self.fsync]
         if self.config:
             args += ["--config", self.config]
         self.log = open(os.path.join(self.data_dir, "broker.log"), "ab")

@@ -4,7 +4,7 @@ import threading
 import time
 
 import pytest
-from azure.eventhub import EventData, EventHubConsumerClient, EventHubProducerClient
+from azure.eventhub import EventData, EventHubConsumerClient, EventHubProducerClient, TransportType
 from azure.eventhub.exceptions import (AuthenticationError, ConnectError, EventDataSendError, EventHubError)
 
 HUB = "eh1"
@@ -262,3 +262,17 @@ def test_oversized_event_is_rejected_and_the_link_survives(broker):
         p.send_event(EventData("small-after-big"), partition_id="0")
     got, errors = collect(broker, 1, partition_id="0", starting_position="-1")
     assert [e.body_as_str() for e in got] == ["small-after-big"]
+
+
+def test_amqp_over_websockets(broker):
+    # The SDK adds /$servicebus/websocket to the custom endpoint itself.
+    ws = dict(transport_type=TransportType.AmqpOverWebsocket, custom_endpoint_address=f"sb://127.0.0.1:{broker.ws_port}")
+    with producer(broker, **ws) as p:
+        assert p.get_partition_ids() == ["0", "1", "2", "3"]
+        b = p.create_batch(partition_id="3")
+        b.add(EventData("over websockets"))
+        p.send_batch(b)
+        assert p.get_partition_properties("3")["last_enqueued_sequence_number"] == 0
+    got, errors = collect(broker, 1, client_kw=ws, partition_id="3", starting_position="-1")
+    assert not errors, errors
+    assert [e.body_as_str() for e in got] == ["over websockets"]

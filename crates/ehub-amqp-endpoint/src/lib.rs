@@ -33,6 +33,8 @@ mod connection;
 pub mod driver;
 mod error;
 mod idmap;
+#[cfg(feature = "websocket")]
+pub mod websocket;
 
 pub use connection::{
     AttachReply, Connection, ConnectionConfig, ConnectionRole, Delivery, Event, Link, LinkId, SaslConfig, SendArgs,

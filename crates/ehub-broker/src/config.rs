@@ -102,8 +102,10 @@ pub struct HubConfig {
 /// Everything the broker needs.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// Listen address.
+    /// Listen address (plain AMQP).
     pub listen: SocketAddr,
+    /// Listen address for AMQP over WebSockets (no TLS), if any.
+    pub listen_websocket: Option<SocketAddr>,
     /// Maximum connections.
     pub max_connections: usize,
     /// Data directory.
@@ -138,6 +140,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             listen: "127.0.0.1:5672".parse().expect("valid address"),
+            listen_websocket: None,
             max_connections: 10_000,
             data_dir: PathBuf::from("./ehub-data"),
             fsync: FsyncPolicy::Always,
@@ -181,6 +184,7 @@ struct TomlFile {
 #[serde(deny_unknown_fields)]
 struct TomlServer {
     listen: Option<String>,
+    listen_websocket: Option<String>,
     max_connections: Option<usize>,
 }
 
@@ -272,6 +276,10 @@ impl BrokerConfig {
         let mut c = BrokerConfig::default();
         if let Some(l) = f.server.listen {
             c.listen = l.parse().map_err(|_| invalid("server.listen", format!("'{l}' is not HOST:PORT")))?;
+        }
+        if let Some(l) = f.server.listen_websocket.filter(|l| !l.is_empty()) {
+            c.listen_websocket =
+                Some(l.parse().map_err(|_| invalid("server.listen_websocket", format!("'{l}' is not HOST:PORT")))?);
         }
         if let Some(m) = f.server.max_connections {
             c.max_connections = m;

@@ -22,7 +22,7 @@ mod server;
 mod state;
 
 pub use config::{parse_fsync, BrokerConfig, ConfigError, HubConfig, Policy, Rights};
-pub use server::serve;
+pub use server::{serve, serve_listeners, Listener, Protocol};
 pub use state::Broker;
 
 /// The shipped, fully commented default configuration.

@@ -68,6 +68,9 @@ pub(crate) struct ServeArgs {
     /// Address to listen on (plain AMQP).
     #[arg(long)]
     listen: Option<String>,
+    /// Also serve AMQP over WebSockets (path /$servicebus/websocket, no TLS) on HOST:PORT.
+    #[arg(long)]
+    listen_ws: Option<String>,
     /// Data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,

@@ -2,7 +2,7 @@
 
 use crate::ServeArgs;
 use anyhow::{bail, Context, Result};
-use ehub_broker::{parse_fsync, Broker, BrokerConfig};
+use ehub_broker::{parse_fsync, Broker, BrokerConfig, Listener, Protocol};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +19,9 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
     if let Some(l) = &args.listen {
         cfg.listen = l.parse().with_context(|| format!("--listen '{l}' is not HOST:PORT"))?;
     }
+    if let Some(l) = &args.listen_ws {
+        cfg.listen_websocket = Some(l.parse().with_context(|| format!("--listen-ws '{l}' is not HOST:PORT"))?);
+    }
     if let Some(d) = &args.data_dir {
         cfg.data_dir = d.clone();
     }
@@ -33,12 +36,23 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
     rt.block_on(async move {
         let broker =
             Broker::open(cfg.clone()).with_context(|| format!("opening data directory {}", cfg.data_dir.display()))?;
-        let listener =
-            tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
-        let addr = listener.local_addr()?;
+        let bind = |addr: std::net::SocketAddr, protocol: Protocol| async move {
+            let socket = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+            anyhow::Ok(Listener { socket, protocol })
+        };
+        let mut listeners = vec![bind(cfg.listen, Protocol::Amqp).await?];
+        if let Some(ws) = cfg.listen_websocket {
+            listeners.push(bind(ws, Protocol::AmqpWebSocket).await?);
+        }
+        let addr = listeners[0].socket.local_addr()?;
+        let ws_addr = match listeners.get(1) {
+            Some(l) => l.socket.local_addr()?.to_string(),
+            None => "off".to_owned(),
+        };
         let hubs: Vec<String> = cfg.hubs.iter().map(|h| format!("{}({})", h.name, h.partitions)).collect();
         tracing::info!(
             listen = %addr,
+            listen_websocket = %ws_addr,
             data_dir = %cfg.data_dir.display(),
             fsync = %cfg.fsync,
             hubs = %hubs.join(","),
@@ -52,7 +66,7 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
             tracing::info!("shutdown requested");
             stop.cancel();
         });
-        ehub_broker::serve(broker, listener, shutdown).await?;
+        ehub_broker::serve_listeners(broker, listeners, shutdown).await?;
         Ok(())
     })
 }

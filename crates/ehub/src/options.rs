@@ -59,6 +59,9 @@ pub enum TransportType {
     /// Plain AMQP, port 5672: emulators and `ehub serve`. Chosen automatically for connection
     /// strings with `UseDevelopmentEmulator=true`.
     Amqp,
+    /// AMQP over WebSockets over TLS, port 443 (path `/$servicebus/websocket`, subprotocol
+    /// `AMQPWSB10`): for networks that only let HTTPS out. Works through the HTTP proxy too.
+    AmqpWebSockets,
 }
 
 /// An HTTP CONNECT proxy.
@@ -80,8 +83,9 @@ pub struct ClientOptions {
     /// Transport.
     pub transport: TransportType,
     /// Connect to this address instead of the namespace (`amqp://host:port`,
-    /// `amqps://host:port` or `host:port`). Host names in the protocol (AMQP `hostname`, token
-    /// audiences, link addresses) still use the namespace. A scheme overrides the transport.
+    /// `amqps://host:port`, `wss://host:port`, `ws://host:port` or `host:port`). Host names in
+    /// the protocol (AMQP `hostname`, token audiences, link addresses) still use the namespace.
+    /// A scheme overrides the transport: `ws`/`wss` mean AMQP over WebSockets.
     pub custom_endpoint: Option<String>,
     /// HTTP CONNECT proxy.
     pub proxy: Option<ProxyOptions>,
@@ -128,6 +132,8 @@ pub(crate) struct Endpoint {
     pub dial_port: u16,
     /// Wrap the socket in TLS.
     pub tls: bool,
+    /// Carry AMQP in WebSocket messages (over TLS when `tls`).
+    pub websocket: bool,
 }
 
 impl Endpoint {
@@ -136,26 +142,48 @@ impl Endpoint {
     pub(crate) fn resolve(namespace: &str, port: Option<u16>, options: &ClientOptions) -> Result<Self> {
         let (namespace, ns_port) = split_host_port(namespace)?;
         let port = port.or(ns_port);
-        let tls_default = options.transport == TransportType::AmqpTls;
-        let default_port = |tls: bool| if tls { 5671 } else { 5672 };
+        let tls_default = options.transport != TransportType::Amqp;
+        let ws_default = options.transport == TransportType::AmqpWebSockets;
+        let default_port = |tls: bool, ws: bool| match (tls, ws) {
+            (true, true) => 443,
+            (false, true) => 80,
+            (true, false) => 5671,
+            (false, false) => 5672,
+        };
         if let Some(custom) = &options.custom_endpoint {
-            let (tls, rest) = if let Some(r) = custom.strip_prefix("amqps://") {
-                (true, r)
-            } else if let Some(r) = custom.strip_prefix("amqp://") {
-                (false, r)
-            } else if custom.contains("://") {
-                return Err(Error::invalid(format!("custom endpoint '{custom}': use amqp:// or amqps://")));
-            } else {
-                (tls_default, custom.as_str())
+            let schemes =
+                [("amqps://", true, false), ("amqp://", false, false), ("wss://", true, true), ("ws://", false, true)];
+            let (tls, websocket, rest) = match schemes.iter().find(|(p, ..)| custom.starts_with(p)) {
+                Some((p, tls, ws)) => (*tls, *ws, &custom[p.len()..]),
+                None if custom.contains("://") => {
+                    return Err(Error::invalid(format!(
+                        "custom endpoint '{custom}': use amqps://, amqp://, wss:// or ws://"
+                    )));
+                }
+                None => (tls_default, ws_default, custom.as_str()),
             };
-            let (host, p) = split_host_port(rest.trim_end_matches('/'))?;
-            return Ok(Endpoint { namespace, dial_host: host, dial_port: p.unwrap_or(default_port(tls)), tls });
+            // A WebSocket endpoint may carry the service's path; the path is ours to add.
+            let rest = rest.split('/').next().unwrap_or_default();
+            let (host, p) = split_host_port(rest)?;
+            return Ok(Endpoint {
+                namespace,
+                dial_host: host,
+                dial_port: p.unwrap_or(default_port(tls, websocket)),
+                tls,
+                websocket,
+            });
         }
         Ok(Endpoint {
             dial_host: namespace.clone(),
             namespace,
-            dial_port: port.unwrap_or(default_port(tls_default)),
+            // The port of a connection string applies to AMQP; WebSockets always use HTTPS's.
+            dial_port: if ws_default {
+                default_port(true, true)
+            } else {
+                port.unwrap_or(default_port(tls_default, false))
+            },
             tls: tls_default,
+            websocket: ws_default,
         })
     }
 }
@@ -203,5 +231,20 @@ mod tests {
             ("ns.example", "127.0.0.1", 7000, false)
         );
         assert!(Endpoint::resolve("h:notaport", None, &o).is_err());
+        let ws = ClientOptions { transport: TransportType::AmqpWebSockets, ..Default::default() };
+        let e = Endpoint::resolve("ns.servicebus.windows.net", None, &ws).unwrap();
+        assert_eq!((e.dial_port, e.tls, e.websocket), (443, true, true));
+        let custom = ClientOptions { custom_endpoint: Some("ws://127.0.0.1:8080/".into()), ..Default::default() };
+        let e = Endpoint::resolve("ns.example", None, &custom).unwrap();
+        assert_eq!((e.dial_host.as_str(), e.dial_port, e.tls, e.websocket), ("127.0.0.1", 8080, false, true));
+        let custom = ClientOptions { custom_endpoint: Some("wss://gw.example/$servicebus/websocket".into()), ..o };
+        let e = Endpoint::resolve("ns.example", None, &custom).unwrap();
+        assert_eq!((e.dial_host.as_str(), e.dial_port, e.tls, e.websocket), ("gw.example", 443, true, true));
+        assert!(Endpoint::resolve(
+            "ns",
+            None,
+            &ClientOptions { custom_endpoint: Some("http://x".into()), ..Default::default() }
+        )
+        .is_err());
     }
 }

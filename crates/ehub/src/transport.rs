@@ -1,5 +1,6 @@
 //! Opening the byte stream under AMQP: TCP, optionally through an HTTP CONNECT proxy,
-//! optionally wrapped in TLS (rustls with the web PKI roots plus a custom CA bundle).
+//! optionally wrapped in TLS (rustls with the web PKI roots plus a custom CA bundle),
+//! optionally carried in WebSocket messages.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::{ClientOptions, Endpoint, ProxyOptions};
@@ -27,7 +28,7 @@ pub(crate) async fn connect(endpoint: &Endpoint, options: &ClientOptions) -> Res
     };
     let _ = tcp.set_nodelay(true);
     if !endpoint.tls {
-        return Ok(Box::new(tcp));
+        return websocket_if_asked(endpoint, tcp).await;
     }
     let config = tls_config(options)?;
     let name = rustls::pki_types::ServerName::try_from(endpoint.dial_host.clone())
@@ -43,7 +44,23 @@ pub(crate) async fn connect(endpoint: &Endpoint, options: &ClientOptions) -> Res
             err
         }
     })?;
-    Ok(Box::new(tls))
+    websocket_if_asked(endpoint, tls).await
+}
+
+async fn websocket_if_asked<S: Stream>(endpoint: &Endpoint, stream: S) -> Result<BoxStream> {
+    if !endpoint.websocket {
+        return Ok(Box::new(stream));
+    }
+    let default_port = if endpoint.tls { 443 } else { 80 };
+    let host = if endpoint.dial_port == default_port {
+        endpoint.dial_host.clone()
+    } else {
+        format!("{}:{}", endpoint.dial_host, endpoint.dial_port)
+    };
+    let ws = ehub_amqp_endpoint::websocket::connect(stream, &host, endpoint.tls)
+        .await
+        .map_err(|e| connect_error(format!("WebSocket upgrade with {host}"), e))?;
+    Ok(Box::new(ws))
 }
 
 fn tls_config(options: &ClientOptions) -> Result<rustls::ClientConfig> {

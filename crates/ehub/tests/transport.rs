@@ -1,9 +1,12 @@
-//! Transports: an HTTP CONNECT proxy and TLS with a test CA, both real, in the test.
+//! Transports: an HTTP CONNECT proxy, TLS with a test CA, and AMQP over WebSockets, all real.
 
 mod common;
 
 use common::T;
-use ehub::{ClientOptions, ErrorKind, ProducerClient, ProxyOptions, SendEventOptions};
+use ehub::{
+    ClientOptions, ConsumerClient, ErrorKind, EventPosition, OpenReceiverOptions, ProducerClient, ProxyOptions,
+    SendEventOptions,
+};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -147,6 +150,89 @@ async fn tls_with_a_custom_ca_works_and_an_unknown_ca_is_refused() {
         let e = p.send_event("x", to0()).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
         assert!(e.to_string().contains("TLS"), "{e}");
+        f.broker.stop().await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn amqp_over_websockets_plain_through_a_proxy_and_over_tls() {
+    tokio::time::timeout(T, async {
+        let f = common::start().await;
+        let ws = f.broker.ws_addr;
+        let cred = ehub::SasKeyCredential::new("RootManageSharedAccessKey", "SAS_KEY_VALUE");
+        let open = |opts: ClientOptions| {
+            let cred = cred.clone();
+            async move { ProducerClient::builder().with_options(opts).open("localhost", "eh1", cred).await.unwrap() }
+        };
+        // Plain ws://, as a gateway without TLS would offer it.
+        let plain = open(ClientOptions { custom_endpoint: Some(format!("ws://{ws}")), ..Default::default() }).await;
+        plain.send_event("ws", to0()).await.unwrap();
+        // Through the CONNECT proxy: the tunnel carries the HTTP upgrade.
+        let (paddr, heads) = proxy(None).await;
+        let proxied = open(ClientOptions {
+            custom_endpoint: Some(format!("ws://{ws}")),
+            proxy: Some(ProxyOptions { address: paddr.to_string(), username: None, password: None }),
+            ..Default::default()
+        })
+        .await;
+        proxied.send_event("ws via proxy", to0()).await.unwrap();
+        assert!(heads.lock().unwrap()[0].starts_with(&format!("CONNECT {ws} ")));
+        // wss:// with the test CA: TLS, then the upgrade, then AMQP, as on the service's port 443.
+        let (front, ca_path, handshakes) = tls_front(ws, f.dir.path()).await;
+        let opts = ClientOptions {
+            custom_endpoint: Some(format!("wss://localhost:{}", front.port())),
+            ca_certificates: Some(ca_path),
+            ..Default::default()
+        };
+        let consumer =
+            ConsumerClient::builder().with_options(opts).open("localhost", "eh1", cred.clone()).await.unwrap();
+        let earliest = OpenReceiverOptions { start_position: EventPosition::Earliest, ..Default::default() };
+        let mut r = consumer.open_receiver_on_partition("0", Some(earliest)).await.unwrap();
+        let got = r.receive_batch(2, std::time::Duration::from_secs(10)).await.unwrap();
+        let bodies: Vec<_> = got.iter().map(|e| e.body_as_str().unwrap().to_owned()).collect();
+        assert_eq!(bodies, ["ws", "ws via proxy"]);
+        assert_eq!(handshakes.load(Ordering::SeqCst), 1);
+        consumer.close().await;
+        f.broker.stop().await;
+    })
+    .await
+    .unwrap();
+}
+
+/// Sends a raw upgrade request and returns the status line of the answer.
+async fn upgrade_status(addr: SocketAddr, path: &str, protocol: Option<&str>) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    );
+    if let Some(p) = protocol {
+        req.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n") {
+        head.push(s.read_u8().await.unwrap());
+    }
+    String::from_utf8(head).unwrap().trim_end().to_owned()
+}
+
+#[tokio::test]
+async fn the_websocket_listener_wants_the_service_path_and_subprotocol() {
+    tokio::time::timeout(T, async {
+        let f = common::start().await;
+        let ws = f.broker.ws_addr;
+        assert!(upgrade_status(ws, "/$servicebus/websocket", Some("AMQPWSB10")).await.contains(" 101 "));
+        assert!(upgrade_status(ws, "/other", Some("AMQPWSB10")).await.contains(" 404 "));
+        assert!(upgrade_status(ws, "/$servicebus/websocket", None).await.contains(" 400 "));
+        assert!(upgrade_status(ws, "/$servicebus/websocket", Some("mqtt, amqp")).await.contains(" 400 "));
+        // The broker lives on.
+        let cs = f.broker.connection_string();
+        let p = ProducerClient::from_connection_string(&cs, Some("eh1")).await.unwrap();
+        p.send_event("still here", to0()).await.unwrap();
         f.broker.stop().await;
     })
     .await

@@ -1,7 +1,7 @@
 //! A real broker on a loopback port, in-process, for client tests.
 #![allow(dead_code)]
 
-use ehub_broker::{serve, Broker, BrokerConfig};
+use ehub_broker::{serve_listeners, Broker, BrokerConfig, Listener, Protocol};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -12,6 +12,8 @@ pub const T: Duration = Duration::from_secs(60);
 
 pub struct TestBroker {
     pub addr: SocketAddr,
+    /// AMQP over WebSockets (plain), on a port of its own.
+    pub ws_addr: SocketAddr,
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
 }
@@ -23,10 +25,16 @@ impl TestBroker {
         let broker = Broker::open(cfg).unwrap();
         let listener = bind(addr).await;
         let addr = listener.local_addr().unwrap();
+        let ws = bind("127.0.0.1:0").await;
+        let ws_addr = ws.local_addr().unwrap();
+        let listeners = vec![
+            Listener { socket: listener, protocol: Protocol::Amqp },
+            Listener { socket: ws, protocol: Protocol::AmqpWebSocket },
+        ];
         let stop = CancellationToken::new();
         let s = stop.clone();
-        let handle = tokio::spawn(async move { serve(broker, listener, s).await.unwrap() });
-        TestBroker { addr, stop, handle }
+        let handle = tokio::spawn(async move { serve_listeners(broker, listeners, s).await.unwrap() });
+        TestBroker { addr, ws_addr, stop, handle }
     }
 
     pub fn connection_string(&self) -> String {
