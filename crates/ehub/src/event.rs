@@ -105,18 +105,70 @@ impl EventData {
         &mut self.message
     }
 
-    /// Encodes the event, with `partition_key` set as `x-opt-partition-key` when given.
+    /// Encodes the event, with `partition_key` set as `x-opt-partition-key` when given and the
+    /// active trace context (feature `opentelemetry`) in its application properties.
     pub(crate) fn encode(&self, partition_key: Option<&str>) -> Result<Bytes> {
-        let encoded = match partition_key {
-            None => self.message.to_bytes(),
-            Some(key) => {
-                let mut m = self.message.clone();
+        let trace = trace_context();
+        let encoded = if partition_key.is_none() && trace.is_none() {
+            self.message.to_bytes()
+        } else {
+            let mut m = self.message.clone();
+            if let Some(key) = partition_key {
                 set_partition_key(&mut m, key);
-                m.to_bytes()
             }
+            if let Some(trace) = trace {
+                stamp_trace_context(&mut m, trace);
+            }
+            m.to_bytes()
         };
         encoded
             .map_err(|e| Error::new(ErrorKind::EventData, format!("the event cannot be encoded: {e}")).with_source(e))
+    }
+}
+
+/// The names the official SDKs give the trace context on an event.
+pub const DIAGNOSTIC_ID_PROPERTY: &str = "Diagnostic-Id";
+/// W3C `traceparent`, the same value as [`DIAGNOSTIC_ID_PROPERTY`].
+pub const TRACEPARENT_PROPERTY: &str = "traceparent";
+/// W3C `tracestate`, when the span has one.
+pub const TRACESTATE_PROPERTY: &str = "tracestate";
+
+/// A W3C trace context: `traceparent` and `tracestate` (possibly empty).
+type TraceContext = (String, String);
+
+/// The trace context of the active OpenTelemetry span, if there is a valid one.
+#[cfg(feature = "opentelemetry")]
+fn trace_context() -> Option<TraceContext> {
+    use opentelemetry::trace::TraceContextExt as _;
+    let cx = opentelemetry::Context::current();
+    let span = cx.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
+        return None;
+    }
+    let parent = format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8());
+    Some((parent, sc.trace_state().header()))
+}
+
+#[cfg(not(feature = "opentelemetry"))]
+fn trace_context() -> Option<TraceContext> {
+    None
+}
+
+/// Adds the trace context as the Python SDK does: `Diagnostic-Id` and `traceparent` carry the
+/// same value, `tracestate` is added when non-empty, and a property the event already has is
+/// kept (an event being forwarded keeps its original context).
+fn stamp_trace_context(m: &mut Message, (parent, state): TraceContext) {
+    let props = m.application_properties.get_or_insert_with(Vec::new);
+    let mut add = |key: &str, value: &str| {
+        if !props.iter().any(|(k, _)| k.as_text() == Some(key)) {
+            props.push((Value::String(key.to_owned()), Value::String(value.to_owned())));
+        }
+    };
+    add(DIAGNOSTIC_ID_PROPERTY, &parent);
+    add(TRACEPARENT_PROPERTY, &parent);
+    if !state.is_empty() {
+        add(TRACESTATE_PROPERTY, &state);
     }
 }
 

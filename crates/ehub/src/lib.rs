@@ -33,6 +33,15 @@
 //!
 //! Errors carry a kind that maps onto the Python library's classes, the service's AMQP
 //! condition and description, and [`Error::is_transient`].
+//!
+//! Transports: AMQP over TLS (the default), plain AMQP for emulators, and AMQP over
+//! WebSockets ([`TransportType::AmqpWebSockets`], port 443), each optionally through an HTTP
+//! CONNECT proxy ([`ClientOptions`]).
+//!
+//! Cargo features (both on by default):
+//! - `token-credential`: Entra ID through any `azure_core` `TokenCredential`.
+//! - `opentelemetry`: events sent while an OpenTelemetry span is active carry its W3C trace
+//!   context in `Diagnostic-Id`, `traceparent` and `tracestate`, as the official SDKs do.
 #![warn(missing_docs)]
 
 mod amqp;
@@ -57,7 +66,10 @@ pub use credential::{Credential, SasKeyCredential, SasTokenCredential, EVENTHUBS
 pub use ehub_amqp_codec::{Body as AmqpBody, Symbol, Timestamp, Value};
 pub use ehub_model::EventPosition;
 pub use error::{Error, ErrorKind, Result};
-pub use event::{AmqpAnnotatedMessage, EventData, LastEnqueuedEventProperties, ReceivedEventData};
+pub use event::{
+    AmqpAnnotatedMessage, EventData, LastEnqueuedEventProperties, ReceivedEventData, DIAGNOSTIC_ID_PROPERTY,
+    TRACEPARENT_PROPERTY, TRACESTATE_PROPERTY,
+};
 pub use options::{ClientOptions, ProxyOptions, RetryMode, RetryOptions, TransportType};
 pub use producer::{ProducerClient, ProducerClientBuilder, SendEventOptions};
 pub use properties::{EventHubProperties, PartitionProperties};

@@ -208,3 +208,48 @@ async fn receive_over_all_partitions_and_the_event_stream() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn the_active_trace_context_is_stamped_on_sent_events() {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState};
+    tokio::time::timeout(T, async {
+        let f = start().await;
+        let cs = f.broker.connection_string();
+        let producer = ProducerClient::from_connection_string(&cs, Some("eh1")).await.unwrap();
+        producer.send_event("untraced", to("1")).await.unwrap();
+        let sc = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::from_key_value([("vendor", "v1")]).unwrap(),
+        );
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        {
+            // Thread-local: the guard covers the synchronous encoding inside these calls.
+            let _active = opentelemetry::Context::new().with_remote_span_context(sc).attach();
+            producer.send_event("traced", to("1")).await.unwrap();
+            let forwarded = EventData::from("forwarded").with_property("Diagnostic-Id", "00-original");
+            let mut batch = producer
+                .create_batch(Some(EventDataBatchOptions { partition_id: Some("1".into()), ..Default::default() }))
+                .await
+                .unwrap();
+            assert!(batch.try_add(&forwarded).unwrap());
+            producer.send_batch(&batch).await.unwrap();
+        }
+        let consumer = ConsumerClient::from_connection_string(&cs, Some("eh1"), None).await.unwrap();
+        let mut r = consumer.open_receiver_on_partition("1", earliest()).await.unwrap();
+        let got = r.receive_batch(3, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(got.len(), 3);
+        assert!(got[0].properties().is_empty(), "no context, no properties: {:?}", got[0].properties());
+        assert_eq!(got[1].property(ehub::DIAGNOSTIC_ID_PROPERTY), Some(&Value::from(parent)));
+        assert_eq!(got[1].property(ehub::TRACEPARENT_PROPERTY), Some(&Value::from(parent)));
+        assert_eq!(got[1].property(ehub::TRACESTATE_PROPERTY), Some(&Value::from("vendor=v1")));
+        assert_eq!(got[2].property("Diagnostic-Id"), Some(&Value::from("00-original")), "an existing id is kept");
+        assert_eq!(got[2].property("traceparent"), Some(&Value::from(parent)));
+        consumer.close().await;
+        f.broker.stop().await;
+    })
+    .await
+    .unwrap();
+}
