@@ -1,6 +1,8 @@
 //! Shared fixtures for the official-Rust-SDK interop tests and the comparison benchmark: a real
 //! `ehub serve` process, and a recording proxy that decodes what a client sends.
 
+pub mod dialect;
+
 use bytes::BytesMut;
 use ehub_amqp_codec::{decode_frame_bytes, split_frame, FrameBody, Performative, ProtocolHeader};
 use std::net::TcpListener as StdListener;
@@ -219,4 +221,37 @@ impl RecordingProxy {
         }
         self.take()
     }
+}
+
+/// The interpreter with the official Python SDK: `EHUB_PYTHON`, or the venv `scripts/test`
+/// creates (`interop/python/.venv`).
+pub fn python_with_sdk() -> PathBuf {
+    let p = std::env::var_os("EHUB_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../python/.venv/bin/python"));
+    assert!(
+        p.exists(),
+        "no Python with azure-eventhub at {}: run scripts/test (it creates interop/python/.venv) or set EHUB_PYTHON",
+        p.display()
+    );
+    p
+}
+
+/// Runs `tests/python/dialect_ops.py` (the dialect comparison's operations, done by the
+/// official Python SDK) against `connection_string`; panics with its output if it fails.
+pub async fn python_sdk_dialect_ops(connection_string: &str) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/dialect_ops.py");
+    let out = tokio::process::Command::new(python_with_sdk())
+        .arg(&script)
+        .arg(connection_string)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("starting Python");
+    assert!(
+        out.status.success(),
+        "the Python SDK's operations failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,16 +1,18 @@
 //! The official Rust SDK (`azure_messaging_eventhubs` 0.16, unmodified) against `ehub serve`, and
-//! against our client through the same broker. Also: the frames the official SDK sends, recorded
-//! by a proxy, compared with the frames our client sends for the same operations.
+//! against our client through the same broker. Also: the frames the official Rust and Python SDKs
+//! send, recorded by a proxy, compared with the frames our client sends for the same operations
+//! (the Python SDK runs from `interop/python/.venv`, which `scripts/test` creates, or `EHUB_PYTHON`).
 
 use azure_messaging_eventhubs::models::EventData as SdkEventData;
 use azure_messaging_eventhubs::{
     ConsumerClient, EventDataBatchOptions, OpenReceiverOptions, ProducerClient, SendEventOptions, StartLocation,
     StartPosition,
 };
-use ehub_amqp_codec::{Descriptor, Message, Performative, Role, Value};
-use ehub_interop_rust::{custom_endpoint, emulator_connection_string, Broker, Recorded, RecordingProxy};
+use ehub_amqp_codec::Value;
+use ehub_interop_rust::dialect::{dialect, facets, Item};
+use ehub_interop_rust::{custom_endpoint, emulator_connection_string, python_sdk_dialect_ops, Broker, RecordingProxy};
 use futures::StreamExt;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -243,132 +245,8 @@ async fn first_sdk_error(p: azure_messaging_eventhubs::Result<ProducerClient>) -
     }
 }
 
-// -------------------------------------------------------------------------------------------
-// Dialect: what the official SDK sends, against what our client sends.
-// -------------------------------------------------------------------------------------------
-
-/// The parts of a client's frames that the service cares about, with random names removed.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Item {
-    /// A link attach.
-    Attach {
-        sender: bool,
-        address: String,
-        snd_settle_mode: String,
-        rcv_settle_mode: String,
-        properties: Vec<(String, String)>,
-        filters: Vec<(String, String, String)>,
-        desired_capabilities: Vec<String>,
-    },
-    /// A CBS put-token request.
-    PutToken { audience: String, token_type: String, operation: String, to: String },
-    /// A management request.
-    Management { operation: String, entity_type: String, name: String, to: String, partition: Option<String> },
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Symbol(s) => s.as_str().to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-fn descriptor(d: &Descriptor) -> String {
-    match d {
-        Descriptor::Code(c) => format!("{c:#x}"),
-        Descriptor::Symbol(s) => s.as_str().to_string(),
-        Descriptor::Other(v) => format!("{v:?}"),
-    }
-}
-
-/// The dialect items of one client's recorded frames. Link names and reply addresses are
-/// random, so they are left out; the filter's value is kept (it encodes the position).
-fn dialect(frames: &[Recorded]) -> BTreeSet<Item> {
-    let mut links: HashMap<(usize, u16, u32), (bool, String)> = HashMap::new();
-    let mut items = BTreeSet::new();
-    for f in frames {
-        match &f.performative {
-            Performative::Attach(a) => {
-                let sender = a.role == Role::Sender;
-                let address = if sender {
-                    a.target.as_ref().and_then(|t| t.address.clone())
-                } else {
-                    a.source.as_ref().and_then(|s| s.address.clone())
-                }
-                .unwrap_or_default();
-                links.insert((f.conn, f.channel, a.handle), (sender, address.clone()));
-                let mut properties: Vec<(String, String)> = a
-                    .properties
-                    .iter()
-                    .flatten()
-                    // The receiver's name is random; its presence is what matters. The SDK's key has
-                    // a typo (`com.microsoft.com:`); we send the documented `com.microsoft:` key,
-                    // as the JavaScript and .NET SDKs do, and the service reads both.
-                    .map(|(k, v)| {
-                        let k = text(k);
-                        if k.ends_with(":receiver-name") {
-                            ("receiver-name".to_string(), "<name>".to_string())
-                        } else {
-                            (k, format!("{v:?}"))
-                        }
-                    })
-                    .collect();
-                properties.sort();
-                let mut filters: Vec<(String, String, String)> = Vec::new();
-                if let Some(map) = a.source.as_ref().and_then(|s| s.filter.as_ref()) {
-                    for (k, v) in map {
-                        if let Value::Described(d) = v {
-                            filters.push((text(k), descriptor(&d.descriptor), text(&d.value)));
-                        } else {
-                            filters.push((text(k), "<undescribed>".into(), text(v)));
-                        }
-                    }
-                }
-                let mut desired_capabilities: Vec<String> =
-                    a.desired_capabilities.iter().map(|s| s.as_str().to_string()).collect();
-                desired_capabilities.sort();
-                items.insert(Item::Attach {
-                    sender,
-                    address,
-                    snd_settle_mode: format!("{:?}", a.snd_settle_mode),
-                    rcv_settle_mode: format!("{:?}", a.rcv_settle_mode),
-                    properties,
-                    filters,
-                    desired_capabilities,
-                });
-            }
-            Performative::Transfer(t) => {
-                let Some((true, address)) = links.get(&(f.conn, f.channel, t.handle)).cloned() else { continue };
-                let Ok(m) = Message::decode(&f.payload) else { continue };
-                let app: HashMap<String, String> =
-                    m.application_properties.iter().flatten().map(|(k, v)| (text(k), text(v))).collect();
-                let to = m.properties.as_ref().and_then(|p| p.to.clone()).unwrap_or_default();
-                if address == "$cbs" {
-                    items.insert(Item::PutToken {
-                        audience: app.get("name").cloned().unwrap_or_default(),
-                        token_type: app.get("type").cloned().unwrap_or_default(),
-                        operation: app.get("operation").cloned().unwrap_or_default(),
-                        to,
-                    });
-                } else if address == "$management" {
-                    items.insert(Item::Management {
-                        operation: app.get("operation").cloned().unwrap_or_default(),
-                        entity_type: app.get("type").cloned().unwrap_or_default(),
-                        name: app.get("name").cloned().unwrap_or_default(),
-                        to,
-                        partition: app.get("partition").cloned(),
-                    });
-                }
-            }
-            _ => {}
-        }
-    }
-    items
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ehub_client_speaks_the_official_rust_sdks_dialect() {
+async fn ehub_client_speaks_the_official_sdks_dialect() {
     bounded(with_sdk_retries(|| async {
         let broker = Broker::start("never");
         let proxy = RecordingProxy::start(broker.port).await;
@@ -431,6 +309,11 @@ async fn ehub_client_speaks_the_official_rust_sdks_dialect() {
         }
         let ours = dialect(&proxy.take_when_closed().await);
 
+        // The official Python SDK (interop/python's pinned azure-eventhub), the same operations
+        // (tests/python/dialect_ops.py).
+        python_sdk_dialect_ops(&emulator_connection_string(port)).await;
+        let python = dialect(&proxy.take_when_closed().await);
+
         let only_sdk: Vec<_> = sdk.difference(&ours).collect();
         let only_ours: Vec<_> = ours.difference(&sdk).collect();
         assert!(
@@ -442,6 +325,29 @@ async fn ehub_client_speaks_the_official_rust_sdks_dialect() {
         assert!(sdk.iter().any(|i| matches!(i, Item::PutToken { .. })));
         assert!(sdk.iter().any(|i| matches!(i, Item::Management { .. })));
         assert!(sdk.iter().any(|i| matches!(i, Item::Attach { filters, .. } if !filters.is_empty())));
+
+        // The two official SDKs do not speak identically (settle modes, the port in addresses
+        // and audiences, optional link properties, the filter's descriptor form, and more);
+        // the service accepts both. Facet by facet, ours must be one of theirs, and the same
+        // links, token requests and management requests must be there.
+        let (rust_f, python_f, ours_f) = (facets(&sdk), facets(&python), facets(&ours));
+        let keys = |f: &BTreeMap<(String, &'static str), String>| {
+            f.keys().map(|(what, _)| what.clone()).collect::<BTreeSet<_>>()
+        };
+        assert_eq!(keys(&python_f), keys(&ours_f), "the Python SDK and ehub open different links or requests");
+        let mut python_differs = Vec::new();
+        for (k, v) in &ours_f {
+            let (r, p) = (&rust_f[k], &python_f[k]);
+            assert!(v == r || v == p, "{k:?}: ehub sends {v}, the Rust SDK {r}, the Python SDK {p}");
+            if v != p {
+                python_differs.push(format!("{} / {}: Python {p}; Rust SDK and ehub {v}", k.0, k.1));
+            }
+        }
+        println!("where the Python SDK differs from the Rust SDK and ehub:\n  {}", python_differs.join("\n  "));
+        // The comparison must have covered the receive link's filter and owner level.
+        let receive = "receiver on consumer partition".to_string();
+        assert_eq!(python_f[&(receive.clone(), "filter expression")], ours_f[&(receive.clone(), "filter expression")]);
+        assert!(python_f[&(receive, "properties")].contains("com.microsoft:epoch"));
     }))
     .await;
 }
