@@ -1,4 +1,4 @@
-//! `ehub bench send|receive|e2e`: throughput and latency through the client library.
+//! `ehub bench send|receive|e2e|idle-links`: throughput, latency and memory of the client library.
 
 use crate::client::{consumer, generated_body, parse_position, producer, runtime, Progress};
 use crate::{Output, Target};
@@ -17,6 +17,18 @@ pub(crate) enum BenchCommand {
     Receive(BenchArgs),
     /// Producer to consumer latency at a fixed rate.
     E2e(BenchArgs),
+    /// Client memory: the RSS a producer adds while holding idle partition links.
+    IdleLinks(IdleLinksArgs),
+}
+
+#[derive(clap::Args, Clone)]
+pub(crate) struct IdleLinksArgs {
+    /// Partition links to open (one event is sent on each, then they idle).
+    #[arg(long, default_value_t = 32)]
+    links: usize,
+    /// Seconds to stay idle before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    idle: f64,
 }
 
 #[derive(clap::Args, Clone)]
@@ -69,6 +81,7 @@ pub(crate) fn run(t: &Target, cmd: &BenchCommand) -> Result<()> {
             BenchCommand::Send(a) => send(t, a).await,
             BenchCommand::Receive(a) => receive(t, a).await,
             BenchCommand::E2e(a) => e2e(t, a).await,
+            BenchCommand::IdleLinks(a) => idle_links(t, a).await,
         }
     })
 }
@@ -387,5 +400,62 @@ async fn e2e(t: &Target, a: &BenchArgs) -> Result<()> {
         latency_label: "producer to consumer",
     }
     .print(t.output);
+    Ok(())
+}
+
+/// Resident set size of this process in bytes (Linux: /proc/self/statm; 4 KiB pages).
+fn rss_bytes() -> Result<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm")?;
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok(pages * 4096)
+}
+
+async fn idle_links(t: &Target, a: &IdleLinksArgs) -> Result<()> {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let before = rss_bytes()?;
+    let p = producer(t).await?;
+    let ids = p.get_partition_ids().await?;
+    if ids.len() < a.links {
+        bail!("--links {}: the hub has only {} partitions", a.links, ids.len());
+    }
+    let connected = rss_bytes()?;
+    for pid in ids.iter().take(a.links) {
+        let o = SendEventOptions { partition_id: Some(pid.clone()), ..Default::default() };
+        p.send_event(EventData::from(generated_body(0, 100)), Some(o)).await?;
+    }
+    tokio::time::sleep(Duration::from_secs_f64(a.idle)).await;
+    let after = rss_bytes()?;
+    let (product, fsync) = broker_info(&p).await;
+    match t.output {
+        Output::Json => println!(
+            "{}",
+            json!({
+                "mode": "idle-links",
+                "links": a.links,
+                "broker": {"product": product, "fsync": fsync},
+                "rss_before_bytes": before,
+                "rss_connected_bytes": connected,
+                "rss_with_links_bytes": after,
+                "added_by_producer_bytes": after.saturating_sub(before),
+                "added_by_links_bytes": after.saturating_sub(connected),
+            })
+        ),
+        Output::Text => {
+            println!("ehub bench idle-links  links: {}  broker: {product}, fsync={fsync}", a.links);
+            println!(
+                "RSS: before the producer {:.2} MiB, connected {:.2} MiB, with {} idle partition links {:.2} MiB",
+                mib(before),
+                mib(connected),
+                a.links,
+                mib(after)
+            );
+            println!(
+                "result: the producer adds {:.2} MiB, of which the links add {:.2} MiB",
+                mib(after.saturating_sub(before)),
+                mib(after.saturating_sub(connected))
+            );
+        }
+    }
+    p.close().await;
     Ok(())
 }
