@@ -54,7 +54,7 @@ pub use message::{
     Message, Properties, RawMapEntries, SectionSpans, BATCH_MESSAGE_FORMAT,
 };
 pub use performative::{
-    encode_transfer, Attach, Begin, Close, Detach, Disposition, End, Flow, Open, Performative, SaslCode, SaslFrame,
-    Transfer,
+    encode_transfer, put_transfer_head, Attach, Begin, Close, Detach, Disposition, End, Flow, Open, Performative,
+    SaslCode, SaslFrame, Transfer, MAX_FAST_TAG,
 };
 pub use types::{map_get, Array, ArrayType, Described, Descriptor, Map, Symbol, Timestamp, Value};

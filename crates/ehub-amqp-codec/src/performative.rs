@@ -1,6 +1,6 @@
 //! The nine AMQP performatives and the five SASL frames.
 
-use crate::decode::Decoder;
+use crate::decode::{code, Decoder};
 use crate::definitions::{
     descriptor, descriptor_code, read_error, read_source, read_state, read_target, write_error, DeliveryState, Error,
     ReceiverSettleMode, Role, SenderSettleMode, Source, Target,
@@ -412,8 +412,105 @@ impl Performative {
     }
 }
 
+/// A transfer performative assembled on the stack and appended with one copy: the header of
+/// every delivery, where writing byte by byte into a `BytesMut` costs more than the rest.
+struct StackTransfer {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl StackTransfer {
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn uint(&mut self, v: Option<u32>) {
+        match v {
+            None => self.push(&[code::NULL]),
+            Some(0) => self.push(&[code::UINT0]),
+            Some(x) if x < 256 => self.push(&[code::SMALL_UINT, x as u8]),
+            Some(x) => {
+                self.push(&[code::UINT]);
+                self.push(&x.to_be_bytes());
+            }
+        }
+    }
+
+    fn bool(&mut self, v: Option<bool>) {
+        self.push(&[match v {
+            None => code::NULL,
+            Some(true) => code::TRUE,
+            Some(false) => code::FALSE,
+        }]);
+    }
+}
+
+/// The longest delivery tag [`put_transfer_head`] takes (the spec's maximum).
+pub const MAX_FAST_TAG: usize = 32;
+
+/// Encodes a transfer performative with the fields a sender sets on each delivery (the rest
+/// null), in one copy. With `all_fields`, the five trailing fields are written as explicit
+/// nulls (some peers need the complete list); otherwise the list ends after `more`. Returns
+/// `false`, writing nothing, when the tag is longer than [`MAX_FAST_TAG`].
+#[allow(clippy::too_many_arguments)]
+pub fn put_transfer_head(
+    out: &mut BytesMut,
+    handle: u32,
+    delivery_id: Option<u32>,
+    delivery_tag: Option<&[u8]>,
+    message_format: Option<u32>,
+    settled: Option<bool>,
+    more: bool,
+    all_fields: bool,
+) -> bool {
+    if delivery_tag.is_some_and(|t| t.len() > MAX_FAST_TAG) {
+        return false;
+    }
+    let mut s = StackTransfer { buf: [0; 64], len: 0 };
+    // Described list8: size and count are patched in below.
+    s.push(&[code::DESCRIBED, code::SMALL_ULONG, descriptor::TRANSFER as u8, code::LIST8, 0, 0]);
+    s.uint(Some(handle));
+    s.uint(delivery_id);
+    match delivery_tag {
+        None => s.push(&[code::NULL]),
+        Some(t) => {
+            s.push(&[code::VBIN8, t.len() as u8]);
+            s.push(t);
+        }
+    }
+    s.uint(message_format);
+    s.bool(settled);
+    s.bool(Some(more));
+    let count = if all_fields {
+        s.push(&[code::NULL; 5]);
+        11
+    } else {
+        6
+    };
+    s.buf[4] = (s.len - 5) as u8;
+    s.buf[5] = count;
+    out.extend_from_slice(&s.buf[..s.len]);
+    true
+}
+
 /// Encodes a transfer performative. Kept separate because it is on the hot path.
 pub fn encode_transfer(t: &Transfer, out: &mut BytesMut) -> EResult {
+    let defaults = t.rcv_settle_mode.is_none() && t.state.is_none() && !t.resume && !t.aborted && !t.batchable;
+    if defaults
+        && put_transfer_head(
+            out,
+            t.handle,
+            t.delivery_id,
+            t.delivery_tag.as_deref(),
+            t.message_format,
+            t.settled,
+            t.more,
+            false,
+        )
+    {
+        return Ok(());
+    }
     put_composite(descriptor::TRANSFER, out, |w| {
         w.opt_u32(Some(t.handle));
         w.opt_u32(t.delivery_id);

@@ -403,3 +403,42 @@ fn scalar_fields_decode_in_every_width_and_refuse_what_does_not_fit() {
     raw.truncate(raw.len() - b"payload".len());
     assert!(decode_frame_bytes(Bytes::from(raw)).is_err());
 }
+
+proptest! {
+    /// The one-copy transfer header decodes to exactly the transfer it describes, in both its
+    /// short form and the complete-field-list form some peers need.
+    #[test]
+    fn transfer_head_fast_path_decodes_to_its_fields(
+        handle in any::<u32>(),
+        delivery_id in proptest::option::of(any::<u32>()),
+        tag in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..=32)),
+        message_format in proptest::option::of(any::<u32>()),
+        settled in proptest::option::of(any::<bool>()),
+        more in any::<bool>(),
+        all_fields in any::<bool>(),
+    ) {
+        let mut out = BytesMut::new();
+        prop_assert!(put_transfer_head(&mut out, handle, delivery_id, tag.as_deref(), message_format, settled, more, all_fields));
+        let raw = out.freeze();
+        let mut dec = Decoder::new(&raw);
+        let Performative::Transfer(t) = Performative::decode(&mut dec).unwrap() else { panic!("not a transfer") };
+        prop_assert_eq!(dec.position(), raw.len(), "nothing left over");
+        let want = Transfer {
+            handle,
+            delivery_id,
+            delivery_tag: tag.map(Bytes::from),
+            message_format,
+            settled,
+            more,
+            ..Default::default()
+        };
+        prop_assert_eq!(t, want);
+    }
+}
+
+#[test]
+fn transfer_head_refuses_tags_beyond_the_spec_maximum() {
+    let mut out = BytesMut::new();
+    assert!(!put_transfer_head(&mut out, 0, Some(0), Some(&[0u8; 33]), Some(0), Some(true), false, true));
+    assert!(out.is_empty(), "nothing written when refused");
+}

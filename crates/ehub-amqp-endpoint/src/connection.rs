@@ -1377,6 +1377,21 @@ impl Connection {
 
 /// Writes a transfer performative with the tag as a slice (hot path: no `Bytes` allocation).
 fn put_transfer(out: &mut BytesMut, t: &Transfer, tag: &[u8]) -> std::result::Result<(), ehub_amqp_codec::EncodeError> {
+    let tag_field = (!tag.is_empty() || t.delivery_id.is_some()).then_some(tag);
+    // rcv-settle-mode, state, resume, aborted, batchable: written as nulls, because the
+    // Python SDK needs the complete field list.
+    if ehub_amqp_codec::put_transfer_head(
+        out,
+        t.handle,
+        t.delivery_id,
+        tag_field,
+        t.message_format,
+        t.settled,
+        t.more,
+        true,
+    ) {
+        return Ok(());
+    }
     put_composite(ehub_amqp_codec::descriptor::TRANSFER, out, |w| {
         w.opt_u32(Some(t.handle));
         w.opt_u32(t.delivery_id);

@@ -6,9 +6,8 @@ use crate::management;
 use crate::state::{Broker, ConsumerGroup, Hub, ReceiverEntry};
 use bytes::{Bytes, BytesMut};
 use ehub_amqp_codec::{
-    find_annotation, put_long, put_string, put_symbol, put_timestamp, splice_annotations, Attach, DeliveryState,
-    Error as AmqpError, Message, ReceiverSettleMode, Role, SectionSpans, SenderSettleMode, Symbol, Value,
-    BATCH_MESSAGE_FORMAT,
+    find_annotation, put_string, splice_annotations, Attach, DeliveryState, Error as AmqpError, Message,
+    ReceiverSettleMode, Role, SectionSpans, SenderSettleMode, Symbol, Value, BATCH_MESSAGE_FORMAT,
 };
 use ehub_amqp_endpoint::driver::Transport;
 use ehub_amqp_endpoint::{
@@ -968,6 +967,29 @@ fn split_events(d: &Delivery) -> Result<Vec<AppendEvent>, String> {
         .collect()
 }
 
+/// The broker annotations' keys, encoded as sym8 (pinned against the encoder in a test).
+const SEQUENCE_NUMBER_KEY: &[u8] = b"\xa3\x15x-opt-sequence-number";
+const OFFSET_KEY: &[u8] = b"\xa3\x0cx-opt-offset";
+const ENQUEUED_TIME_KEY: &[u8] = b"\xa3\x13x-opt-enqueued-time";
+const PARTITION_KEY_KEY: &[u8] = b"\xa3\x13x-opt-partition-key";
+
+/// Writes `v` in decimal at the start of `out` (at least 20 bytes); returns the length.
+fn decimal(mut v: u64, out: &mut [u8]) -> usize {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let n = tmp.len() - i;
+    out[..n].copy_from_slice(&tmp[i..]);
+    n
+}
+
 /// Writes a stored event as delivered: broker annotations spliced in, runtime metrics as
 /// delivery annotations when asked.
 fn encode_delivery(
@@ -977,15 +999,25 @@ fn encode_delivery(
     metrics: Option<&ehub_partition_log::PartitionInfo>,
 ) {
     extra.clear();
-    let _ = put_symbol(annotations::SEQUENCE_NUMBER, extra);
-    put_long(e.sequence_number, extra);
-    let _ = put_symbol(annotations::OFFSET, extra);
-    let _ = put_string(&e.offset.to_string(), extra);
-    let _ = put_symbol(annotations::ENQUEUED_TIME, extra);
-    put_timestamp(e.enqueued_time, extra);
+    // A handful of whole copies rather than dozens of single bytes: this runs per event.
+    let mut fixed = [0u8; 9];
+    extra.extend_from_slice(SEQUENCE_NUMBER_KEY);
+    fixed[0] = ehub_amqp_codec::code::LONG;
+    fixed[1..].copy_from_slice(&e.sequence_number.to_be_bytes());
+    extra.extend_from_slice(&fixed);
+    extra.extend_from_slice(OFFSET_KEY);
+    let mut digits = [0u8; 22];
+    let n = decimal(e.offset, &mut digits[2..]);
+    digits[0] = ehub_amqp_codec::code::STR8;
+    digits[1] = n as u8;
+    extra.extend_from_slice(&digits[..2 + n]);
+    extra.extend_from_slice(ENQUEUED_TIME_KEY);
+    fixed[0] = ehub_amqp_codec::code::TIMESTAMP;
+    fixed[1..].copy_from_slice(&e.enqueued_time.to_be_bytes());
+    extra.extend_from_slice(&fixed);
     let mut count = 3;
     if let Some(k) = &e.partition_key {
-        let _ = put_symbol(annotations::PARTITION_KEY, extra);
+        extra.extend_from_slice(PARTITION_KEY_KEY);
         let _ = put_string(&String::from_utf8_lossy(k), extra);
         count += 1;
     }
@@ -1021,5 +1053,34 @@ fn encode_delivery(
             out.extend_from_slice(&e.payload);
         }
         Err(_) => out.extend_from_slice(&e.payload),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ehub_amqp_codec::put_symbol;
+
+    #[test]
+    fn pre_encoded_annotation_keys_match_the_encoder() {
+        for (pre, name) in [
+            (SEQUENCE_NUMBER_KEY, annotations::SEQUENCE_NUMBER),
+            (OFFSET_KEY, annotations::OFFSET),
+            (ENQUEUED_TIME_KEY, annotations::ENQUEUED_TIME),
+            (PARTITION_KEY_KEY, annotations::PARTITION_KEY),
+        ] {
+            let mut b = BytesMut::new();
+            put_symbol(name, &mut b).unwrap();
+            assert_eq!(&b[..], pre, "{name}");
+        }
+    }
+
+    #[test]
+    fn decimal_writes_every_width() {
+        for v in [0u64, 7, 10, 99, 100, 123_456_789, u64::MAX] {
+            let mut out = [0u8; 20];
+            let n = decimal(v, &mut out);
+            assert_eq!(std::str::from_utf8(&out[..n]).unwrap(), v.to_string());
+        }
     }
 }
