@@ -45,6 +45,34 @@ pub mod annotations {
     pub const LAST_ENQUEUED_TIME_UTC: &str = "last_enqueued_time_utc";
     /// Runtime metric: when the metrics were read (delivery annotation, `timestamp`).
     pub const RUNTIME_INFO_RETRIEVAL_TIME_UTC: &str = "runtime_info_retrieval_time_utc";
+
+    /// The per-event keys as AMQP encodes them (sym8), for code that writes or recognises
+    /// them by their bytes on the per-event hot path.
+    pub mod sym8 {
+        /// [`super::SEQUENCE_NUMBER`] encoded.
+        pub const SEQUENCE_NUMBER: &[u8] = b"\xa3\x15x-opt-sequence-number";
+        /// [`super::OFFSET`] encoded.
+        pub const OFFSET: &[u8] = b"\xa3\x0cx-opt-offset";
+        /// [`super::ENQUEUED_TIME`] encoded.
+        pub const ENQUEUED_TIME: &[u8] = b"\xa3\x13x-opt-enqueued-time";
+        /// [`super::PARTITION_KEY`] encoded.
+        pub const PARTITION_KEY: &[u8] = b"\xa3\x13x-opt-partition-key";
+
+        #[cfg(test)]
+        #[test]
+        fn they_are_the_sym8_encodings_of_the_names() {
+            for (encoded, name) in [
+                (SEQUENCE_NUMBER, super::SEQUENCE_NUMBER),
+                (OFFSET, super::OFFSET),
+                (ENQUEUED_TIME, super::ENQUEUED_TIME),
+                (PARTITION_KEY, super::PARTITION_KEY),
+            ] {
+                assert_eq!(encoded[0], 0xa3, "sym8");
+                assert_eq!(&encoded[2..], name.as_bytes());
+                assert_eq!(encoded[1] as usize, name.len());
+            }
+        }
+    }
 }
 
 /// Link properties and capabilities.

@@ -227,10 +227,65 @@ pub struct ReceivedEventData {
     body: Option<Range<usize>>,
     message: OnceLock<Box<Message>>,
     sequence_number: i64,
-    offset: String,
+    offset: Text,
     enqueued_time_millis: i64,
-    partition_key: Option<String>,
+    partition_key: Option<Text>,
     partition_id: Arc<str>,
+}
+
+/// Text read from a delivered message: a range of its bytes (validated UTF-8) when the service
+/// sent a string, or its own string when it sent another type (an integer offset).
+#[derive(Debug, Clone)]
+enum Text {
+    InRaw(Range<usize>),
+    Owned(String),
+}
+
+impl Text {
+    fn get<'a>(&'a self, raw: &'a [u8]) -> &'a str {
+        match self {
+            // Validated when the event was decoded.
+            Text::InRaw(r) => std::str::from_utf8(&raw[r.clone()]).unwrap_or_default(),
+            Text::Owned(s) => s,
+        }
+    }
+}
+
+/// Per-event annotation values in the forms the service uses, read without the generic
+/// decoder; `None` sends the caller to it.
+mod fast {
+    use super::code;
+    use std::ops::Range;
+
+    fn fixed8(raw: &[u8], v: &Range<usize>, constructor: u8) -> Option<i64> {
+        let b = raw.get(v.clone())?;
+        match b {
+            [c, rest @ ..] if *c == constructor && rest.len() == 8 => Some(i64::from_be_bytes(rest.try_into().ok()?)),
+            _ => None,
+        }
+    }
+
+    pub(super) fn long(raw: &[u8], v: &Range<usize>) -> Option<i64> {
+        match raw.get(v.clone())? {
+            [code::SMALL_LONG, x] => Some(i64::from(*x as i8)),
+            _ => fixed8(raw, v, code::LONG),
+        }
+    }
+
+    pub(super) fn timestamp(raw: &[u8], v: &Range<usize>) -> Option<i64> {
+        fixed8(raw, v, code::TIMESTAMP)
+    }
+
+    /// The range of a str8 value's text, if it is valid UTF-8.
+    pub(super) fn str8(raw: &[u8], v: &Range<usize>) -> Option<Range<usize>> {
+        let b = raw.get(v.clone())?;
+        match b {
+            [code::STR8, n, text @ ..] if *n as usize == text.len() && std::str::from_utf8(text).is_ok() => {
+                Some(v.start + 2..v.end)
+            }
+            _ => None,
+        }
+    }
 }
 
 impl PartialEq for ReceivedEventData {
@@ -277,24 +332,45 @@ impl ReceivedEventData {
         if let Some(ma) = &spans.message_annotations {
             for entry in RawMapEntries::of_section(&raw, ma).map_err(|e| bad(e.to_string()))? {
                 let (k, v) = entry.map_err(|e| bad(e.to_string()))?;
-                let which = match raw_text(&raw[k]) {
-                    Some(ann::SEQUENCE_NUMBER) => 0,
-                    Some(ann::OFFSET) => 1,
-                    Some(ann::ENQUEUED_TIME) => 2,
-                    Some(ann::PARTITION_KEY) => 3,
-                    _ => continue,
+                // The service writes these keys as sym8: compare bytes, and only decode other forms.
+                let kb = &raw[k];
+                let which = if kb == ann::sym8::SEQUENCE_NUMBER {
+                    0
+                } else if kb == ann::sym8::OFFSET {
+                    1
+                } else if kb == ann::sym8::ENQUEUED_TIME {
+                    2
+                } else if kb == ann::sym8::PARTITION_KEY {
+                    3
+                } else {
+                    match raw_text(kb) {
+                        Some(ann::SEQUENCE_NUMBER) => 0,
+                        Some(ann::OFFSET) => 1,
+                        Some(ann::ENQUEUED_TIME) => 2,
+                        Some(ann::PARTITION_KEY) => 3,
+                        _ => continue,
+                    }
                 };
+                let fast = match which {
+                    0 => fast::long(&raw, &v).map(|n| seq = Some(n)),
+                    1 => fast::str8(&raw, &v).map(|r| offset = Some(Text::InRaw(r))),
+                    2 => fast::timestamp(&raw, &v).map(|t| time = t),
+                    _ => fast::str8(&raw, &v).map(|r| key = Some(Text::InRaw(r))),
+                };
+                if fast.is_some() {
+                    continue;
+                }
                 let value = Decoder::with_range(&raw, v.start, v.end).read_value().map_err(|e| bad(e.to_string()))?;
                 match which {
                     0 => seq = value.as_i64(),
                     1 => {
                         offset = match value {
-                            Value::String(s) => Some(s),
-                            v => v.as_i64().map(|n| n.to_string()),
+                            Value::String(s) => Some(Text::Owned(s)),
+                            v => v.as_i64().map(|n| Text::Owned(n.to_string())),
                         }
                     }
                     2 => time = value.as_timestamp().map(|t| t.0).unwrap_or(0),
-                    _ => key = value.as_text().map(str::to_owned),
+                    _ => key = value.as_text().map(|t| Text::Owned(t.to_owned())),
                 }
             }
         }
@@ -366,7 +442,7 @@ impl ReceivedEventData {
 
     /// Offset within the partition.
     pub fn offset(&self) -> &str {
-        &self.offset
+        self.offset.get(&self.raw)
     }
 
     /// When the service enqueued the event.
@@ -381,7 +457,7 @@ impl ReceivedEventData {
 
     /// The partition key the event was sent with.
     pub fn partition_key(&self) -> Option<&str> {
-        self.partition_key.as_deref()
+        self.partition_key.as_ref().map(|k| k.get(&self.raw))
     }
 
     /// The partition it was read from.
@@ -445,4 +521,50 @@ fn single_data_section(raw: &Bytes, spans: &SectionSpans) -> Option<Range<usize>
         _ => return None,
     };
     (start + len == b.end).then_some(start..start + len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivered(annotations: Vec<(Value, Value)>) -> Bytes {
+        let mut m = Message::with_data(Bytes::from_static(b"body"));
+        m.message_annotations = Some(annotations);
+        m.to_bytes().unwrap()
+    }
+
+    fn sym(s: &str) -> Value {
+        Value::Symbol(s.into())
+    }
+
+    #[test]
+    fn service_annotations_decode_by_the_fast_path_and_any_other_form() {
+        let pid: Arc<str> = Arc::from("3");
+        // The service's forms: long, str8 offset, timestamp, str8 key.
+        let raw = delivered(vec![
+            (sym(ann::SEQUENCE_NUMBER), Value::Long(1 << 40)),
+            (sym(ann::OFFSET), Value::String("123456".into())),
+            (sym(ann::ENQUEUED_TIME), Value::Timestamp(ehub_amqp_codec::Timestamp(1_700_000_000_123))),
+            (sym(ann::PARTITION_KEY), Value::String("kéy".into())),
+            (sym("x-custom"), Value::Int(1)),
+        ]);
+        let (e, _) = ReceivedEventData::decode(raw, &pid, false).unwrap();
+        assert_eq!((e.sequence_number(), e.offset(), e.partition_key()), (1 << 40, "123456", Some("kéy")));
+        assert_eq!(e.enqueued_time_millis(), 1_700_000_000_123);
+        assert_eq!(e.body(), Some(&b"body"[..]));
+        // Other encodings the decoder must still understand: small long, an integer offset,
+        // a symbol partition key.
+        let raw = delivered(vec![
+            (sym(ann::SEQUENCE_NUMBER), Value::Long(-5)),
+            (sym(ann::OFFSET), Value::Long(42)),
+            (sym(ann::ENQUEUED_TIME), Value::Timestamp(ehub_amqp_codec::Timestamp(7))),
+            (sym(ann::PARTITION_KEY), sym("k")),
+        ]);
+        let (e, _) = ReceivedEventData::decode(raw, &pid, false).unwrap();
+        assert_eq!((e.sequence_number(), e.offset(), e.partition_key()), (-5, "42", Some("k")));
+        // No sequence number: refused with the event-data kind.
+        let raw = delivered(vec![(sym(ann::OFFSET), Value::String("1".into()))]);
+        let err = ReceivedEventData::decode(raw, &pid, false).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::EventData);
+    }
 }
