@@ -353,6 +353,7 @@ impl EventReceiver {
                 Some(RecvItem::Deliveries(ds)) => {
                     conn.amqp.credit(link.link, ds.len() as u32).await;
                     let track = self.options.track_last_enqueued_event_properties;
+                    self.buffer.reserve(ds.len());
                     for d in ds {
                         let (ev, last) = ReceivedEventData::decode(d.payload, &self.partition_id, track)?;
                         self.last_sequence_number = Some(ev.sequence_number());
@@ -401,12 +402,8 @@ impl EventReceiver {
         let deadline = Instant::now() + max_wait_time;
         let mut out = Vec::new();
         loop {
-            while out.len() < max_batch_size {
-                match self.buffer.pop_front() {
-                    Some(e) => out.push(e),
-                    None => break,
-                }
-            }
+            let n = (max_batch_size - out.len().min(max_batch_size)).min(self.buffer.len());
+            out.extend(self.buffer.drain(..n));
             if out.len() >= max_batch_size || (!out.is_empty() && self.buffer.is_empty()) {
                 return Ok(out);
             }
