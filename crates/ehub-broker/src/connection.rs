@@ -100,6 +100,9 @@ pub(crate) struct ConnTask<S> {
     transport: Transport<S>,
     links: ehub_amqp_endpoint::IdMap<LinkId, LinkInfo>,
     tokens: Vec<Token>,
+    /// When a token some link may depend on expires: kept up to date when tokens are put and
+    /// claimed links attach, so the event loop does not recompute it per iteration.
+    token_deadline: Option<Instant>,
     ctl_tx: UnboundedSender<Control>,
     ctl_rx: UnboundedReceiver<Control>,
     scratch: BytesMut,
@@ -165,6 +168,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             transport: Transport::new(io),
             links: Default::default(),
             tokens: Vec::new(),
+            token_deadline: None,
             ctl_tx,
             ctl_rx,
             scratch: BytesMut::with_capacity(4096),
@@ -195,7 +199,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 return Ok(());
             }
             let deadline = self.conn.next_timeout();
-            let token_deadline = self.token_deadline();
+            let token_deadline = self.token_deadline;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -287,15 +291,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         self.conn.refuse_link(link, AmqpError::new(condition, description))
     }
 
-    /// When the next token that some link may depend on expires.
-    fn token_deadline(&self) -> Option<Instant> {
-        if !self.links.values().any(|l| l.claim.is_some()) {
-            return None;
-        }
-        let now = now_secs();
-        let next = self.tokens.iter().map(|t| t.expiry).filter(|&e| e > now).min()?;
-        // `now` is truncated, so this instant is at or just after the expiry second.
-        Some(Instant::now() + Duration::from_secs(next - now))
+    /// Recomputes when the next token that some link may depend on expires. A link that
+    /// detaches leaves it as it is: a check with nothing to do is harmless.
+    fn update_token_deadline(&mut self) {
+        self.token_deadline = if self.links.values().any(|l| l.claim.is_some()) {
+            let now = now_secs();
+            // `now` is truncated, so this instant is at or just after the expiry second.
+            self.tokens
+                .iter()
+                .map(|t| t.expiry)
+                .filter(|&e| e > now)
+                .min()
+                .map(|next| Instant::now() + Duration::from_secs(next - now))
+        } else {
+            None
+        };
     }
 
     /// Drops expired tokens and detaches every link no remaining token authorises.
@@ -321,6 +331,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             self.forget_link(link);
             self.links.insert(link, LinkInfo::refused(name));
         }
+        self.update_token_deadline();
     }
 
     fn authorized(&self, entity: &str, need: Claim) -> bool {
@@ -419,7 +430,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             LinkKind::Consumer(_) => Some((address, Rights::can_listen as Claim)),
             _ => None,
         };
+        let claimed = claim.is_some();
         self.links.insert(link, LinkInfo { kind, name, target_address, claim });
+        if claimed {
+            self.update_token_deadline();
+        }
         if let Some(LinkInfo { kind: LinkKind::Consumer(c), .. }) = self.links.get_mut(&link) {
             // Resolve the start position off the reactor (it may read files).
             let (part, id, tx) = (Arc::clone(&c.part), c.id, self.ctl_tx.clone());
@@ -876,6 +891,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 debug!(peer = %self.peer, audience = %audience, "token accepted");
                 self.tokens.retain(|x| x.path != t.path);
                 self.tokens.push(t);
+                self.update_token_deadline();
                 management::status_message(202, "Accepted", None, Value::Null)
             }
             Err(desc) => {
