@@ -108,16 +108,23 @@ pub fn put_descriptor(d: &Descriptor, out: &mut BytesMut) -> Result {
     Ok(())
 }
 
+/// Appends a constructor and its fixed-width bytes in one copy. Appending a `BytesMut` byte by
+/// byte costs a capacity check and a call each, which dominates small values on hot paths.
+fn put_constructor(code: u8, bytes: &[u8], out: &mut BytesMut) {
+    let mut b = [0u8; 9];
+    b[0] = code;
+    b[1..=bytes.len()].copy_from_slice(bytes);
+    out.extend_from_slice(&b[..=bytes.len()]);
+}
+
 /// `uint` in its smallest form.
 pub fn put_uint(x: u32, out: &mut BytesMut) {
     if x == 0 {
         out.put_u8(code::UINT0);
     } else if x < 256 {
-        out.put_u8(code::SMALL_UINT);
-        out.put_u8(x as u8);
+        put_constructor(code::SMALL_UINT, &[x as u8], out);
     } else {
-        out.put_u8(code::UINT);
-        out.put_u32(x);
+        put_constructor(code::UINT, &x.to_be_bytes(), out);
     }
 }
 
@@ -126,52 +133,43 @@ pub fn put_ulong(x: u64, out: &mut BytesMut) {
     if x == 0 {
         out.put_u8(code::ULONG0);
     } else if x < 256 {
-        out.put_u8(code::SMALL_ULONG);
-        out.put_u8(x as u8);
+        put_constructor(code::SMALL_ULONG, &[x as u8], out);
     } else {
-        out.put_u8(code::ULONG);
-        out.put_u64(x);
+        put_constructor(code::ULONG, &x.to_be_bytes(), out);
     }
 }
 
 /// `int` in its smallest form.
 pub fn put_int(x: i32, out: &mut BytesMut) {
     if (-128..=127).contains(&x) {
-        out.put_u8(code::SMALL_INT);
-        out.put_i8(x as i8);
+        put_constructor(code::SMALL_INT, &[x as u8], out);
     } else {
-        out.put_u8(code::INT);
-        out.put_i32(x);
+        put_constructor(code::INT, &x.to_be_bytes(), out);
     }
 }
 
 /// `long` in its smallest form.
 pub fn put_long(x: i64, out: &mut BytesMut) {
     if (-128..=127).contains(&x) {
-        out.put_u8(code::SMALL_LONG);
-        out.put_i8(x as i8);
+        put_constructor(code::SMALL_LONG, &[x as u8], out);
     } else {
-        out.put_u8(code::LONG);
-        out.put_i64(x);
+        put_constructor(code::LONG, &x.to_be_bytes(), out);
     }
 }
 
 /// `timestamp`.
 pub fn put_timestamp(ms: i64, out: &mut BytesMut) {
-    out.put_u8(code::TIMESTAMP);
-    out.put_i64(ms);
+    put_constructor(code::TIMESTAMP, &ms.to_be_bytes(), out);
 }
 
 fn put_var(small: u8, large: u8, bytes: &[u8], out: &mut BytesMut) -> Result {
     if bytes.len() < 256 {
-        out.put_u8(small);
-        out.put_u8(bytes.len() as u8);
+        put_constructor(small, &[bytes.len() as u8], out);
     } else {
         let n = u32::try_from(bytes.len()).map_err(|_| EncodeError::TooLarge(bytes.len()))?;
-        out.put_u8(large);
-        out.put_u32(n);
+        put_constructor(large, &n.to_be_bytes(), out);
     }
-    out.put_slice(bytes);
+    out.extend_from_slice(bytes);
     Ok(())
 }
 

@@ -6,8 +6,9 @@ use crate::management;
 use crate::state::{Broker, ConsumerGroup, Hub, ReceiverEntry};
 use bytes::{Bytes, BytesMut};
 use ehub_amqp_codec::{
-    find_annotation, put_string, splice_annotations, Attach, DeliveryState, Error as AmqpError, Message,
-    ReceiverSettleMode, Role, SectionSpans, SenderSettleMode, Symbol, Value, BATCH_MESSAGE_FORMAT,
+    find_annotation, put_long, put_string, put_timestamp, splice_annotations, Attach, DeliveryState,
+    Error as AmqpError, Message, ReceiverSettleMode, Role, SectionSpans, SenderSettleMode, Symbol, Value,
+    BATCH_MESSAGE_FORMAT,
 };
 use ehub_amqp_endpoint::driver::Transport;
 use ehub_amqp_endpoint::{
@@ -312,14 +313,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
     fn expire_tokens(&mut self) {
         let now = now_secs();
         self.tokens.retain(|t| t.expiry > now);
-        let lapsed: Vec<LinkId> = self
+        let lapsed: Vec<(LinkId, String)> = self
             .links
             .iter()
             .filter(|(_, l)| l.claim.as_ref().is_some_and(|(address, need)| !self.authorized(address, *need)))
-            .map(|(id, _)| *id)
+            .map(|(id, l)| (*id, l.name.clone()))
             .collect();
-        for link in lapsed {
-            let name = self.links.get(&link).map(|l| l.name.clone()).unwrap_or_default();
+        for (link, name) in lapsed {
             info!(peer = %self.peer, link = %name, "token expired: detaching link");
             let _ = self.conn.detach(
                 link,
@@ -1018,26 +1018,23 @@ fn encode_delivery(
     metrics: Option<&ehub_partition_log::PartitionInfo>,
 ) {
     extra.clear();
-    // A handful of whole copies rather than dozens of single bytes: this runs per event.
-    let mut fixed = [0u8; 9];
+    // Pre-encoded keys and no allocation: this runs per event.
     extra.extend_from_slice(annotations::sym8::SEQUENCE_NUMBER);
-    fixed[0] = ehub_amqp_codec::code::LONG;
-    fixed[1..].copy_from_slice(&e.sequence_number.to_be_bytes());
-    extra.extend_from_slice(&fixed);
+    put_long(e.sequence_number, extra);
     extra.extend_from_slice(annotations::sym8::OFFSET);
-    let mut digits = [0u8; 22];
-    let n = decimal(e.offset, &mut digits[2..]);
-    digits[0] = ehub_amqp_codec::code::STR8;
-    digits[1] = n as u8;
-    extra.extend_from_slice(&digits[..2 + n]);
+    let mut digits = [0u8; 20];
+    let n = decimal(e.offset, &mut digits);
+    // ASCII digits: always valid UTF-8.
+    let _ = put_string(std::str::from_utf8(&digits[..n]).unwrap_or("0"), extra);
     extra.extend_from_slice(annotations::sym8::ENQUEUED_TIME);
-    fixed[0] = ehub_amqp_codec::code::TIMESTAMP;
-    fixed[1..].copy_from_slice(&e.enqueued_time.to_be_bytes());
-    extra.extend_from_slice(&fixed);
+    put_timestamp(e.enqueued_time, extra);
     let mut count = 3;
     if let Some(k) = &e.partition_key {
         extra.extend_from_slice(annotations::sym8::PARTITION_KEY);
-        let _ = put_string(&String::from_utf8_lossy(k), extra);
+        let _ = match std::str::from_utf8(k) {
+            Ok(text) => put_string(text, extra),
+            Err(_) => put_string(&String::from_utf8_lossy(k), extra),
+        };
         count += 1;
     }
     let da = metrics.map(|m| {

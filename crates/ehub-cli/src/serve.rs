@@ -41,14 +41,13 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
             anyhow::Ok(Listener { socket, protocol })
         };
         let mut listeners = vec![bind(cfg.listen, Protocol::Amqp).await?];
-        if let Some(ws) = cfg.listen_websocket {
-            listeners.push(bind(ws, Protocol::AmqpWebSocket).await?);
-        }
         let addr = listeners[0].socket.local_addr()?;
-        let ws_addr = match listeners.get(1) {
-            Some(l) => l.socket.local_addr()?.to_string(),
-            None => "off".to_owned(),
-        };
+        let mut ws_addr = "off".to_owned();
+        if let Some(ws) = cfg.listen_websocket {
+            let l = bind(ws, Protocol::AmqpWebSocket).await?;
+            ws_addr = l.socket.local_addr()?.to_string();
+            listeners.push(l);
+        }
         let hubs: Vec<String> = cfg.hubs.iter().map(|h| format!("{}({})", h.name, h.partitions)).collect();
         tracing::info!(
             listen = %addr,
