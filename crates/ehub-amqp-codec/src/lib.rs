@@ -50,11 +50,12 @@ pub use frame::{
     FRAME_TYPE_AMQP, FRAME_TYPE_SASL, MIN_MAX_FRAME_SIZE, SASL_HEADER, TLS_HEADER,
 };
 pub use message::{
-    batch_items, data_section_size, find_annotation, put_data_section, raw_text, splice_annotations, Body, Header,
-    Message, Properties, RawMapEntries, SectionSpans, BATCH_MESSAGE_FORMAT,
+    batch_items, data_section_size, find_annotation, put_data_section, raw_long, raw_text, raw_text_range,
+    raw_timestamp, splice_annotations, Body, Header, Message, Properties, RawMapEntries, SectionSpans,
+    BATCH_MESSAGE_FORMAT,
 };
 pub use performative::{
     encode_transfer, put_transfer_head, Attach, Begin, Close, Detach, Disposition, End, Flow, Open, Performative,
-    SaslCode, SaslFrame, Transfer, MAX_FAST_TAG,
+    SaslCode, SaslFrame, Transfer, MAX_DELIVERY_TAG,
 };
 pub use types::{map_get, Array, ArrayType, Described, Descriptor, Map, Symbol, Timestamp, Value};

@@ -431,16 +431,38 @@ impl Iterator for RawMapEntries<'_> {
 
 /// Returns the text of an encoded symbol or string key, without allocating.
 pub fn raw_text(raw: &[u8]) -> Option<&str> {
+    std::str::from_utf8(&raw[raw_text_range(raw)?]).ok()
+}
+
+/// Where the text of an encoded symbol or string value lies within `raw` (which holds exactly
+/// that value), without checking that it is UTF-8.
+pub fn raw_text_range(raw: &[u8]) -> Option<Range<usize>> {
     let (&c, rest) = raw.split_first()?;
-    let body = match c {
-        code::SYM8 | code::STR8 => rest.get(1..1 + *rest.first()? as usize)?,
-        code::SYM32 | code::STR32 => {
-            let n = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-            rest.get(4..4 + n)?
-        }
+    let (start, n) = match c {
+        code::SYM8 | code::STR8 => (2, *rest.first()? as usize),
+        code::SYM32 | code::STR32 => (5, u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize),
         _ => return None,
     };
-    std::str::from_utf8(body).ok()
+    (start + n == raw.len()).then_some(start..start + n)
+}
+
+/// Reads an encoded `long` (any width) or `int` value that is exactly `raw`, without the
+/// generic decoder.
+pub fn raw_long(raw: &[u8]) -> Option<i64> {
+    match raw {
+        [code::SMALL_LONG | code::SMALL_INT, x] => Some(i64::from(*x as i8)),
+        [code::LONG, rest @ ..] => Some(i64::from_be_bytes(rest.try_into().ok()?)),
+        [code::INT, rest @ ..] => Some(i64::from(i32::from_be_bytes(rest.try_into().ok()?))),
+        _ => None,
+    }
+}
+
+/// Reads an encoded `timestamp` value that is exactly `raw` (milliseconds since the epoch).
+pub fn raw_timestamp(raw: &[u8]) -> Option<i64> {
+    match raw {
+        [code::TIMESTAMP, rest @ ..] => Some(i64::from_be_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
 }
 
 /// Looks up an annotation (symbol or string key) in a map section and decodes only its value.

@@ -446,13 +446,13 @@ impl StackTransfer {
     }
 }
 
-/// The longest delivery tag [`put_transfer_head`] takes (the spec's maximum).
-pub const MAX_FAST_TAG: usize = 32;
+/// The longest delivery tag AMQP allows (spec 2.8.7: at most 32 bytes).
+pub const MAX_DELIVERY_TAG: usize = 32;
 
 /// Encodes a transfer performative with the fields a sender sets on each delivery (the rest
 /// null), in one copy. With `all_fields`, the five trailing fields are written as explicit
-/// nulls (some peers need the complete list); otherwise the list ends after `more`. Returns
-/// `false`, writing nothing, when the tag is longer than [`MAX_FAST_TAG`].
+/// nulls (some peers need the complete list); otherwise the list ends after `more`. A tag
+/// longer than [`MAX_DELIVERY_TAG`] is refused and nothing is written.
 #[allow(clippy::too_many_arguments)]
 pub fn put_transfer_head(
     out: &mut BytesMut,
@@ -463,9 +463,9 @@ pub fn put_transfer_head(
     settled: Option<bool>,
     more: bool,
     all_fields: bool,
-) -> bool {
-    if delivery_tag.is_some_and(|t| t.len() > MAX_FAST_TAG) {
-        return false;
+) -> EResult {
+    if let Some(t) = delivery_tag.filter(|t| t.len() > MAX_DELIVERY_TAG) {
+        return Err(EncodeError::TooLarge(t.len()));
     }
     let mut s = StackTransfer { buf: [0; 64], len: 0 };
     // Described list8: size and count are patched in below.
@@ -491,7 +491,7 @@ pub fn put_transfer_head(
     s.buf[4] = (s.len - 5) as u8;
     s.buf[5] = count;
     out.extend_from_slice(&s.buf[..s.len]);
-    true
+    Ok(())
 }
 
 /// Encodes a transfer performative. Kept separate because it is on the hot path.
@@ -508,6 +508,7 @@ pub fn encode_transfer(t: &Transfer, out: &mut BytesMut) -> EResult {
             t.more,
             false,
         )
+        .is_ok()
     {
         return Ok(());
     }

@@ -418,7 +418,7 @@ proptest! {
         all_fields in any::<bool>(),
     ) {
         let mut out = BytesMut::new();
-        prop_assert!(put_transfer_head(&mut out, handle, delivery_id, tag.as_deref(), message_format, settled, more, all_fields));
+        prop_assert!(put_transfer_head(&mut out, handle, delivery_id, tag.as_deref(), message_format, settled, more, all_fields).is_ok());
         let raw = out.freeze();
         let mut dec = Decoder::new(&raw);
         let Performative::Transfer(t) = Performative::decode(&mut dec).unwrap() else { panic!("not a transfer") };
@@ -439,6 +439,27 @@ proptest! {
 #[test]
 fn transfer_head_refuses_tags_beyond_the_spec_maximum() {
     let mut out = BytesMut::new();
-    assert!(!put_transfer_head(&mut out, 0, Some(0), Some(&[0u8; 33]), Some(0), Some(true), false, true));
+    assert!(put_transfer_head(&mut out, 0, Some(0), Some(&[0u8; 33]), Some(0), Some(true), false, true).is_err());
     assert!(out.is_empty(), "nothing written when refused");
+}
+
+proptest! {
+    /// The in-place readers agree with the encoder for every width it picks, and decline
+    /// other types.
+    #[test]
+    fn raw_scalar_readers_agree_with_the_encoder(x in any::<i64>(), i in any::<i32>(), text in ".{0,300}") {
+        let enc = |v: Value| { let mut b = BytesMut::new(); encode_value(&v, &mut b).unwrap(); b.freeze() };
+        prop_assert_eq!(raw_long(&enc(Value::Long(x))), Some(x));
+        prop_assert_eq!(raw_long(&enc(Value::Int(i))), Some(i64::from(i)));
+        prop_assert_eq!(raw_timestamp(&enc(Value::Timestamp(Timestamp(x)))), Some(x));
+        prop_assert_eq!(raw_long(&enc(Value::Timestamp(Timestamp(x)))), None);
+        prop_assert_eq!(raw_timestamp(&enc(Value::Long(x))), None);
+        for v in [Value::String(text.clone()), Value::Symbol(text.as_str().into())] {
+            let raw = enc(v);
+            prop_assert_eq!(raw_text(&raw), Some(text.as_str()));
+            let r = raw_text_range(&raw).unwrap();
+            prop_assert_eq!(&raw[r], text.as_bytes());
+        }
+        prop_assert_eq!(raw_text_range(&enc(Value::Long(x))), None);
+    }
 }

@@ -13,10 +13,10 @@ use crate::error::{condition, EndpointError};
 use crate::idmap::IdMap;
 use bytes::{Bytes, BytesMut};
 use ehub_amqp_codec::{
-    encode_empty_frame, encode_frame, encode_sasl_frame, finish_frame, put_composite, split_frame, start_frame, Attach,
-    Begin, Close, DecodeError, DeliveryState, Detach, Disposition, End, Error as AmqpError, Flow, Frame, FrameBody,
-    Open, Performative, ProtocolHeader, ReceiverSettleMode, Role, SaslCode, SaslFrame, SenderSettleMode, Source,
-    Symbol, Target, Transfer, Value, FRAME_TYPE_AMQP, MIN_MAX_FRAME_SIZE,
+    encode_empty_frame, encode_frame, encode_sasl_frame, finish_frame, split_frame, start_frame, Attach, Begin, Close,
+    DecodeError, DeliveryState, Detach, Disposition, End, Error as AmqpError, Flow, Frame, FrameBody, Open,
+    Performative, ProtocolHeader, ReceiverSettleMode, Role, SaslCode, SaslFrame, SenderSettleMode, Source, Symbol,
+    Target, Transfer, Value, FRAME_TYPE_AMQP, MIN_MAX_FRAME_SIZE,
 };
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -1300,6 +1300,9 @@ impl Connection {
         if l.credit == 0 {
             return Err(EndpointError::IllegalState("no link credit"));
         }
+        if args.tag.len() > ehub_amqp_codec::MAX_DELIVERY_TAG {
+            return Err(EndpointError::IllegalState("a delivery tag is at most 32 bytes"));
+        }
         l.credit -= 1;
         l.delivery_count = l.delivery_count.wrapping_add(1);
         let delivery_id = s.next_delivery_id;
@@ -1378,9 +1381,9 @@ impl Connection {
 /// Writes a transfer performative with the tag as a slice (hot path: no `Bytes` allocation).
 fn put_transfer(out: &mut BytesMut, t: &Transfer, tag: &[u8]) -> std::result::Result<(), ehub_amqp_codec::EncodeError> {
     let tag_field = (!tag.is_empty() || t.delivery_id.is_some()).then_some(tag);
-    // rcv-settle-mode, state, resume, aborted, batchable: written as nulls, because the
-    // Python SDK needs the complete field list.
-    if ehub_amqp_codec::put_transfer_head(
+    // rcv-settle-mode, state, resume, aborted, batchable: written as nulls (`all_fields`),
+    // because the Python SDK needs the complete field list.
+    ehub_amqp_codec::put_transfer_head(
         out,
         t.handle,
         t.delivery_id,
@@ -1389,21 +1392,5 @@ fn put_transfer(out: &mut BytesMut, t: &Transfer, tag: &[u8]) -> std::result::Re
         t.settled,
         t.more,
         true,
-    ) {
-        return Ok(());
-    }
-    put_composite(ehub_amqp_codec::descriptor::TRANSFER, out, |w| {
-        w.opt_u32(Some(t.handle));
-        w.opt_u32(t.delivery_id);
-        w.opt_binary((!tag.is_empty() || t.delivery_id.is_some()).then_some(tag))?;
-        w.opt_u32(t.message_format);
-        w.opt_bool(t.settled);
-        w.opt_bool(Some(t.more));
-        // rcv-settle-mode, state, resume, aborted, batchable: written as nulls, because the
-        // Python SDK needs the complete field list.
-        for _ in 0..5 {
-            w.null();
-        }
-        Ok(())
-    })
+    )
 }

@@ -145,6 +145,23 @@ fn open_begin_attach_and_settled_transfer_round_trip() {
 }
 
 #[test]
+fn a_delivery_tag_beyond_32_bytes_is_refused_and_costs_no_credit() {
+    let mut p = Pair::plain();
+    let (c, s) = p.link(Role::Sender);
+    p.server.flow(s, 1).unwrap();
+    p.pump();
+    let long = SendArgs { tag: &[7u8; 33], message_format: 0, settled: false };
+    assert!(matches!(p.client.send(c, long, b"x"), Err(EndpointError::IllegalState(_))));
+    assert_eq!(p.client.credit(c), 1, "the refused send took no credit");
+    let longest = SendArgs { tag: &[7u8; 32], message_format: 0, settled: false };
+    p.client.send(c, longest, b"x").unwrap();
+    p.pump();
+    let got = Pair::deliveries(&mut p.server_events);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].tag.as_ref(), &[7u8; 32][..]);
+}
+
+#[test]
 fn sender_stops_at_credit_and_resumes_when_topped_up() {
     let mut p = Pair::plain();
     let (c, s) = p.link(Role::Sender);

@@ -3,7 +3,8 @@
 use crate::error::{Error, ErrorKind, Result};
 use bytes::Bytes;
 use ehub_amqp_codec::{
-    code, raw_text, Body, Decoder, Map, Message, Properties, RawMapEntries, SectionSpans, Symbol, Value,
+    code, raw_long, raw_text, raw_text_range, raw_timestamp, Body, Decoder, Map, Message, Properties, RawMapEntries,
+    SectionSpans, Symbol, Value,
 };
 use ehub_model::annotations as ann;
 use std::ops::Range;
@@ -251,43 +252,6 @@ impl Text {
     }
 }
 
-/// Per-event annotation values in the forms the service uses, read without the generic
-/// decoder; `None` sends the caller to it.
-mod fast {
-    use super::code;
-    use std::ops::Range;
-
-    fn fixed8(raw: &[u8], v: &Range<usize>, constructor: u8) -> Option<i64> {
-        let b = raw.get(v.clone())?;
-        match b {
-            [c, rest @ ..] if *c == constructor && rest.len() == 8 => Some(i64::from_be_bytes(rest.try_into().ok()?)),
-            _ => None,
-        }
-    }
-
-    pub(super) fn long(raw: &[u8], v: &Range<usize>) -> Option<i64> {
-        match raw.get(v.clone())? {
-            [code::SMALL_LONG, x] => Some(i64::from(*x as i8)),
-            _ => fixed8(raw, v, code::LONG),
-        }
-    }
-
-    pub(super) fn timestamp(raw: &[u8], v: &Range<usize>) -> Option<i64> {
-        fixed8(raw, v, code::TIMESTAMP)
-    }
-
-    /// The range of a str8 value's text, if it is valid UTF-8.
-    pub(super) fn str8(raw: &[u8], v: &Range<usize>) -> Option<Range<usize>> {
-        let b = raw.get(v.clone())?;
-        match b {
-            [code::STR8, n, text @ ..] if *n as usize == text.len() && std::str::from_utf8(text).is_ok() => {
-                Some(v.start + 2..v.end)
-            }
-            _ => None,
-        }
-    }
-}
-
 impl PartialEq for ReceivedEventData {
     fn eq(&self, other: &Self) -> bool {
         self.raw == other.raw && self.partition_id == other.partition_id
@@ -351,11 +315,18 @@ impl ReceivedEventData {
                         _ => continue,
                     }
                 };
+                // The service's value types are read in place; anything else is decoded below.
+                let value_bytes = &raw[v.clone()];
+                let text = || {
+                    let r = raw_text_range(value_bytes)?;
+                    std::str::from_utf8(&value_bytes[r.clone()]).ok()?;
+                    Some(Text::InRaw(v.start + r.start..v.start + r.end))
+                };
                 let fast = match which {
-                    0 => fast::long(&raw, &v).map(|n| seq = Some(n)),
-                    1 => fast::str8(&raw, &v).map(|r| offset = Some(Text::InRaw(r))),
-                    2 => fast::timestamp(&raw, &v).map(|t| time = t),
-                    _ => fast::str8(&raw, &v).map(|r| key = Some(Text::InRaw(r))),
+                    0 => raw_long(value_bytes).map(|n| seq = Some(n)),
+                    1 => text().map(|t| offset = Some(t)),
+                    2 => raw_timestamp(value_bytes).map(|t| time = t),
+                    _ => text().map(|t| key = Some(t)),
                 };
                 if fast.is_some() {
                     continue;
