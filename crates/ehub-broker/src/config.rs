@@ -118,6 +118,9 @@ pub struct BrokerConfig {
     pub cache_bytes_per_partition: usize,
     /// Writer threads.
     pub writer_threads: usize,
+    /// Zeros written ahead of the data in each active segment, this many bytes at a time
+    /// (0: off). See [`ehub_partition_log::LogConfig::preallocate_bytes`].
+    pub preallocate_bytes: u64,
     /// Retention by age.
     pub retention: Option<Duration>,
     /// Retention by size.
@@ -147,6 +150,7 @@ impl Default for BrokerConfig {
             segment_bytes: 128 << 20,
             cache_bytes_per_partition: 8 << 20,
             writer_threads: 1,
+            preallocate_bytes: 1 << 20,
             retention: None,
             retention_bytes: None,
             max_message_size: 1 << 20,
@@ -197,6 +201,7 @@ struct TomlStorage {
     segment_bytes: Option<u64>,
     cache_bytes_per_partition: Option<usize>,
     writer_threads: Option<usize>,
+    preallocate_bytes: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -299,6 +304,9 @@ impl BrokerConfig {
         }
         if let Some(v) = f.storage.writer_threads {
             c.writer_threads = v;
+        }
+        if let Some(v) = f.storage.preallocate_bytes {
+            c.preallocate_bytes = v;
         }
         c.retention = f.retention.hours.filter(|&h| h > 0).map(|h| Duration::from_secs(h * 3600));
         c.retention_bytes = f.retention.max_bytes_per_partition.filter(|&b| b > 0);

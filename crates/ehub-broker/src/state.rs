@@ -126,6 +126,7 @@ impl Broker {
             retention_bytes: config.retention_bytes,
             cache_bytes: config.cache_bytes_per_partition,
             writer_threads: config.writer_threads,
+            preallocate_bytes: config.preallocate_bytes,
             ..LogConfig::default()
         });
         let mut hubs = HashMap::new();

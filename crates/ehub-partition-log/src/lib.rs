@@ -40,7 +40,7 @@ pub use record::StoredEvent;
 pub use writer::AppendCallback;
 
 use bytes::Bytes;
-use partition::{scan_segment, valid_record_after, Segment, State};
+use partition::{scan_segment, valid_record_after, zeros_to_end, Segment, State};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
@@ -89,6 +89,11 @@ pub struct LogConfig {
     pub cache_bytes: usize,
     /// Number of writer threads.
     pub writer_threads: usize,
+    /// Zeros written ahead of the data in the active segment, this many bytes at a time (0: off).
+    /// Overwriting blocks that already exist lets an fsync flush data alone, without a journal
+    /// commit for the file's new size; on ext4 that halves the cost of the fsync per partition.
+    /// Recovery treats a run of zeros up to the end of a file as its clean end.
+    pub preallocate_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -101,6 +106,7 @@ impl Default for LogConfig {
             retention_check_interval: Duration::from_secs(5),
             cache_bytes: 8 << 20,
             writer_threads: 1,
+            preallocate_bytes: 1 << 20,
         }
     }
 }
@@ -197,6 +203,7 @@ impl LogStore {
                 path: path.clone(),
                 file: Arc::new(file),
                 size: 0,
+                allocated: 0,
                 end_seq: expect.unwrap_or(0),
                 last_time: i64::MIN,
                 index: Vec::new(),
@@ -212,14 +219,25 @@ impl LogStore {
                 }
             }
             let scan = scan_segment(&mut seg, expect)?;
+            seg.allocated = scan.file_len;
+            let last = i + 1 == count;
             if let Some((pos, reason)) = scan.bad {
-                let last = i + 1 == count;
-                if !last || valid_record_after(&seg, pos, seg.end_seq - 1)? {
-                    return Err(LogError::Corrupted { path, position: pos, reason: reason.into() });
+                if zeros_to_end(&seg, pos)? {
+                    // The clean end of space written ahead. A segment that is no longer the
+                    // active one gives it back (a crash came between its roll and its trim).
+                    if !last {
+                        seg.file.set_len(pos).map_err(|e| LogError::io(&path, e))?;
+                        seg.allocated = pos;
+                    }
+                } else {
+                    if !last || valid_record_after(&seg, pos, seg.end_seq - 1)? {
+                        return Err(LogError::Corrupted { path, position: pos, reason: reason.into() });
+                    }
+                    tracing::warn!(partition_id = %id, segment = %path.display(), position = pos, reason, "truncating torn tail");
+                    seg.file.set_len(pos).map_err(|e| LogError::io(&path, e))?;
+                    seg.file.sync_all().map_err(|e| LogError::io(&path, e))?;
+                    seg.allocated = pos;
                 }
-                tracing::warn!(partition_id = %id, segment = %path.display(), position = pos, reason, "truncating torn tail");
-                seg.file.set_len(pos).map_err(|e| LogError::io(&path, e))?;
-                seg.file.sync_all().map_err(|e| LogError::io(&path, e))?;
             }
             seg.size = scan.valid_len;
             if seg.size == 0 && i + 1 < count {

@@ -27,6 +27,9 @@ pub(crate) struct Segment {
     pub path: PathBuf,
     pub file: Arc<File>,
     pub size: u64,
+    /// File length: `size` plus zeros written ahead of the data (see
+    /// [`crate::LogConfig::preallocate_bytes`]).
+    pub allocated: u64,
     /// Next sequence number after the last record in this segment.
     pub end_seq: i64,
     pub last_time: i64,
@@ -54,6 +57,7 @@ impl Segment {
             path,
             file: Arc::new(file),
             size: 0,
+            allocated: 0,
             end_seq: base_seq,
             last_time: i64::MIN,
             index: Vec::new(),
@@ -443,6 +447,7 @@ fn read_full(file: &File, buf: &mut [u8], mut pos: u64) -> std::io::Result<usize
 pub(crate) struct Scan {
     pub valid_len: u64,
     pub bad: Option<(u64, &'static str)>,
+    pub file_len: u64,
 }
 
 /// Scans a segment file, building its index. Reads in large chunks; never loads the file whole.
@@ -471,7 +476,11 @@ pub(crate) fn scan_segment(seg: &mut Segment, expect_seq: Option<i64>) -> Result
                     let (seq, time) = record::header(&carry[p..]);
                     if let Some(e) = expect {
                         if seq != e {
-                            return Ok(Scan { valid_len: pos + p as u64, bad: Some((pos + p as u64, "sequence gap")) });
+                            return Ok(Scan {
+                                valid_len: pos + p as u64,
+                                bad: Some((pos + p as u64, "sequence gap")),
+                                file_len: len,
+                            });
                         }
                     } else {
                         seg.base_seq = seq;
@@ -482,7 +491,9 @@ pub(crate) fn scan_segment(seg: &mut Segment, expect_seq: Option<i64>) -> Result
                     p += l;
                 }
                 Check::Incomplete => break,
-                Check::Invalid(r) => return Ok(Scan { valid_len: pos + p as u64, bad: Some((pos + p as u64, r)) }),
+                Check::Invalid(r) => {
+                    return Ok(Scan { valid_len: pos + p as u64, bad: Some((pos + p as u64, r)), file_len: len })
+                }
             }
         }
         pos += p as u64;
@@ -492,9 +503,28 @@ pub(crate) fn scan_segment(seg: &mut Segment, expect_seq: Option<i64>) -> Result
         }
     }
     if pos < len {
-        return Ok(Scan { valid_len: pos, bad: Some((pos, "incomplete record")) });
+        return Ok(Scan { valid_len: pos, bad: Some((pos, "incomplete record")), file_len: len });
     }
-    Ok(Scan { valid_len: pos, bad: None })
+    Ok(Scan { valid_len: pos, bad: None, file_len: len })
+}
+
+/// True when the file holds only zeros from `from` to its end: space written ahead of the data.
+pub(crate) fn zeros_to_end(seg: &Segment, from: u64) -> Result<bool, LogError> {
+    let len = seg.file.metadata().map_err(|e| LogError::io(&seg.path, e))?.len();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = from;
+    while pos < len {
+        let n = ((len - pos) as usize).min(buf.len());
+        let got = read_full(&seg.file, &mut buf[..n], pos).map_err(|e| LogError::io(&seg.path, e))?;
+        if got == 0 {
+            break;
+        }
+        if buf[..got].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        pos += got as u64;
+    }
+    Ok(true)
 }
 
 /// After a bad record at `from` in the last segment: is there any valid record later with a

@@ -120,19 +120,93 @@ fn resolves_every_kind_of_position() {
     assert_eq!(p.resolve(&StartPosition::Time { millis: t, inclusive: false }).unwrap(), first_after_t);
 }
 
+/// Where the records of a shut-down single-segment partition end (zeros may follow).
+fn data_end(pdir: &std::path::Path) -> u64 {
+    let store = LogStore::new(cfg(1 << 20, 1 << 30));
+    let p = store.open_partition(pdir, "0").unwrap();
+    let info = p.info();
+    let last = p.read(info.last_sequence_number, 1, 1 << 20).unwrap().pop().unwrap();
+    store.shutdown();
+    info.last_offset.unwrap() + record::record_len(last.partition_key.as_deref(), last.payload.len()) as u64
+}
+
 #[test]
 fn torn_tail_is_truncated_with_every_acknowledged_record_kept() {
-    let (_dir, pdir) = seeded_partition(100);
-    // Simulate a crash mid-write: half a record at the end.
-    let seg = pdir.join(format!("{:020}.log", 0));
-    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
-    f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7]).unwrap();
+    for preallocate in [0, 1 << 20] {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let store = LogStore::new(LogConfig { preallocate_bytes: preallocate, ..cfg(1 << 20, 1 << 30) });
+        let p = store.open_partition(&pdir, "0").unwrap();
+        fill(&store, &p, 100, 10);
+        store.shutdown();
+        // Simulate a crash mid-write: half a record where the records end (before the zeros
+        // written ahead, when there are any).
+        let seg = pdir.join(format!("{:020}.log", 0));
+        let end = data_end(&pdir);
+        let len = std::fs::metadata(&seg).unwrap().len();
+        assert_eq!(len > end, preallocate > 0, "zeros follow the data only when preallocating");
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[200, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7], end).unwrap();
+        drop(f);
+        let store = LogStore::new(cfg(1 << 20, 1 << 30));
+        let p = store.open_partition(&pdir, "0").unwrap();
+        assert_eq!(p.committed_seq(), 100);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), end, "the torn record is cut off");
+        check_all(&p, 100);
+        assert_eq!(store.append_blocking(&p, vec![ev(100, None)]).unwrap().first_sequence_number, 100);
+        check_all(&p, 101);
+    }
+}
+
+#[test]
+fn zeros_written_ahead_are_a_clean_end_and_closed_segments_give_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let pdir = dir.path().join("0");
+    let c = LogConfig { preallocate_bytes: 4096, ..cfg(4096, 16 * 1024) };
+    let segment_files = || {
+        let mut v: Vec<(u64, u64)> = std::fs::read_dir(&pdir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let base = e.file_name().to_str().unwrap().strip_suffix(".log").unwrap().parse().unwrap();
+                (base, e.metadata().unwrap().len())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let end = {
+        let store = LogStore::new(c.clone());
+        let p = store.open_partition(&pdir, "0").unwrap();
+        fill(&store, &p, 2000, 25);
+        let files = segment_files();
+        assert!(files.len() > 3, "the fill spans several segments");
+        // A closed segment is exactly its records: the next one starts at its end.
+        for w in files.windows(2) {
+            assert_eq!(w[0].0 + w[0].1, w[1].0, "closed segment {} keeps no zeros", w[0].0);
+        }
+        let info = p.info();
+        let last = p.read(info.last_sequence_number, 1, 1 << 20).unwrap().pop().unwrap();
+        let end =
+            info.last_offset.unwrap() + record::record_len(last.partition_key.as_deref(), last.payload.len()) as u64;
+        let (base, len) = *files.last().unwrap();
+        assert!(base + len > end, "the active segment has zeros ahead of its data");
+        store.shutdown();
+        end
+    };
+    // A crash between a roll and the trim leaves zeros after a closed segment.
+    let (first_base, first_len) = segment_files()[0];
+    let f = std::fs::OpenOptions::new().write(true).open(pdir.join(format!("{first_base:020}.log"))).unwrap();
+    f.set_len(first_len + 5000).unwrap();
     drop(f);
-    let store = LogStore::new(cfg(1 << 20, 1 << 30));
+    let store = LogStore::new(c);
     let p = store.open_partition(&pdir, "0").unwrap();
-    assert_eq!(p.committed_seq(), 100);
-    check_all(&p, 100);
-    assert_eq!(store.append_blocking(&p, vec![ev(100, None)]).unwrap().first_sequence_number, 100);
+    assert_eq!(p.committed_seq(), 2000);
+    assert_eq!(segment_files()[0].1, first_len, "recovery trims the closed segment");
+    check_all(&p, 2000);
+    let a = store.append_blocking(&p, vec![ev(2000, None)]).unwrap();
+    assert_eq!((a.first_sequence_number, a.first_offset), (2000, end), "appends continue where the records end");
+    check_all(&p, 2001);
 }
 
 #[test]
