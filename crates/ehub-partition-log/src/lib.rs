@@ -89,7 +89,8 @@ pub struct LogConfig {
     pub cache_bytes: usize,
     /// Number of writer threads.
     pub writer_threads: usize,
-    /// Zeros written ahead of the data in the active segment, this many bytes at a time (0: off).
+    /// Zeros written ahead of the data in the active segment, this many bytes at a time (0: off),
+    /// with [`FsyncPolicy::Always`] (the other policies do not fsync per append).
     /// Overwriting blocks that already exist lets an fsync flush data alone, without a journal
     /// commit for the file's new size; on ext4 that halves the cost of the fsync per partition.
     /// Recovery treats a run of zeros up to the end of a file as its clean end.

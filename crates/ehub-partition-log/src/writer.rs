@@ -317,7 +317,9 @@ fn write_pending(p: &mut Pending, cfg: &LogConfig) -> Result<(), LogError> {
     let end = pos + p.buf.len() as u64;
     let mut new_allocated = allocated.max(end);
     let mut result = file.write_all_at(&p.buf, pos);
-    if result.is_ok() && cfg.preallocate_bytes > 0 && end >= allocated {
+    // Only an fsync per append gains from it; otherwise it would cost a copy of zeros per byte.
+    let preallocate = cfg.fsync == FsyncPolicy::Always && cfg.preallocate_bytes > 0;
+    if result.is_ok() && preallocate && end >= allocated {
         let target = (end + cfg.preallocate_bytes).min(cfg.segment_bytes.max(end));
         let mut at = end;
         while result.is_ok() && at < target {
