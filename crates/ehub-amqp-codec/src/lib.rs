@@ -55,7 +55,7 @@ pub use message::{
     BATCH_MESSAGE_FORMAT,
 };
 pub use performative::{
-    encode_transfer, put_transfer_head, Attach, Begin, Close, Detach, Disposition, End, Flow, Open, Performative,
-    SaslCode, SaslFrame, Transfer, MAX_DELIVERY_TAG,
+    decode_transfer_head, encode_transfer, put_transfer_head, Attach, Begin, Close, Detach, Disposition, End, Flow,
+    Open, Performative, SaslCode, SaslFrame, Transfer, TransferHead, MAX_DELIVERY_TAG,
 };
 pub use types::{map_get, Array, ArrayType, Described, Descriptor, Map, Symbol, Timestamp, Value};

@@ -432,7 +432,62 @@ proptest! {
             more,
             ..Default::default()
         };
-        prop_assert_eq!(t, want);
+        prop_assert_eq!(&t, &want);
+        // The receive side's fast reader takes this shape and agrees with the generic decoder.
+        let (head, n) = decode_transfer_head(&raw).expect("the fast reader takes this shape");
+        prop_assert_eq!(n, raw.len());
+        prop_assert_eq!(head.to_transfer(&raw), want);
+    }
+
+    /// The fast transfer reader either declines or agrees with the generic decoder, for
+    /// transfers with any field set (encoded by the generic encoder) and for arbitrary bytes.
+    #[test]
+    fn transfer_fast_reader_agrees_or_declines(
+        handle in any::<u32>(),
+        delivery_id in proptest::option::of(any::<u32>()),
+        tag in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
+        message_format in proptest::option::of(any::<u32>()),
+        settled in proptest::option::of(any::<bool>()),
+        more in any::<bool>(),
+        rcv_settle_mode in proptest::option::of(0u8..2),
+        accepted in any::<bool>(),
+        flags in any::<[bool; 3]>(),
+        noise in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let t = Transfer {
+            handle,
+            delivery_id,
+            delivery_tag: tag.map(Bytes::from),
+            message_format,
+            settled,
+            more,
+            rcv_settle_mode,
+            state: accepted.then_some(DeliveryState::Accepted),
+            resume: flags[0],
+            aborted: flags[1],
+            batchable: flags[2],
+        };
+        let mut out = BytesMut::new();
+        Performative::Transfer(t.clone()).encode(&mut out).unwrap();
+        let raw = out.freeze();
+        if let Some((fast, n)) = decode_transfer_head(&raw) {
+            prop_assert_eq!(n, raw.len());
+            prop_assert_eq!(fast.to_transfer(&raw), t);
+        }
+        let mut fuzzed = raw.to_vec();
+        for (i, b) in noise.iter().enumerate() {
+            let at = (usize::from(*b) * 7 + i) % fuzzed.len();
+            fuzzed[at] ^= b.rotate_left(i as u32) | 1;
+        }
+        let fuzzed = Bytes::from(fuzzed);
+        if let Some((fast, n)) = decode_transfer_head(&fuzzed) {
+            let mut dec = Decoder::new(&fuzzed);
+            let Ok(Performative::Transfer(slow)) = Performative::decode(&mut dec) else {
+                return Err(TestCaseError::fail("fast reader accepted what the decoder refuses"));
+            };
+            prop_assert_eq!(dec.position(), n);
+            prop_assert_eq!(fast.to_transfer(&fuzzed), slow);
+        }
     }
 }
 

@@ -11,12 +11,12 @@
 
 use crate::error::{condition, EndpointError};
 use crate::idmap::IdMap;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use ehub_amqp_codec::{
     encode_empty_frame, encode_frame, encode_sasl_frame, finish_frame, split_frame, start_frame, Attach, Begin, Close,
     DecodeError, DeliveryState, Detach, Disposition, End, Error as AmqpError, Flow, Frame, FrameBody, Open,
     Performative, ProtocolHeader, ReceiverSettleMode, Role, SaslCode, SaslFrame, SenderSettleMode, Source, Symbol,
-    Target, Transfer, Value, FRAME_TYPE_AMQP, MIN_MAX_FRAME_SIZE,
+    Target, Transfer, Value, FRAME_TYPE_AMQP, MAX_DELIVERY_TAG, MIN_MAX_FRAME_SIZE,
 };
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -119,7 +119,7 @@ pub struct Delivery {
     /// Delivery id (session scoped).
     pub delivery_id: u32,
     /// Delivery tag.
-    pub tag: Bytes,
+    pub tag: DeliveryTag,
     /// Message format.
     pub message_format: u32,
     /// Whether the sender settled it already.
@@ -238,10 +238,50 @@ enum LinkState {
     DetachSent,
 }
 
+/// A delivery tag, kept inline: AMQP caps tags at 32 bytes (spec 2.8.7), and a received
+/// delivery that carried its tag as a separate allocation paid for it twice (allocated on the
+/// connection task, freed on the receiving one).
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeliveryTag {
+    len: u8,
+    bytes: [u8; MAX_DELIVERY_TAG],
+}
+
+impl DeliveryTag {
+    /// The tag, or `None` when it is longer than 32 bytes.
+    pub fn new(tag: &[u8]) -> Option<Self> {
+        let mut t = DeliveryTag { len: u8::try_from(tag.len()).ok()?, bytes: [0; MAX_DELIVERY_TAG] };
+        t.bytes.get_mut(..tag.len())?.copy_from_slice(tag);
+        Some(t)
+    }
+
+    /// The tag's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for DeliveryTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeliveryTag({:02x?})", self.as_bytes())
+    }
+}
+
+/// The fields of an incoming transfer the engine acts on, borrowed from the frame.
+struct TransferIn<'a> {
+    handle: u32,
+    delivery_id: Option<u32>,
+    tag: Option<&'a [u8]>,
+    message_format: Option<u32>,
+    settled: Option<bool>,
+    more: bool,
+    aborted: bool,
+}
+
 #[derive(Debug)]
 struct Partial {
     delivery_id: u32,
-    tag: Bytes,
+    tag: DeliveryTag,
     format: u32,
     settled: bool,
     buf: BytesMut,
@@ -577,12 +617,56 @@ impl Connection {
             }
             Phase::Done => Ok(false),
             _ => {
+                if self.phase == Phase::Frames && self.fast_transfer(input)? {
+                    return Ok(true);
+                }
                 let Some(raw) = split_frame(input, self.cfg.max_frame_size)? else { return Ok(false) };
                 let frame = ehub_amqp_codec::decode_frame_bytes(raw)?;
                 self.on_frame(frame)?;
                 Ok(true)
             }
         }
+    }
+
+    /// Takes a complete transfer frame of the common shape off `input` without the generic
+    /// frame decoder (see [`ehub_amqp_codec::decode_transfer_head`]): the payload is split off
+    /// the input in place, so a delivery costs one reference to the read buffer, not three.
+    /// Returns false, consuming nothing, for any other frame or an incomplete one.
+    fn fast_transfer(&mut self, input: &mut BytesMut) -> Result<bool> {
+        let Some(header) = input.get(..8) else { return Ok(false) };
+        let size = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+        if size > self.cfg.max_frame_size || input.len() < size as usize || header[4] != 2 || header[5] != 0 {
+            return Ok(false);
+        }
+        let channel = u16::from_be_bytes([header[6], header[7]]);
+        let perf = &input[8..size as usize];
+        let Some((h, n)) = ehub_amqp_codec::decode_transfer_head(perf) else { return Ok(false) };
+        if self.remote_open.is_none() || self.ended_channels.contains(&channel) {
+            // Rare states: the generic path has the rules for them.
+            return Ok(false);
+        }
+        let mut tag = [0u8; MAX_DELIVERY_TAG];
+        let tag_len = match &h.delivery_tag {
+            Some(r) if r.len() <= MAX_DELIVERY_TAG => {
+                tag[..r.len()].copy_from_slice(&perf[r.clone()]);
+                Some(r.len())
+            }
+            Some(_) => return Ok(false),
+            None => None,
+        };
+        input.advance(8 + n);
+        let payload = input.split_to(size as usize - 8 - n).freeze();
+        let t = TransferIn {
+            handle: h.handle,
+            delivery_id: h.delivery_id,
+            tag: tag_len.map(|l| &tag[..l]),
+            message_format: h.message_format,
+            settled: h.settled,
+            more: h.more,
+            aborted: false,
+        };
+        self.on_transfer(channel, t, payload)?;
+        Ok(true)
     }
 
     fn protocol(cond: &str, desc: impl Into<String>) -> EndpointError {
@@ -713,7 +797,18 @@ impl Connection {
             Performative::Begin(b) => self.on_begin(channel, b),
             Performative::Attach(a) => self.on_attach(channel, *a),
             Performative::Flow(f) => self.on_flow(channel, f),
-            Performative::Transfer(t) => self.on_transfer(channel, t, payload),
+            Performative::Transfer(t) => {
+                let t = TransferIn {
+                    handle: t.handle,
+                    delivery_id: t.delivery_id,
+                    tag: t.delivery_tag.as_deref(),
+                    message_format: t.message_format,
+                    settled: t.settled,
+                    more: t.more,
+                    aborted: t.aborted,
+                };
+                self.on_transfer(channel, t, payload)
+            }
             Performative::Disposition(d) => {
                 let local = self.local_channel(channel)?;
                 self.events.push_back(Event::Disposition {
@@ -944,7 +1039,7 @@ impl Connection {
         Ok(())
     }
 
-    fn on_transfer(&mut self, channel: u16, t: Transfer, payload: Bytes) -> Result<()> {
+    fn on_transfer(&mut self, channel: u16, t: TransferIn<'_>, payload: Bytes) -> Result<()> {
         let local = self.local_channel(channel)?;
         let h = self.lookup_remote_handle(local, t.handle)?;
         let window = self.cfg.session_window;
@@ -974,9 +1069,11 @@ impl Connection {
                     Self::protocol(condition::INVALID_FIELD, "first transfer of a delivery without delivery-id")
                 })?;
                 *next_delivery = id.wrapping_add(1);
+                let tag = DeliveryTag::new(t.tag.unwrap_or_default())
+                    .ok_or_else(|| Self::protocol(condition::INVALID_FIELD, "delivery-tag longer than 32 bytes"))?;
                 Partial {
                     delivery_id: id,
-                    tag: t.delivery_tag.clone().unwrap_or_default(),
+                    tag,
                     format: t.message_format.unwrap_or(0),
                     settled: t.settled.unwrap_or(false),
                     buf: BytesMut::new(),

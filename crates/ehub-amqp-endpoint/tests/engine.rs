@@ -158,7 +158,7 @@ fn a_delivery_tag_beyond_32_bytes_is_refused_and_costs_no_credit() {
     p.pump();
     let got = Pair::deliveries(&mut p.server_events);
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].tag.as_ref(), &[7u8; 32][..]);
+    assert_eq!(got[0].tag.as_bytes(), &[7u8; 32][..]);
 }
 
 #[test]
