@@ -162,6 +162,41 @@ fn a_delivery_tag_beyond_32_bytes_is_refused_and_costs_no_credit() {
 }
 
 #[test]
+fn a_received_delivery_tag_beyond_32_bytes_is_an_invalid_field() {
+    let mut p = Pair::plain();
+    let (c, s) = p.link(Role::Sender);
+    p.server.flow(s, 2).unwrap();
+    p.pump();
+    // Both the short transfer shape (the engine's fast reader) and one with a state set (the
+    // generic decoder) carry a 33-byte tag.
+    for state in [None, Some(DeliveryState::Accepted)] {
+        let mut q = Pair::plain();
+        let (qc, qs) = q.link(Role::Sender);
+        q.server.flow(qs, 2).unwrap();
+        q.pump();
+        let t = Transfer {
+            handle: qc.handle,
+            delivery_id: Some(0),
+            delivery_tag: Some(Bytes::from(vec![7u8; 33])),
+            message_format: Some(0),
+            state,
+            ..Default::default()
+        };
+        let mut raw = BytesMut::new();
+        encode_frame(&mut raw, qc.channel, &Performative::Transfer(t), b"x").unwrap();
+        match q.server.feed(&mut raw, q.now) {
+            Err(EndpointError::Protocol(e)) => assert_eq!(e.condition.as_str(), condition::INVALID_FIELD),
+            other => panic!("expected invalid-field, got {other:?}"),
+        }
+    }
+    // A 32-byte tag in the short shape arrives whole.
+    p.client.send(c, SendArgs { tag: &[9u8; 32], message_format: 0, settled: true }, b"y").unwrap();
+    p.pump();
+    let got = Pair::deliveries(&mut p.server_events);
+    assert_eq!((got.len(), got[0].tag.as_bytes()), (1, &[9u8; 32][..]));
+}
+
+#[test]
 fn sender_stops_at_credit_and_resumes_when_topped_up() {
     let mut p = Pair::plain();
     let (c, s) = p.link(Role::Sender);
