@@ -3,8 +3,8 @@
 //!   awaiting its own `send_batch`, since the SDK has one batch in flight per call);
 //! - receive: one partition from the earliest event.
 //!
-//! `cargo run --release --bin compare -- [events] [fsync]` from `interop/rust` (defaults:
-//! 200000 never). Needs `target/release/ehub` at the workspace root.
+//! `cargo run --release --bin compare -- [events] [fsync] [prefetch]` from `interop/rust`
+//! (defaults: 200000 never 300, the prefetch both SDKs default to); add `--features mimalloc` to run both clients on mimalloc. Needs `target/release/ehub` at the workspace root.
 
 use azure_messaging_eventhubs::{
     ConsumerClient, EventDataBatchOptions, OpenReceiverOptions, ProducerClient, StartLocation, StartPosition,
@@ -78,7 +78,7 @@ async fn ours_send(port: u16, partition: &'static str, events: usize) -> f64 {
     .await
 }
 
-async fn sdk_receive(port: u16, partition: &str, events: usize) -> f64 {
+async fn sdk_receive(port: u16, partition: &str, events: usize, prefetch: u32) -> f64 {
     let consumer = ConsumerClient::builder()
         .with_custom_endpoint(custom_endpoint(port))
         .open_with_connection_string(&emulator_connection_string(port), Some("eh1"))
@@ -86,6 +86,7 @@ async fn sdk_receive(port: u16, partition: &str, events: usize) -> f64 {
         .unwrap();
     let opts = OpenReceiverOptions {
         start_position: Some(StartPosition { location: StartLocation::Earliest, inclusive: true }),
+        prefetch: Some(prefetch),
         ..Default::default()
     };
     let start = Instant::now();
@@ -97,11 +98,12 @@ async fn sdk_receive(port: u16, partition: &str, events: usize) -> f64 {
     events as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn ours_receive(port: u16, partition: &str, events: usize) -> f64 {
+async fn ours_receive(port: u16, partition: &str, events: usize, prefetch: u32) -> f64 {
     let consumer = ehub::ConsumerClient::from_connection_string(&emulator_connection_string(port), Some("eh1"), None)
         .await
         .unwrap();
-    let opts = ehub::OpenReceiverOptions { start_position: ehub::EventPosition::Earliest, ..Default::default() };
+    let opts =
+        ehub::OpenReceiverOptions { start_position: ehub::EventPosition::Earliest, prefetch, ..Default::default() };
     let start = Instant::now();
     let mut rx = consumer.open_receiver_on_partition(partition, Some(opts)).await.unwrap();
     let mut n = 0;
@@ -111,20 +113,31 @@ async fn ours_receive(port: u16, partition: &str, events: usize) -> f64 {
     events as f64 / start.elapsed().as_secs_f64()
 }
 
+/// With `--features mimalloc`, the process (both clients) allocates with mimalloc instead of
+/// the system allocator, as the `ehub` binary does.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     install_crypto_provider();
     let args: Vec<String> = std::env::args().collect();
     let events: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(200_000);
     let fsync = args.get(2).cloned().unwrap_or_else(|| "never".into());
+    // Both SDKs default to 300.
+    let prefetch: u32 = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(300);
     let broker = Broker::start(&fsync);
     let port = broker.port;
     // Partition 0 for the SDK, 1 for ours; each then reads back its own partition.
     let sdk_tx = sdk_send(port, "0", events).await;
     let ours_tx = ours_send(port, "1", events).await;
-    let sdk_rx = sdk_receive(port, "0", events).await;
-    let ours_rx = ours_receive(port, "1", events).await;
-    println!("broker fsync={fsync}, {events} events of 100 B, 2 cores, loopback");
+    let sdk_rx = sdk_receive(port, "0", events, prefetch).await;
+    let ours_rx = ours_receive(port, "1", events, prefetch).await;
+    let allocator = if cfg!(feature = "mimalloc") { "mimalloc" } else { "system" };
+    println!(
+        "broker fsync={fsync}, {events} events of 100 B, 2 cores, loopback, {allocator} allocator, prefetch {prefetch}"
+    );
     println!("| operation | official Rust SDK 0.16 | ehub | ratio |");
     println!("|---|---|---|---|");
     println!("| send, batches of 100, 8 in flight | {:.0}/s | {:.0}/s | {:.1}x |", sdk_tx, ours_tx, ours_tx / sdk_tx);
