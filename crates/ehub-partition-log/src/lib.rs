@@ -11,7 +11,9 @@
 //!   ones from the segment files through a sparse index by sequence number, offset and time.
 //! - **Retention** removes whole segments by age and by size.
 //! - **Recovery** truncates a torn tail with a warning and refuses to open on interior
-//!   corruption.
+//!   corruption. Zeros from the end of the records to the end of a file are the space written
+//!   ahead of the data under [`FsyncPolicy::Always`] ([`LogConfig::preallocate_bytes`]), not
+//!   damage.
 //!
 //! ```
 //! use ehub_partition_log::{AppendEvent, LogConfig, LogStore};
