@@ -635,7 +635,10 @@ impl Connection {
     fn fast_transfer(&mut self, input: &mut BytesMut) -> Result<bool> {
         let Some(header) = input.get(..8) else { return Ok(false) };
         let size = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-        if size > self.cfg.max_frame_size || input.len() < size as usize || header[4] != 2 || header[5] != 0 {
+        // Anything unusual (including a size smaller than the header) is the generic path's to
+        // judge and report.
+        if size < 8 || size > self.cfg.max_frame_size || input.len() < size as usize || header[4] != 2 || header[5] != 0
+        {
             return Ok(false);
         }
         let channel = u16::from_be_bytes([header[6], header[7]]);

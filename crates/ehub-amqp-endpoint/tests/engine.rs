@@ -368,6 +368,18 @@ fn oversized_frame_is_a_framing_error_before_allocation() {
 }
 
 #[test]
+fn frame_sizes_below_the_header_are_a_decode_error_not_a_panic() {
+    // Found by the acceptor fuzz target: the fast transfer reader sliced before checking.
+    for size in 0u8..8 {
+        let (r, cond) = hostile(ConnectionConfig::default(), |b| {
+            b.extend_from_slice(&[0, 0, 0, size, 2, 0, 0, 0, 0x00, 0x53, 0x14, 0x45]);
+        });
+        assert!(r.is_err(), "size {size}");
+        assert_eq!(cond.as_deref(), Some(condition::DECODE_ERROR), "size {size}");
+    }
+}
+
+#[test]
 fn garbage_performative_is_a_decode_error() {
     let (r, cond) = hostile(ConnectionConfig::default(), |b| {
         b.extend_from_slice(&[0, 0, 0, 12, 2, 0, 0, 0, 0x00, 0x53, 0x99, 0x45]);
