@@ -267,11 +267,11 @@ impl std::fmt::Debug for DeliveryTag {
     }
 }
 
-/// The fields of an incoming transfer the engine acts on, borrowed from the frame.
-struct TransferIn<'a> {
+/// The fields of an incoming transfer the engine acts on (an absent tag is empty).
+struct TransferIn {
     handle: u32,
     delivery_id: Option<u32>,
-    tag: Option<&'a [u8]>,
+    tag: DeliveryTag,
     message_format: Option<u32>,
     settled: Option<bool>,
     more: bool,
@@ -648,21 +648,14 @@ impl Connection {
             // Rare states: the generic path has the rules for them.
             return Ok(false);
         }
-        let mut tag = [0u8; MAX_DELIVERY_TAG];
-        let tag_len = match &h.delivery_tag {
-            Some(r) if r.len() <= MAX_DELIVERY_TAG => {
-                tag[..r.len()].copy_from_slice(&perf[r.clone()]);
-                Some(r.len())
-            }
-            Some(_) => return Ok(false),
-            None => None,
-        };
+        // A tag beyond 32 bytes is the generic path's to refuse.
+        let Some(tag) = DeliveryTag::new(h.delivery_tag.map_or(&[][..], |r| &perf[r])) else { return Ok(false) };
         input.advance(8 + n);
         let payload = input.split_to(size as usize - 8 - n).freeze();
         let t = TransferIn {
             handle: h.handle,
             delivery_id: h.delivery_id,
-            tag: tag_len.map(|l| &tag[..l]),
+            tag,
             message_format: h.message_format,
             settled: h.settled,
             more: h.more,
@@ -801,10 +794,12 @@ impl Connection {
             Performative::Attach(a) => self.on_attach(channel, *a),
             Performative::Flow(f) => self.on_flow(channel, f),
             Performative::Transfer(t) => {
+                let tag = DeliveryTag::new(t.delivery_tag.as_deref().unwrap_or_default())
+                    .ok_or_else(|| Self::protocol(condition::INVALID_FIELD, "delivery-tag longer than 32 bytes"))?;
                 let t = TransferIn {
                     handle: t.handle,
                     delivery_id: t.delivery_id,
-                    tag: t.delivery_tag.as_deref(),
+                    tag,
                     message_format: t.message_format,
                     settled: t.settled,
                     more: t.more,
@@ -1042,7 +1037,7 @@ impl Connection {
         Ok(())
     }
 
-    fn on_transfer(&mut self, channel: u16, t: TransferIn<'_>, payload: Bytes) -> Result<()> {
+    fn on_transfer(&mut self, channel: u16, t: TransferIn, payload: Bytes) -> Result<()> {
         let local = self.local_channel(channel)?;
         let h = self.lookup_remote_handle(local, t.handle)?;
         let window = self.cfg.session_window;
@@ -1072,11 +1067,9 @@ impl Connection {
                     Self::protocol(condition::INVALID_FIELD, "first transfer of a delivery without delivery-id")
                 })?;
                 *next_delivery = id.wrapping_add(1);
-                let tag = DeliveryTag::new(t.tag.unwrap_or_default())
-                    .ok_or_else(|| Self::protocol(condition::INVALID_FIELD, "delivery-tag longer than 32 bytes"))?;
                 Partial {
                     delivery_id: id,
-                    tag,
+                    tag: t.tag,
                     format: t.message_format.unwrap_or(0),
                     settled: t.settled.unwrap_or(false),
                     buf: BytesMut::new(),

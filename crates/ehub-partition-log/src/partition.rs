@@ -519,9 +519,10 @@ pub(crate) fn scan_segment(seg: &mut Segment, expect_seq: Option<i64>) -> Result
     Ok(Scan { valid_len: pos, bad: None, file_len: len })
 }
 
-/// True when the file holds only zeros from `from` to its end: space written ahead of the data.
+/// True when the file holds only zeros from `from` to its end (`seg.allocated`, the file
+/// length the scan saw): space written ahead of the data.
 pub(crate) fn zeros_to_end(seg: &Segment, from: u64) -> Result<bool, LogError> {
-    let len = seg.file.metadata().map_err(|e| LogError::io(&seg.path, e))?.len();
+    let len = seg.allocated;
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = from;
     while pos < len {
@@ -541,13 +542,11 @@ pub(crate) fn zeros_to_end(seg: &Segment, from: u64) -> Result<bool, LogError> {
 /// After a bad record at `from` in the last segment: is there any valid record later with a
 /// higher sequence number? If so the damage is interior, not a torn tail.
 pub(crate) fn valid_record_after(seg: &Segment, from: u64, after_seq: i64) -> Result<bool, LogError> {
-    let len = seg.file.metadata().map_err(|e| LogError::io(&seg.path, e))?.len();
+    let len = seg.allocated;
     if from >= len {
         return Ok(false);
     }
-    let mut buf = vec![0u8; (len - from) as usize];
-    let got = read_full(&seg.file, &mut buf, from).map_err(|e| LogError::io(&seg.path, e))?;
-    buf.truncate(got);
+    let buf = read_vec(&seg.file, (len - from) as usize, from).map_err(|e| LogError::io(&seg.path, e))?;
     for p in 1..buf.len().saturating_sub(HEADER_LEN) {
         let b = &buf[p..];
         let seq = i64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));

@@ -114,7 +114,10 @@ pub(crate) fn run(rx: Receiver<WriterMsg>, cfg: LogConfig) {
             for p in &batch {
                 if p.failed.is_none() {
                     let key = Arc::as_ptr(&p.part) as usize;
-                    dirty.entry(key).or_insert_with(|| (p.part.clone(), Vec::new())).1.extend(p.files.iter().cloned());
+                    let files = &mut dirty.entry(key).or_insert_with(|| (p.part.clone(), Vec::new())).1;
+                    for d in &p.files {
+                        note_dirty(files, Arc::clone(&d.file), d.from, d.to);
+                    }
                 }
             }
         }
@@ -157,25 +160,27 @@ struct Dirty {
     to: u64,
 }
 
-impl Dirty {
-    fn add(&mut self, from: u64, to: u64) {
-        self.from = self.from.min(from);
-        self.to = self.to.max(to);
+/// Records that `from..to` of `file` was written: one entry per file, covering every range.
+fn note_dirty(list: &mut Vec<Dirty>, file: Arc<File>, from: u64, to: u64) {
+    match list.iter_mut().find(|d| Arc::ptr_eq(&d.file, &file)) {
+        Some(d) => {
+            d.from = d.from.min(from);
+            d.to = d.to.max(to);
+        }
+        None => list.push(Dirty { file, from, to }),
     }
 }
 
 /// Makes the written ranges durable, one `fdatasync` per file. With several files, the
 /// writeback of every range is started first, so the device works on all of them while the
-/// first fsync waits. Measured on this project's virtio/ext4 machines with four partitions:
-/// fsyncs one after another 210 µs, from one thread each 245 µs (thread start-up on two
-/// cores), writeback started first then one after another 160 µs.
+/// first fsync waits. Measured on this project's virtio/ext4 machines with four files of
+/// 26 KB each, zeros written ahead: fsyncs one after another 210 µs, from one thread each
+/// 245 µs (thread start-up on two cores), writeback started first then one after another
+/// 160 µs.
 fn sync_all(files: &[Dirty]) -> Option<std::io::Error> {
     let mut uniq: Vec<Dirty> = Vec::new();
     for d in files {
-        match uniq.iter_mut().find(|u| Arc::ptr_eq(&u.file, &d.file)) {
-            Some(u) => u.add(d.from, d.to),
-            None => uniq.push(d.clone()),
-        }
+        note_dirty(&mut uniq, Arc::clone(&d.file), d.from, d.to);
     }
     if uniq.len() > 1 {
         for d in &uniq {
@@ -340,10 +345,7 @@ fn write_pending(p: &mut Pending, cfg: &LogConfig) -> Result<(), LogError> {
             seg.allocated = new_allocated;
         }
     }
-    match p.files.iter_mut().find(|d| Arc::ptr_eq(&d.file, &file)) {
-        Some(d) => d.add(pos, end),
-        None => p.files.push(Dirty { file, from: pos, to: end }),
-    }
+    note_dirty(&mut p.files, file, pos, end);
     // Keep written bytes for the cache chunk: move them into a side buffer.
     let written = p.buf.split();
     p.cache_append(written);
