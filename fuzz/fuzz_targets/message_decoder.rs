@@ -9,7 +9,10 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let raw = Bytes::copy_from_slice(data);
     let _ = Message::decode(&raw);
-    if let Ok(spans) = SectionSpans::scan(&raw) {
+    let scanned = SectionSpans::scan(&raw);
+    // The fast walk of the common shape must agree with the generic one.
+    assert_eq!(scanned, SectionSpans::scan_generic(&raw));
+    if let Ok(spans) = scanned {
         if let Some(ma) = &spans.message_annotations {
             let _ = find_annotation(&raw, ma, "x-opt-partition-key");
         }

@@ -114,6 +114,44 @@ proptest! {
         prop_assert_eq!(spans.message_annotations.is_some(), m.message_annotations.is_some());
     }
 
+    /// The fast section walk agrees with the generic one on every message shape, and on
+    /// mutated encodings (where either both fail or both find the same spans).
+    #[test]
+    fn section_scan_fast_path_agrees_with_the_generic_walk(
+        body in proptest::collection::vec(any::<u8>(), 0..300),
+        value_body in prop::option::of(scalar()),
+        header in any::<bool>(),
+        props in proptest::collection::vec(("[a-z]{1,8}", scalar()), 0..5),
+        annotations in proptest::collection::vec(("x-[a-z]{1,8}", scalar()), 0..5),
+        msg_id in prop::option::of(any::<u64>()),
+        footer in any::<bool>(),
+        mutations in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+    ) {
+        let mut m = Message::with_data(Bytes::from(body));
+        if let Some(v) = value_body {
+            m.body = ehub_amqp_codec::Body::Value(v);
+        }
+        m.header = header.then(|| Header { durable: Some(true), ..Default::default() });
+        m.application_properties = (!props.is_empty()).then(|| props.into_iter().map(|(k, v)| (Value::String(k), v)).collect());
+        m.message_annotations = (!annotations.is_empty()).then(|| annotations.into_iter().map(|(k, v)| (Value::Symbol(k.into()), v)).collect());
+        m.properties = msg_id.map(|id| Properties { message_id: Some(Value::Ulong(id)), ..Default::default() });
+        m.footer = footer.then(|| vec![(Value::Symbol("x-f".into()), Value::Uint(1))]);
+        let mut raw = m.to_bytes().unwrap().to_vec();
+        prop_assert_eq!(SectionSpans::scan(&Bytes::from(raw.clone())), SectionSpans::scan_generic(&Bytes::from(raw.clone())));
+        for (i, b) in mutations {
+            if !raw.is_empty() {
+                let at = i.index(raw.len());
+                raw[at] = b;
+            }
+        }
+        if let Some(c) = cut {
+            raw.truncate(c.index(raw.len() + 1));
+        }
+        let raw = Bytes::from(raw);
+        prop_assert_eq!(SectionSpans::scan(&raw), SectionSpans::scan_generic(&raw));
+    }
+
     #[test]
     fn transfers_round_trip(handle in any::<u32>(), id in any::<u32>(), tag in proptest::collection::vec(any::<u8>(), 0..32),
                             fmt in prop::option::of(any::<u32>()), settled in prop::option::of(any::<bool>()), more in any::<bool>()) {
