@@ -377,6 +377,10 @@ impl<'a> Decoder<'a> {
     /// Skips one complete value without building it. Used to locate message sections.
     pub fn skip_value(&mut self) -> Result<()> {
         use code::*;
+        if let Some(end) = self.buf.get(..self.end).and_then(|b| plain_value_end(b, self.pos)) {
+            self.pos = end;
+            return Ok(());
+        }
         let c = self.u8()?;
         let n = match c {
             DESCRIBED => {
@@ -417,6 +421,31 @@ impl<'a> Decoder<'a> {
         self.pos = end;
         Ok((descriptor, fields))
     }
+}
+
+/// Where the value at `pos` of `buf` ends, for a value that is not described: the hot case of
+/// skipping map entries and sections, in one step without the decoder's error plumbing.
+/// `None` for described values, unknown codes and values that overrun `buf`, which
+/// [`Decoder::skip_value`] then handles (and reports) the generic way.
+#[inline]
+pub fn plain_value_end(buf: &[u8], pos: usize) -> Option<usize> {
+    use code::*;
+    let n = match *buf.get(pos)? {
+        NULL | TRUE | FALSE | UINT0 | ULONG0 | LIST0 => 0,
+        BOOLEAN | UBYTE | SMALL_UINT | SMALL_ULONG | BYTE | SMALL_INT | SMALL_LONG => 1,
+        USHORT | SHORT => 2,
+        UINT | INT | FLOAT | DECIMAL32 | CHAR => 4,
+        ULONG | LONG | DOUBLE | DECIMAL64 | TIMESTAMP => 8,
+        DECIMAL128 | UUID => 16,
+        VBIN8 | STR8 | SYM8 | LIST8 | MAP8 | ARRAY8 => 1 + usize::from(*buf.get(pos + 1)?),
+        VBIN32 | STR32 | SYM32 | LIST32 | MAP32 | ARRAY32 => {
+            let &[a, b, c, d] = buf.get(pos + 1..pos + 5)? else { return None };
+            4usize.checked_add(u32::from_be_bytes([a, b, c, d]) as usize)?
+        }
+        _ => return None,
+    };
+    let end = (pos + 1).checked_add(n)?;
+    (end <= buf.len()).then_some(end)
 }
 
 /// Maps an element constructor to its array type.

@@ -35,7 +35,7 @@ mod message;
 mod performative;
 mod types;
 
-pub use decode::{array_type_of, code, Constructor, Decoder, FieldReader, MAX_DEPTH};
+pub use decode::{array_type_of, code, plain_value_end, Constructor, Decoder, FieldReader, MAX_DEPTH};
 pub use definitions::{
     descriptor, descriptor_code, DeliveryState, Error, ReceiverSettleMode, Role, SenderSettleMode, Source, Target,
 };
