@@ -295,10 +295,15 @@ struct SenderState {
     queue: VecDeque<(u32, Bytes, oneshot::Sender<Result<()>>)>,
 }
 
+/// Returned credit is granted once it reaches `prefetch / CREDIT_STEP_DIVISOR`.
+const CREDIT_STEP_DIVISOR: u32 = 2;
+
 struct ReceiverState {
     attach_reply: Option<(oneshot::Sender<Result<ReceiverLink>>, mpsc::UnboundedReceiver<RecvItem>)>,
     tx: mpsc::UnboundedSender<RecvItem>,
     prefetch: u32,
+    /// Credit the application gave back that is not yet granted to the peer.
+    returned: u32,
 }
 
 /// A request-response node (`$cbs`, `$management`): a sender and a receiver link.
@@ -459,7 +464,12 @@ impl Actor {
                         let (tx, rx) = mpsc::unbounded_channel();
                         self.receivers.insert(
                             link,
-                            ReceiverState { attach_reply: Some((reply, rx)), tx, prefetch: spec.prefetch.max(1) },
+                            ReceiverState {
+                                attach_reply: Some((reply, rx)),
+                                tx,
+                                prefetch: spec.prefetch.max(1),
+                                returned: 0,
+                            },
                         );
                     }
                     Err(e) => drop(reply.send(Err(engine_error(e)))),
@@ -473,10 +483,17 @@ impl Actor {
                 None => drop(reply.send(Err(Error::connection_lost("the sender link is closed")))),
             },
             Cmd::Credit { link, consumed } => {
-                if let Some(r) = self.receivers.get(&link) {
+                if let Some(r) = self.receivers.get_mut(&link) {
                     if r.attach_reply.is_none() {
-                        let credit = (self.conn.credit(link) + consumed).min(r.prefetch);
-                        let _ = self.conn.flow(link, credit);
+                        // Granted in steps of a fraction of the prefetch: one flow frame per
+                        // small batch made the peer wake up and write for a few events each time.
+                        // When the peer has no credit left, everything returned goes at once.
+                        r.returned += consumed;
+                        let now = self.conn.credit(link);
+                        if now == 0 || r.returned >= (r.prefetch / CREDIT_STEP_DIVISOR).max(1) {
+                            let credit = (now + std::mem::take(&mut r.returned)).min(r.prefetch);
+                            let _ = self.conn.flow(link, credit);
+                        }
                     }
                 }
             }
