@@ -1375,10 +1375,12 @@ impl Connection {
         self.send_with(id, args, payload.len(), |out| out.extend_from_slice(payload))
     }
 
-    /// Like [`Connection::send`], but the payload (of exactly `len` bytes) is written by `write`
+    /// Like [`Connection::send`], but the payload (at most `max_len` bytes) is written by `write`
     /// straight into the output buffer, so a message can be assembled (spliced) without an
-    /// intermediate copy.
-    pub fn send_with<F>(&mut self, id: LinkId, args: SendArgs<'_>, len: usize, write: F) -> Result<u32>
+    /// intermediate copy. `write` appends to the buffer it is given and must not touch what is
+    /// already there; the frame's size is taken from what it wrote, and when `max_len` could
+    /// exceed one frame the payload is assembled first and cut into frames.
+    pub fn send_with<F>(&mut self, id: LinkId, args: SendArgs<'_>, max_len: usize, write: F) -> Result<u32>
     where
         F: FnOnce(&mut BytesMut),
     {
@@ -1412,19 +1414,19 @@ impl Connection {
         // Upper bound of the transfer performative: descriptor 3 + list32 header 9 + fields.
         let perf_max = 3 + 9 + 5 + 5 + (5 + args.tag.len()) + 5 + 1 + 1 + 5;
         let out = &mut self.out;
-        if 8 + perf_max + len <= peer_max {
+        if 8 + perf_max + max_len <= peer_max {
             let start = start_frame(out, FRAME_TYPE_AMQP, id.channel);
             put_transfer(out, &t, args.tag)?;
             let before = out.len();
             write(out);
-            debug_assert_eq!(out.len() - before, len, "send_with wrote a different length than declared");
+            debug_assert!(out.len() - before <= max_len, "send_with wrote more than declared");
             finish_frame(out, start)?;
             s.next_outgoing_id = s.next_outgoing_id.wrapping_add(1);
             s.remote_incoming_window = s.remote_incoming_window.saturating_sub(1);
             return Ok(delivery_id);
         }
         // Multi-frame: assemble once, then cut into frames.
-        let mut body = BytesMut::with_capacity(len);
+        let mut body = BytesMut::with_capacity(max_len);
         write(&mut body);
         let room = peer_max.saturating_sub(8 + perf_max).max(1);
         let mut chunks = body.chunks(room).peekable();

@@ -254,6 +254,30 @@ fn multi_frame_delivery_reassembles_and_counts_once() {
 }
 
 #[test]
+fn send_with_takes_the_size_from_what_was_written_within_the_bound() {
+    let cfg = ConnectionConfig { max_frame_size: 512, ..Default::default() };
+    let mut p = Pair::new(cfg.clone(), cfg);
+    let (c, s) = p.link(Role::Sender);
+    p.server.flow(s, 10).unwrap();
+    p.pump();
+    let args = |tag: &'static [u8]| SendArgs { tag, message_format: 0, settled: false };
+    // A bound that fits one frame, and less written: one frame of the written size.
+    p.client.send_with(c, args(b"1"), 300, |out| out.extend_from_slice(b"spliced")).unwrap();
+    // A bound beyond one frame: assembled first, then cut (here into one frame, as it is short).
+    p.client.send_with(c, args(b"2"), 5_000, |out| out.extend_from_slice(&[7u8; 100])).unwrap();
+    // Written and bound both beyond one frame: several frames.
+    let big: Vec<u8> = (0..2_000u32).map(|i| i as u8).collect();
+    p.client.send_with(c, args(b"3"), 2_000, |out| out.extend_from_slice(&big)).unwrap();
+    p.pump();
+    let d = Pair::deliveries(&mut p.server_events);
+    assert_eq!(d.len(), 3);
+    assert_eq!(&d[0].payload[..], b"spliced");
+    assert_eq!(&d[1].payload[..], &[7u8; 100][..]);
+    assert_eq!(&d[2].payload[..], &big[..]);
+    assert_eq!(p.client.credit(c), 7);
+}
+
+#[test]
 fn oversized_delivery_is_flagged_and_not_buffered() {
     let server = ConnectionConfig { max_message_size: 1000, ..Default::default() };
     let mut p = Pair::new(ConnectionConfig::default(), server);

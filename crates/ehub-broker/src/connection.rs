@@ -106,7 +106,6 @@ pub(crate) struct ConnTask<S> {
     token_deadline: Option<Instant>,
     ctl_tx: UnboundedSender<Control>,
     ctl_rx: UnboundedReceiver<Control>,
-    scratch: BytesMut,
     /// Encoded broker annotations of the event being delivered (reused: hot path).
     annotations: BytesMut,
     acks: Vec<(u16, u32, Option<AmqpError>)>,
@@ -172,7 +171,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             token_deadline: None,
             ctl_tx,
             ctl_rx,
-            scratch: BytesMut::with_capacity(4096),
             annotations: BytesMut::with_capacity(128),
             acks: Vec::new(),
             peer,
@@ -741,9 +739,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                     let Some(e) = c.buffer.pop_front() else { break };
                     c.tag = c.tag.wrapping_add(1);
                     let tag = c.tag.to_be_bytes();
-                    self.scratch.clear();
-                    encode_delivery(&mut self.scratch, &mut self.annotations, &e, metrics.as_ref());
-                    self.conn.send(link, SendArgs { tag: &tag, message_format: 0, settled: true }, &self.scratch)?;
+                    let d = DeliveryAnnotations::prepare(&mut self.annotations, &e, metrics.as_ref());
+                    let (extra, args) = (&self.annotations, SendArgs { tag: &tag, message_format: 0, settled: true });
+                    // Spliced straight into the connection's output buffer: no copy in between.
+                    self.conn.send_with(link, args, d.max_len(&e, extra), |out| d.write(out, &e, extra))?;
                 }
             }
             if c.busy || c.buffer.len() >= READ_BATCH / 2 {
@@ -1009,66 +1008,88 @@ fn decimal(mut v: u64, out: &mut [u8]) -> usize {
     n
 }
 
-/// Writes a stored event as delivered: broker annotations spliced in, runtime metrics as
-/// delivery annotations when asked.
-fn encode_delivery(
-    out: &mut BytesMut,
-    extra: &mut BytesMut,
-    e: &StoredEvent,
-    metrics: Option<&ehub_partition_log::PartitionInfo>,
-) {
-    extra.clear();
-    // Pre-encoded keys and no allocation: this runs per event.
-    extra.extend_from_slice(annotations::sym8::SEQUENCE_NUMBER);
-    put_long(e.sequence_number, extra);
-    extra.extend_from_slice(annotations::sym8::OFFSET);
-    let mut digits = [0u8; 20];
-    let n = decimal(e.offset, &mut digits);
-    // ASCII digits: always valid UTF-8.
-    let _ = put_string(std::str::from_utf8(&digits[..n]).unwrap_or("0"), extra);
-    extra.extend_from_slice(annotations::sym8::ENQUEUED_TIME);
-    put_timestamp(e.enqueued_time, extra);
-    let mut count = 3;
-    if let Some(k) = &e.partition_key {
-        extra.extend_from_slice(annotations::sym8::PARTITION_KEY);
-        let _ = match std::str::from_utf8(k) {
-            Ok(text) => put_string(text, extra),
-            Err(_) => put_string(&String::from_utf8_lossy(k), extra),
-        };
-        count += 1;
+/// What the broker adds to a stored event when it delivers it: its annotations (pre-encoded
+/// entries in a reused buffer) and, when the receiver asked, runtime metrics as delivery
+/// annotations.
+struct DeliveryAnnotations {
+    /// Entries in the annotations buffer.
+    count: usize,
+    /// The delivery-annotations section, encoded.
+    metrics: Option<BytesMut>,
+}
+
+impl DeliveryAnnotations {
+    /// Encodes the annotations of `e` into `extra` (cleared first).
+    fn prepare(
+        extra: &mut BytesMut,
+        e: &StoredEvent,
+        metrics: Option<&ehub_partition_log::PartitionInfo>,
+    ) -> DeliveryAnnotations {
+        extra.clear();
+        // Pre-encoded keys and no allocation: this runs per event.
+        extra.extend_from_slice(annotations::sym8::SEQUENCE_NUMBER);
+        put_long(e.sequence_number, extra);
+        extra.extend_from_slice(annotations::sym8::OFFSET);
+        let mut digits = [0u8; 20];
+        let n = decimal(e.offset, &mut digits);
+        // ASCII digits: always valid UTF-8.
+        let _ = put_string(std::str::from_utf8(&digits[..n]).unwrap_or("0"), extra);
+        extra.extend_from_slice(annotations::sym8::ENQUEUED_TIME);
+        put_timestamp(e.enqueued_time, extra);
+        let mut count = 3;
+        if let Some(k) = &e.partition_key {
+            extra.extend_from_slice(annotations::sym8::PARTITION_KEY);
+            let _ = match std::str::from_utf8(k) {
+                Ok(text) => put_string(text, extra),
+                Err(_) => put_string(&String::from_utf8_lossy(k), extra),
+            };
+            count += 1;
+        }
+        let metrics = metrics.map(|m| {
+            let mut d = BytesMut::new();
+            let map = vec![
+                (Value::Symbol(annotations::LAST_ENQUEUED_SEQUENCE_NUMBER.into()), Value::Long(m.last_sequence_number)),
+                (
+                    Value::Symbol(annotations::LAST_ENQUEUED_OFFSET.into()),
+                    Value::String(m.last_offset.map_or("-1".into(), |o| o.to_string())),
+                ),
+                (
+                    Value::Symbol(annotations::LAST_ENQUEUED_TIME_UTC.into()),
+                    Value::Timestamp(ehub_amqp_codec::Timestamp(
+                        m.last_enqueued_time.unwrap_or(ehub_model::CE_ZERO_MILLIS),
+                    )),
+                ),
+                (
+                    Value::Symbol(annotations::RUNTIME_INFO_RETRIEVAL_TIME_UTC.into()),
+                    Value::Timestamp(ehub_amqp_codec::Timestamp(now_millis())),
+                ),
+            ];
+            let msg = Message { delivery_annotations: Some(map), ..Default::default() };
+            let _ = msg.encode(&mut d);
+            d
+        });
+        DeliveryAnnotations { count, metrics }
     }
-    let da = metrics.map(|m| {
-        let mut d = BytesMut::new();
-        let map = vec![
-            (Value::Symbol(annotations::LAST_ENQUEUED_SEQUENCE_NUMBER.into()), Value::Long(m.last_sequence_number)),
-            (
-                Value::Symbol(annotations::LAST_ENQUEUED_OFFSET.into()),
-                Value::String(m.last_offset.map_or("-1".into(), |o| o.to_string())),
-            ),
-            (
-                Value::Symbol(annotations::LAST_ENQUEUED_TIME_UTC.into()),
-                Value::Timestamp(ehub_amqp_codec::Timestamp(
-                    m.last_enqueued_time.unwrap_or(ehub_model::CE_ZERO_MILLIS),
-                )),
-            ),
-            (
-                Value::Symbol(annotations::RUNTIME_INFO_RETRIEVAL_TIME_UTC.into()),
-                Value::Timestamp(ehub_amqp_codec::Timestamp(now_millis())),
-            ),
-        ];
-        let msg = Message { delivery_annotations: Some(map), ..Default::default() };
-        let _ = msg.encode(&mut d);
-        d
-    });
-    match SectionSpans::scan(&e.payload) {
-        Ok(spans) => {
-            if splice_annotations(out, &e.payload, &spans, &BROKER_KEYS, extra, count, da.as_deref()).is_ok() {
+
+    /// An upper bound of what [`DeliveryAnnotations::write`] writes: the stored message (whose
+    /// own delivery annotations are dropped and whose foreign message annotations are kept), ours,
+    /// and a message-annotations section header (descriptor 3 bytes, map32 header 9).
+    fn max_len(&self, e: &StoredEvent, extra: &[u8]) -> usize {
+        e.payload.len() + extra.len() + self.metrics.as_ref().map_or(0, |m| m.len()) + 12
+    }
+
+    /// Appends the event as delivered to `out`: broker annotations spliced in. A stored message
+    /// the splice cannot parse goes out as it was received.
+    fn write(&self, out: &mut BytesMut, e: &StoredEvent, extra: &[u8]) {
+        let start = out.len();
+        if let Ok(spans) = SectionSpans::scan(&e.payload) {
+            let da = self.metrics.as_deref();
+            if splice_annotations(out, &e.payload, &spans, &BROKER_KEYS, extra, self.count, da).is_ok() {
                 return;
             }
-            out.clear();
-            out.extend_from_slice(&e.payload);
         }
-        Err(_) => out.extend_from_slice(&e.payload),
+        out.truncate(start);
+        out.extend_from_slice(&e.payload);
     }
 }
 
