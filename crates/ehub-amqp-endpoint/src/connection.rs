@@ -519,6 +519,31 @@ impl Connection {
         self.sessions.get(&channel).map_or(0, |s| s.remote_incoming_window)
     }
 
+    /// How many transfer frames [`Connection::send_with`] uses at most for a payload of at most
+    /// `max_len` bytes with a tag of `tag_len` bytes.
+    pub fn frames_needed(&self, tag_len: usize, max_len: usize) -> u32 {
+        let (single, room) = self.frame_room(tag_len);
+        if max_len <= single {
+            1
+        } else {
+            u32::try_from(max_len.div_ceil(room)).unwrap_or(u32::MAX)
+        }
+    }
+
+    /// True when the peer's session window takes a delivery of at most `max_len` bytes now.
+    pub fn can_send(&self, id: LinkId, tag_len: usize, max_len: usize) -> bool {
+        self.credit(id) > 0 && self.session_send_window(id.channel) >= self.frames_needed(tag_len, max_len)
+    }
+
+    /// The most payload a single-frame transfer carries, and the payload per frame of a
+    /// multi-frame one.
+    fn frame_room(&self, tag_len: usize) -> (usize, usize) {
+        // Upper bound of the transfer performative: descriptor 3 + list32 header 9 + fields.
+        let perf_max = 3 + 9 + 5 + 5 + (5 + tag_len) + 5 + 1 + 1 + 5;
+        let peer_max = self.peer_max_frame as usize;
+        (peer_max.saturating_sub(8 + perf_max), peer_max.saturating_sub(8 + perf_max).max(1))
+    }
+
     /// Tells the engine that buffered output was written at `now` (for heartbeats).
     pub fn note_sent(&mut self, now: Instant) {
         self.last_send = now;
@@ -1030,6 +1055,13 @@ impl Connection {
             }
             echo = f.echo;
             self.events.push_back(Event::LinkFlow { link: LinkId { channel: local, handle: h } });
+        } else if s.remote_incoming_window > 0 {
+            // A session-only flow may reopen the window our sender links wait on.
+            for (&h, l) in &s.links {
+                if l.role == Role::Sender {
+                    self.events.push_back(Event::LinkFlow { link: LinkId { channel: local, handle: h } });
+                }
+            }
         }
         if echo {
             self.send_flow(local, handle)?;
@@ -1385,7 +1417,6 @@ impl Connection {
         F: FnOnce(&mut BytesMut),
     {
         self.require_open()?;
-        let peer_max = self.peer_max_frame as usize;
         let s = self.sessions.get_mut(&id.channel).ok_or(EndpointError::IllegalState("unknown session"))?;
         let remote_handle_known = s.links.get(&id.handle).and_then(|l| l.remote_handle).is_some();
         let l = s.links.get_mut(&id.handle).ok_or(EndpointError::IllegalState("unknown link"))?;
@@ -1398,6 +1429,14 @@ impl Connection {
         if args.tag.len() > ehub_amqp_codec::MAX_DELIVERY_TAG {
             return Err(EndpointError::IllegalState("a delivery tag is at most 32 bytes"));
         }
+        let (single, room) = self.frame_room(args.tag.len());
+        let frames = self.frames_needed(args.tag.len(), max_len);
+        let s = self.sessions.get_mut(&id.channel).ok_or(EndpointError::IllegalState("unknown session"))?;
+        if s.remote_incoming_window < frames {
+            // The peer's session window: a sender that ignores it gets a window violation.
+            return Err(EndpointError::IllegalState("the peer's session window is full"));
+        }
+        let l = s.links.get_mut(&id.handle).ok_or(EndpointError::IllegalState("unknown link"))?;
         l.credit -= 1;
         l.delivery_count = l.delivery_count.wrapping_add(1);
         let delivery_id = s.next_delivery_id;
@@ -1411,10 +1450,8 @@ impl Connection {
             settled: Some(args.settled),
             ..Default::default()
         };
-        // Upper bound of the transfer performative: descriptor 3 + list32 header 9 + fields.
-        let perf_max = 3 + 9 + 5 + 5 + (5 + args.tag.len()) + 5 + 1 + 1 + 5;
         let out = &mut self.out;
-        if 8 + perf_max + max_len <= peer_max {
+        if max_len <= single {
             let start = start_frame(out, FRAME_TYPE_AMQP, id.channel);
             put_transfer(out, &t, args.tag)?;
             let before = out.len();
@@ -1428,7 +1465,6 @@ impl Connection {
         // Multi-frame: assemble once, then cut into frames.
         let mut body = BytesMut::with_capacity(max_len);
         write(&mut body);
-        let room = peer_max.saturating_sub(8 + perf_max).max(1);
         let mut chunks = body.chunks(room).peekable();
         let mut first = true;
         while let Some(chunk) = chunks.next() {

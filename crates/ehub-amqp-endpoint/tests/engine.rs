@@ -278,6 +278,32 @@ fn send_with_takes_the_size_from_what_was_written_within_the_bound() {
 }
 
 #[test]
+fn senders_stop_at_the_peers_session_window_and_resume_on_its_flow() {
+    let server_cfg = ConnectionConfig { session_window: 4, ..Default::default() };
+    let mut p = Pair::new(ConnectionConfig::default(), server_cfg);
+    let (c, s) = p.link(Role::Sender);
+    p.server.flow(s, 100).unwrap();
+    p.pump();
+    assert_eq!(p.client.session_send_window(c.channel), 4);
+    for tag in 0..4 {
+        assert!(p.client.can_send(c, 4, 5));
+        send(&mut p.client, c, tag, b"event").unwrap();
+    }
+    // Credit is left, the window is not: refused before anything changes.
+    assert!(!p.client.can_send(c, 4, 5));
+    assert!(matches!(send(&mut p.client, c, 9, b"event"), Err(EndpointError::IllegalState(_))));
+    assert_eq!(p.client.credit(c), 96);
+    // The server takes the four and reopens its window; the client hears of it as a link flow.
+    p.pump();
+    assert_eq!(Pair::deliveries(&mut p.server_events).len(), 4);
+    assert!(p.client_events.iter().any(|e| matches!(e, Event::LinkFlow { link } if *link == c)));
+    assert!(p.client.can_send(c, 4, 5));
+    send(&mut p.client, c, 10, b"event").unwrap();
+    p.pump();
+    assert_eq!(Pair::deliveries(&mut p.server_events).len(), 1);
+}
+
+#[test]
 fn oversized_delivery_is_flagged_and_not_buffered() {
     let server = ConnectionConfig { max_message_size: 1000, ..Default::default() };
     let mut p = Pair::new(ConnectionConfig::default(), server);

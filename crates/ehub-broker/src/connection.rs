@@ -736,13 +736,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 // One burst per wake-up: the metrics are read once for it.
                 let metrics = c.metrics.then(|| c.part.info());
                 for _ in 0..(credit as usize).min(c.buffer.len()) {
-                    let Some(e) = c.buffer.pop_front() else { break };
+                    let Some(e) = c.buffer.front() else { break };
+                    let d = DeliveryAnnotations::prepare(&mut self.annotations, e, metrics.as_ref());
+                    let max_len = d.max_len(e, &self.annotations);
+                    // The peer's session window, as well as the link credit: the next flow
+                    // that opens it wakes this pump again.
+                    if !self.conn.can_send(link, std::mem::size_of_val(&c.tag), max_len) {
+                        break;
+                    }
+                    let e = c.buffer.pop_front().expect("front exists");
                     c.tag = c.tag.wrapping_add(1);
                     let tag = c.tag.to_be_bytes();
-                    let d = DeliveryAnnotations::prepare(&mut self.annotations, &e, metrics.as_ref());
                     let (extra, args) = (&self.annotations, SendArgs { tag: &tag, message_format: 0, settled: true });
                     // Spliced straight into the connection's output buffer: no copy in between.
-                    self.conn.send_with(link, args, d.max_len(&e, extra), |out| d.write(out, &e, extra))?;
+                    self.conn.send_with(link, args, max_len, |out| d.write(out, &e, extra))?;
                 }
             }
             if c.busy || c.buffer.len() >= READ_BATCH / 2 {
@@ -854,13 +861,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
 
     fn send_replies(&mut self, link: LinkId) -> Result<(), EndpointError> {
         loop {
-            if self.conn.credit(link) == 0 {
-                return Ok(());
-            }
             let Some(LinkInfo { kind: LinkKind::ReplyOut { queue, tag, .. }, .. }) = self.links.get_mut(&link) else {
                 return Ok(());
             };
-            let Some(msg) = queue.pop_front() else { return Ok(()) };
+            let Some(next) = queue.front() else { return Ok(()) };
+            // Credit and the peer's session window; a later flow retries.
+            if !self.conn.can_send(link, std::mem::size_of_val(tag), next.len()) {
+                return Ok(());
+            }
+            let msg = queue.pop_front().expect("front exists");
             *tag = tag.wrapping_add(1);
             let t = tag.to_be_bytes();
             self.conn.send(link, SendArgs { tag: &t, message_format: 0, settled: true }, &msg)?;

@@ -39,9 +39,13 @@ struct Client {
 
 impl Client {
     async fn connect(addr: std::net::SocketAddr) -> Client {
+        Self::connect_with(addr, ConnectionConfig::default()).await
+    }
+
+    /// Connects with `cfg` (SASL ANONYMOUS and the host name are set here).
+    async fn connect_with(addr: std::net::SocketAddr, cfg: ConnectionConfig) -> Client {
         let sock = TcpStream::connect(addr).await.unwrap();
-        let cfg =
-            ConnectionConfig { sasl: SaslConfig::Anonymous, hostname: Some("localhost".into()), ..Default::default() };
+        let cfg = ConnectionConfig { sasl: SaslConfig::Anonymous, hostname: Some("localhost".into()), ..cfg };
         let mut c = Client {
             conn: Connection::new(ConnectionRole::Initiator, cfg, Instant::now()),
             t: Transport::new(sock),
@@ -326,6 +330,47 @@ async fn batch_in_then_annotated_events_out() {
         assert!(matches!(map_get(&ma, "x-opt-enqueued-time"), Some(Value::Timestamp(_))));
         assert_eq!(map_get(&ma, "x-opt-partition-key"), Some(&Value::from("k")));
         assert_eq!(m.body, Body::Data(vec![Bytes::from(format!("e{want}"))]));
+    }
+    stop(b).await;
+}
+
+/// A receiver whose session window is far smaller than its link credit: the broker sends no
+/// more transfers than the window allows (our engine, as the client, closes the connection
+/// with a window violation otherwise) and goes on as the client's session flows reopen it.
+#[tokio::test]
+async fn deliveries_respect_the_receivers_session_window() {
+    let b = start().await;
+    let mut c = Client::connect_with(b.addr, ConnectionConfig { session_window: 8, ..Default::default() }).await;
+    assert_eq!(c.put_token("SAS_KEY_VALUE", "amqps://localhost/eh1").await, 202);
+    let ch = c.session().await;
+    let mut a = Attach::new("p", 0, Role::Sender);
+    a.target = Some(Target::address("eh1/Partitions/1"));
+    let (sender, _) = c.attach(ch, a).await;
+    c.until(|e| matches!(e, Event::LinkFlow { .. })).await;
+    let mut env = BytesMut::new();
+    for i in 0..200 {
+        put_data_section(&mut env, &Message::with_data(Bytes::from(format!("e{i}"))).to_bytes().unwrap()).unwrap();
+    }
+    c.conn.send(sender, SendArgs { tag: b"b", message_format: BATCH_MESSAGE_FORMAT, settled: false }, &env).unwrap();
+    let Event::Disposition { state, .. } = c.until(|e| matches!(e, Event::Disposition { .. })).await else {
+        unreachable!()
+    };
+    assert_eq!(state, Some(DeliveryState::Accepted));
+    let mut r = Attach::new("r", 0, Role::Receiver);
+    let pos = ehub_model::EventPosition::Earliest;
+    r.source = Some(Source {
+        address: Some("eh1/ConsumerGroups/$default/Partitions/1".into()),
+        filter: Some(vec![pos.to_filter_entry()]),
+        ..Default::default()
+    });
+    let (receiver, _) = c.attach(ch, r).await;
+    c.conn.flow(receiver, 500).unwrap();
+    for want in 0..200i64 {
+        let Event::Delivery(d) = c.until(|e| matches!(e, Event::Delivery(d) if d.link == receiver)).await else {
+            unreachable!()
+        };
+        let ma = Message::decode(&d.payload).unwrap().message_annotations.unwrap();
+        assert_eq!(map_get(&ma, "x-opt-sequence-number"), Some(&Value::Long(want)));
     }
     stop(b).await;
 }

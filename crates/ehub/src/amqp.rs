@@ -574,7 +574,8 @@ impl Actor {
         if s.attach_reply.is_some() {
             return;
         }
-        while self.conn.credit(link) > 0 {
+        // Credit and the peer's session window; the flow that reopens either calls this again.
+        while s.queue.front().is_some_and(|(_, p, _)| self.conn.can_send(link, 8, p.len())) {
             let Some((format, payload, reply)) = s.queue.pop_front() else { break };
             // The tag only has to be unique among unsettled deliveries of the link.
             self.next_tag = self.next_tag.wrapping_add(1);
