@@ -425,7 +425,7 @@ pub struct Connection {
     sessions: IdMap<u16, Session>,
     remote_channels: IdMap<u16, u16>,
     /// Channels the peer ended: late frames on them are ignored (Python detaches after `end`).
-    ended_channels: std::collections::HashSet<u16>,
+    ended_channels: std::collections::HashSet<u16, std::hash::BuildHasherDefault<crate::idmap::IdHasher>>,
     last_recv: Instant,
     last_send: Instant,
 }
@@ -1071,9 +1071,12 @@ impl Connection {
 
     fn on_transfer(&mut self, channel: u16, t: TransferIn, payload: Bytes) -> Result<()> {
         let local = self.local_channel(channel)?;
-        let h = self.lookup_remote_handle(local, t.handle)?;
         let window = self.cfg.session_window;
+        // One session lookup per transfer: this runs for every received event.
         let s = self.sessions.get_mut(&local).expect("mapped session exists");
+        let h = *s.remote_handles.get(&t.handle).ok_or_else(|| {
+            Self::protocol(condition::UNATTACHED_HANDLE, format!("handle {} is not attached", t.handle))
+        })?;
         if s.incoming_window == 0 {
             return Err(Self::protocol(condition::WINDOW_VIOLATION, "transfer beyond the incoming window"));
         }
