@@ -389,15 +389,9 @@ impl<'a> Decoder<'a> {
                 self.depth -= 1;
                 return r;
             }
-            NULL | TRUE | FALSE | UINT0 | ULONG0 | LIST0 => 0,
-            BOOLEAN | UBYTE | SMALL_UINT | SMALL_ULONG | BYTE | SMALL_INT | SMALL_LONG => 1,
-            USHORT | SHORT => 2,
-            UINT | INT | FLOAT | DECIMAL32 | CHAR => 4,
-            ULONG | LONG | DOUBLE | DECIMAL64 | TIMESTAMP => 8,
-            DECIMAL128 | UUID => 16,
             VBIN8 | STR8 | SYM8 | LIST8 | MAP8 | ARRAY8 => self.var_size(false)?,
             VBIN32 | STR32 | SYM32 | LIST32 | MAP32 | ARRAY32 => self.var_size(true)?,
-            _ => return Err(self.err("unknown format code")),
+            c => fixed_width(c).ok_or_else(|| self.err("unknown format code"))?,
         };
         self.take(n).map(|_| ())
     }
@@ -423,6 +417,22 @@ impl<'a> Decoder<'a> {
     }
 }
 
+/// The size after the constructor of a fixed-width value; `None` for variable-width,
+/// described and unknown codes.
+#[inline]
+fn fixed_width(c: u8) -> Option<usize> {
+    use code::*;
+    Some(match c {
+        NULL | TRUE | FALSE | UINT0 | ULONG0 | LIST0 => 0,
+        BOOLEAN | UBYTE | SMALL_UINT | SMALL_ULONG | BYTE | SMALL_INT | SMALL_LONG => 1,
+        USHORT | SHORT => 2,
+        UINT | INT | FLOAT | DECIMAL32 | CHAR => 4,
+        ULONG | LONG | DOUBLE | DECIMAL64 | TIMESTAMP => 8,
+        DECIMAL128 | UUID => 16,
+        _ => return None,
+    })
+}
+
 /// Where the value at `pos` of `buf` ends, for a value that is not described: the hot case of
 /// skipping map entries and sections, in one step without the decoder's error plumbing.
 /// `None` for described values, unknown codes and values that overrun `buf`, which
@@ -431,18 +441,12 @@ impl<'a> Decoder<'a> {
 pub fn plain_value_end(buf: &[u8], pos: usize) -> Option<usize> {
     use code::*;
     let n = match *buf.get(pos)? {
-        NULL | TRUE | FALSE | UINT0 | ULONG0 | LIST0 => 0,
-        BOOLEAN | UBYTE | SMALL_UINT | SMALL_ULONG | BYTE | SMALL_INT | SMALL_LONG => 1,
-        USHORT | SHORT => 2,
-        UINT | INT | FLOAT | DECIMAL32 | CHAR => 4,
-        ULONG | LONG | DOUBLE | DECIMAL64 | TIMESTAMP => 8,
-        DECIMAL128 | UUID => 16,
         VBIN8 | STR8 | SYM8 | LIST8 | MAP8 | ARRAY8 => 1 + usize::from(*buf.get(pos + 1)?),
         VBIN32 | STR32 | SYM32 | LIST32 | MAP32 | ARRAY32 => {
             let &[a, b, c, d] = buf.get(pos + 1..pos + 5)? else { return None };
             4usize.checked_add(u32::from_be_bytes([a, b, c, d]) as usize)?
         }
-        _ => return None,
+        c => fixed_width(c)?,
     };
     let end = (pos + 1).checked_add(n)?;
     (end <= buf.len()).then_some(end)

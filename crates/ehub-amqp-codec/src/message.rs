@@ -357,26 +357,7 @@ impl SectionSpans {
             if end > raw.len() {
                 return None;
             }
-            let span = at..end;
-            match u64::from(section) {
-                descriptor::HEADER => s.header = Some(span),
-                descriptor::DELIVERY_ANNOTATIONS => s.delivery_annotations = Some(span),
-                descriptor::MESSAGE_ANNOTATIONS => s.message_annotations = Some(span),
-                descriptor::PROPERTIES => s.properties = Some(span),
-                descriptor::APPLICATION_PROPERTIES => s.application_properties = Some(span),
-                descriptor::FOOTER => s.footer = Some(span),
-                section @ (descriptor::DATA | descriptor::AMQP_SEQUENCE | descriptor::AMQP_VALUE) => {
-                    if section == descriptor::DATA && c != code::VBIN8 && c != code::VBIN32 {
-                        return None;
-                    }
-                    s.body = Some(match s.body.take() {
-                        Some(b) => b.start.min(span.start)..b.end.max(span.end),
-                        None => span,
-                    });
-                    s.body_kind = Some(section);
-                }
-                _ => return None,
-            }
+            s.record(u64::from(section), at..end, c).ok()?;
             at = end;
         }
         Some(s)
@@ -398,28 +379,43 @@ impl SectionSpans {
                 descriptor_code(&d).ok_or(DecodeError::Malformed { offset: at, reason: "unknown message section" })?;
             let value_at = dec.position();
             dec.skip_value()?;
-            let span = at..dec.position();
-            match section {
-                descriptor::HEADER => s.header = Some(span),
-                descriptor::DELIVERY_ANNOTATIONS => s.delivery_annotations = Some(span),
-                descriptor::MESSAGE_ANNOTATIONS => s.message_annotations = Some(span),
-                descriptor::PROPERTIES => s.properties = Some(span),
-                descriptor::APPLICATION_PROPERTIES => s.application_properties = Some(span),
-                descriptor::FOOTER => s.footer = Some(span),
-                descriptor::DATA | descriptor::AMQP_SEQUENCE | descriptor::AMQP_VALUE => {
-                    if section == descriptor::DATA && raw[value_at] != code::VBIN8 && raw[value_at] != code::VBIN32 {
-                        return Err(DecodeError::Malformed { offset: value_at, reason: "data section is not binary" });
-                    }
-                    s.body = Some(match s.body.take() {
-                        Some(b) => b.start.min(span.start)..b.end.max(span.end),
-                        None => span,
-                    });
-                    s.body_kind = Some(section);
+            match s.record(section, at..dec.position(), raw[value_at]) {
+                Ok(()) => {}
+                Err(SectionError::NotBinary) => {
+                    return Err(DecodeError::Malformed { offset: value_at, reason: "data section is not binary" })
                 }
-                _ => return Err(DecodeError::Malformed { offset: at, reason: "unknown message section" }),
+                Err(SectionError::Unknown) => {
+                    return Err(DecodeError::Malformed { offset: at, reason: "unknown message section" })
+                }
             }
         }
         Ok(s)
+    }
+
+    /// Notes a section with descriptor code `section` at `span`, whose value's constructor is
+    /// `c`. Body sections widen the body span.
+    #[inline]
+    fn record(&mut self, section: u64, span: Range<usize>, c: u8) -> Result<(), SectionError> {
+        match section {
+            descriptor::HEADER => self.header = Some(span),
+            descriptor::DELIVERY_ANNOTATIONS => self.delivery_annotations = Some(span),
+            descriptor::MESSAGE_ANNOTATIONS => self.message_annotations = Some(span),
+            descriptor::PROPERTIES => self.properties = Some(span),
+            descriptor::APPLICATION_PROPERTIES => self.application_properties = Some(span),
+            descriptor::FOOTER => self.footer = Some(span),
+            descriptor::DATA | descriptor::AMQP_SEQUENCE | descriptor::AMQP_VALUE => {
+                if section == descriptor::DATA && c != code::VBIN8 && c != code::VBIN32 {
+                    return Err(SectionError::NotBinary);
+                }
+                self.body = Some(match self.body.take() {
+                    Some(b) => b.start.min(span.start)..b.end.max(span.end),
+                    None => span,
+                });
+                self.body_kind = Some(section);
+            }
+            _ => return Err(SectionError::Unknown),
+        }
+        Ok(())
     }
 
     /// The byte ranges of the map section's value (after the descriptor).
@@ -429,6 +425,12 @@ impl SectionSpans {
         dec.read_descriptor()?;
         Ok(dec.position()..section.end)
     }
+}
+
+/// Why [`SectionSpans::record`] refused a section.
+enum SectionError {
+    Unknown,
+    NotBinary,
 }
 
 /// Iterates the entries of an encoded map as raw byte ranges (key, value), without decoding.
