@@ -545,7 +545,8 @@ impl Actor {
         if !n.receiver_ready || !n.sender_ready {
             return;
         }
-        while self.conn.credit(n.sender) > 0 {
+        // Requests are small: one frame of the peer's session window, as well as credit.
+        while self.conn.can_send(n.sender, 8, 0) {
             let Some((mut m, reply)) = n.queue.pop_front() else { break };
             let id = self.next_request_id;
             self.next_request_id += 1;
