@@ -522,12 +522,7 @@ impl Connection {
     /// How many transfer frames [`Connection::send_with`] uses at most for a payload of at most
     /// `max_len` bytes with a tag of `tag_len` bytes.
     pub fn frames_needed(&self, tag_len: usize, max_len: usize) -> u32 {
-        let (single, room) = self.frame_room(tag_len);
-        if max_len <= single {
-            1
-        } else {
-            u32::try_from(max_len.div_ceil(room)).unwrap_or(u32::MAX)
-        }
+        u32::try_from(max_len.div_ceil(self.frame_room(tag_len)).max(1)).unwrap_or(u32::MAX)
     }
 
     /// True when the peer's session window takes a delivery of at most `max_len` bytes now.
@@ -535,13 +530,11 @@ impl Connection {
         self.credit(id) > 0 && self.session_send_window(id.channel) >= self.frames_needed(tag_len, max_len)
     }
 
-    /// The most payload a single-frame transfer carries, and the payload per frame of a
-    /// multi-frame one.
-    fn frame_room(&self, tag_len: usize) -> (usize, usize) {
+    /// The most payload one transfer frame carries (at least 1).
+    fn frame_room(&self, tag_len: usize) -> usize {
         // Upper bound of the transfer performative: descriptor 3 + list32 header 9 + fields.
         let perf_max = 3 + 9 + 5 + 5 + (5 + tag_len) + 5 + 1 + 1 + 5;
-        let peer_max = self.peer_max_frame as usize;
-        (peer_max.saturating_sub(8 + perf_max), peer_max.saturating_sub(8 + perf_max).max(1))
+        (self.peer_max_frame as usize).saturating_sub(8 + perf_max).max(1)
     }
 
     /// Tells the engine that buffered output was written at `now` (for heartbeats).
@@ -1420,19 +1413,10 @@ impl Connection {
         F: FnOnce(&mut BytesMut),
     {
         self.require_open()?;
-        let s = self.sessions.get_mut(&id.channel).ok_or(EndpointError::IllegalState("unknown session"))?;
-        let remote_handle_known = s.links.get(&id.handle).and_then(|l| l.remote_handle).is_some();
-        let l = s.links.get_mut(&id.handle).ok_or(EndpointError::IllegalState("unknown link"))?;
-        if l.role != Role::Sender || !remote_handle_known || l.state != LinkState::Attached {
-            return Err(EndpointError::IllegalState("link is not an attached sender"));
-        }
-        if l.credit == 0 {
-            return Err(EndpointError::IllegalState("no link credit"));
-        }
         if args.tag.len() > ehub_amqp_codec::MAX_DELIVERY_TAG {
             return Err(EndpointError::IllegalState("a delivery tag is at most 32 bytes"));
         }
-        let (single, room) = self.frame_room(args.tag.len());
+        let room = self.frame_room(args.tag.len());
         let frames = self.frames_needed(args.tag.len(), max_len);
         let s = self.sessions.get_mut(&id.channel).ok_or(EndpointError::IllegalState("unknown session"))?;
         if s.remote_incoming_window < frames {
@@ -1440,6 +1424,12 @@ impl Connection {
             return Err(EndpointError::IllegalState("the peer's session window is full"));
         }
         let l = s.links.get_mut(&id.handle).ok_or(EndpointError::IllegalState("unknown link"))?;
+        if l.role != Role::Sender || l.remote_handle.is_none() || l.state != LinkState::Attached {
+            return Err(EndpointError::IllegalState("link is not an attached sender"));
+        }
+        if l.credit == 0 {
+            return Err(EndpointError::IllegalState("no link credit"));
+        }
         l.credit -= 1;
         l.delivery_count = l.delivery_count.wrapping_add(1);
         let delivery_id = s.next_delivery_id;
@@ -1454,7 +1444,7 @@ impl Connection {
             ..Default::default()
         };
         let out = &mut self.out;
-        if max_len <= single {
+        if frames == 1 {
             let start = start_frame(out, FRAME_TYPE_AMQP, id.channel);
             put_transfer(out, &t, args.tag)?;
             let before = out.len();
