@@ -256,57 +256,27 @@ impl From<ServiceAnnotations> for Annotations {
 
 impl Annotations {
     /// Any encoding of the message-annotations section: keys as symbols or strings, values of
-    /// any type that converts.
+    /// any type that converts. Only events the one-pass reader ([`ServiceAnnotations`])
+    /// declines come here, so the four values are simply decoded.
     fn general(raw: &Bytes, ma: &Range<usize>) -> std::result::Result<Self, ehub_amqp_codec::DecodeError> {
         let (mut seq, mut offset, mut time, mut key) = (None, None, 0i64, None);
         for entry in RawMapEntries::of_section(raw, ma)? {
             let (k, v) = entry?;
-            // The service writes these keys as sym8: compare bytes, and only decode other forms.
-            let kb = &raw[k];
-            let which = if kb == ann::sym8::SEQUENCE_NUMBER {
-                0
-            } else if kb == ann::sym8::OFFSET {
-                1
-            } else if kb == ann::sym8::ENQUEUED_TIME {
-                2
-            } else if kb == ann::sym8::PARTITION_KEY {
-                3
-            } else {
-                match raw_text(kb) {
-                    Some(ann::SEQUENCE_NUMBER) => 0,
-                    Some(ann::OFFSET) => 1,
-                    Some(ann::ENQUEUED_TIME) => 2,
-                    Some(ann::PARTITION_KEY) => 3,
-                    _ => continue,
-                }
+            let which = match raw_text(&raw[k]) {
+                Some(ann::SEQUENCE_NUMBER) => 0,
+                Some(ann::OFFSET) => 1,
+                Some(ann::ENQUEUED_TIME) => 2,
+                Some(ann::PARTITION_KEY) => 3,
+                _ => continue,
             };
-            // The service's value types are read in place; anything else is decoded below.
-            let value_bytes = &raw[v.clone()];
-            let text = || {
-                let r = raw_text_range(value_bytes)?;
-                std::str::from_utf8(&value_bytes[r.clone()]).ok()?;
-                Some(Text::InRaw(v.start + r.start..v.start + r.end))
-            };
-            let fast = match which {
-                0 => raw_long(value_bytes).map(|n| seq = Some(n)),
-                1 => text().map(|t| offset = Some(t)),
-                2 => raw_timestamp(value_bytes).map(|t| time = t),
-                _ => text().map(|t| key = Some(t)),
-            };
-            if fast.is_some() {
-                continue;
-            }
             let value = Decoder::with_range(raw, v.start, v.end).read_value()?;
+            let text = |value: &Value| value.as_text().map(|t| Text::Owned(t.to_owned()));
             match which {
                 0 => seq = value.as_i64(),
-                1 => {
-                    offset = match value {
-                        Value::String(s) => Some(Text::Owned(s)),
-                        v => v.as_i64().map(|n| Text::Owned(n.to_string())),
-                    }
-                }
+                // The service sends a string; an integer offset is accepted as its decimal text.
+                1 => offset = text(&value).or_else(|| value.as_i64().map(|n| Text::Owned(n.to_string()))),
                 2 => time = value.as_timestamp().map(|t| t.0).unwrap_or(0),
-                _ => key = value.as_text().map(|t| Text::Owned(t.to_owned())),
+                _ => key = text(&value),
             }
         }
         Ok(Annotations { sequence_number: seq, offset, enqueued_time: time, partition_key: key })
@@ -331,7 +301,9 @@ impl ServiceAnnotations {
     fn read(raw: &[u8], section: &Range<usize>) -> Option<Self> {
         let map = raw.get(..section.end)?;
         // Descriptor (0x00 0x53 0x72), then the map's constructor, size and count.
-        if map.get(section.start..section.start + 3)? != [code::DESCRIBED, code::SMALL_ULONG, 0x72] {
+        if map.get(section.start..section.start + 3)?
+            != [code::DESCRIBED, code::SMALL_ULONG, ehub_amqp_codec::descriptor::MESSAGE_ANNOTATIONS as u8]
+        {
             return None;
         }
         let at = section.start + 3;
