@@ -522,7 +522,13 @@ impl Connection {
     /// How many transfer frames [`Connection::send_with`] uses at most for a payload of at most
     /// `max_len` bytes with a tag of `tag_len` bytes.
     pub fn frames_needed(&self, tag_len: usize, max_len: usize) -> u32 {
-        u32::try_from(max_len.div_ceil(self.frame_room(tag_len)).max(1)).unwrap_or(u32::MAX)
+        let room = self.frame_room(tag_len);
+        // The common case without a division: this runs twice per delivery.
+        if max_len <= room {
+            1
+        } else {
+            u32::try_from(max_len.div_ceil(room)).unwrap_or(u32::MAX)
+        }
     }
 
     /// True when the peer's session window takes a delivery of at most `max_len` bytes now.
