@@ -312,6 +312,9 @@ pub struct Link {
     /// Receiver settle mode agreed.
     pub rcv_settle_mode: ReceiverSettleMode,
     partial: Option<Partial>,
+    /// How long our answer to the peer's detach is held back (see
+    /// [`Connection::delay_detach_reply`]).
+    detach_reply_delay: Option<Duration>,
 }
 
 impl Link {
@@ -331,6 +334,7 @@ impl Link {
             snd_settle_mode: a.snd_settle_mode,
             rcv_settle_mode: a.rcv_settle_mode,
             partial: None,
+            detach_reply_delay: None,
         }
     }
 }
@@ -375,6 +379,15 @@ impl Session {
         self.next_handle = self.next_handle.wrapping_add(1);
         h
     }
+}
+
+/// Our answer to a peer's detach, held back until `due` (see [`Connection::delay_detach_reply`]).
+#[derive(Debug)]
+struct HeldDetach {
+    channel: u16,
+    handle: u32,
+    closed: bool,
+    due: Instant,
 }
 
 /// Reply fields for [`Connection::accept_link`].
@@ -426,6 +439,8 @@ pub struct Connection {
     remote_channels: IdMap<u16, u16>,
     /// Channels the peer ended: late frames on them are ignored (Python detaches after `end`).
     ended_channels: std::collections::HashSet<u16, std::hash::BuildHasherDefault<crate::idmap::IdHasher>>,
+    /// Answers to the peer's detaches not yet written, oldest first.
+    held_detaches: Vec<HeldDetach>,
     last_recv: Instant,
     last_send: Instant,
 }
@@ -452,6 +467,7 @@ impl Connection {
             sessions: IdMap::default(),
             remote_channels: IdMap::default(),
             ended_channels: Default::default(),
+            held_detaches: Vec::new(),
             last_recv: now,
             last_send: now,
         };
@@ -555,10 +571,8 @@ impl Connection {
         }
         let hb = self.peer_idle.map(|d| self.last_send + d / 2);
         let idle = self.cfg.idle_timeout.map(|d| self.last_recv + d);
-        match (hb, idle) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let held = self.held_detaches.iter().map(|h| h.due).min();
+        [hb, idle, held].into_iter().flatten().min()
     }
 
     /// Sends a heartbeat when due; fails (after writing `close`) when the peer went silent.
@@ -572,6 +586,9 @@ impl Connection {
                 self.phase = Phase::Done;
                 return Err(EndpointError::IdleTimeout(d));
             }
+        }
+        if self.held_detaches.iter().any(|h| h.due <= now) {
+            self.release_held_detaches(|h| h.due <= now)?;
         }
         if let Some(d) = self.peer_idle {
             if now >= self.last_send + d / 2 && self.out.is_empty() {
@@ -1162,8 +1179,26 @@ impl Connection {
         let l = s.links.remove(&h).expect("mapped link exists");
         let remote = l.state != LinkState::DetachSent;
         if remote {
-            // Answer the peer's detach.
-            self.write(local, &Performative::Detach(Detach { handle: h, closed: d.closed, error: None }), &[])?;
+            // Answer the peer's detach, now or once its delay has passed.
+            match l.detach_reply_delay {
+                Some(delay) => {
+                    self.held_detaches.push(HeldDetach {
+                        channel: local,
+                        handle: h,
+                        closed: d.closed,
+                        due: self.last_recv + delay,
+                    });
+                    // Something must still go back at once: a peer with Nagle's algorithm on
+                    // (fe2o3 is) holds its next frames, the `end` among them, until our TCP
+                    // acknowledgement, which would otherwise wait for the held answer.
+                    if self.out.is_empty() {
+                        encode_empty_frame(&mut self.out);
+                    }
+                }
+                None => {
+                    self.write(local, &Performative::Detach(Detach { handle: h, closed: d.closed, error: None }), &[])?
+                }
+            }
         }
         self.events.push_back(Event::Detached {
             link: LinkId { channel: local, handle: h },
@@ -1179,6 +1214,8 @@ impl Connection {
         self.remote_channels.remove(&channel);
         self.ended_channels.insert(channel);
         let s = self.sessions.remove(&local).expect("mapped session exists");
+        // The session's end detaches its links: held answers are no longer owed.
+        self.held_detaches.retain(|h| h.channel != local);
         if !s.end_sent {
             self.write(local, &Performative::End(End { error: None }), &[])?;
         }
@@ -1191,7 +1228,27 @@ impl Connection {
     // ---------------------------------------------------------------------------------------
 
     fn write(&mut self, channel: u16, p: &Performative, payload: &[u8]) -> Result<()> {
+        if !self.held_detaches.is_empty() {
+            self.release_held_detaches(|h| h.channel == channel)?;
+        }
         encode_frame(&mut self.out, channel, p, payload)?;
+        Ok(())
+    }
+
+    /// Writes the held detach answers that `pick` selects, in the order they were held. Anything
+    /// else we write on a channel goes after its held answers, so the peer never sees a link
+    /// handle reused before the old link's detach.
+    fn release_held_detaches(&mut self, pick: impl Fn(&HeldDetach) -> bool) -> Result<()> {
+        let mut i = 0;
+        while i < self.held_detaches.len() {
+            if pick(&self.held_detaches[i]) {
+                let h = self.held_detaches.remove(i);
+                let d = Detach { handle: h.handle, closed: h.closed, error: None };
+                encode_frame(&mut self.out, h.channel, &Performative::Detach(d), &[])?;
+            } else {
+                i += 1;
+            }
+        }
         Ok(())
     }
 
@@ -1311,6 +1368,21 @@ impl Connection {
         self.write(id.channel, &Performative::Detach(Detach { handle: id.handle, closed: true, error }), &[])
     }
 
+    /// Holds back our answer to the peer's detach of `id` by `delay`. If the peer ends the
+    /// session within it, the answer is never sent: ending a session detaches its links. Anything
+    /// else we write on the session first releases the held answer, so the order of frames is kept.
+    ///
+    /// Why: some clients (fe2o3-amqp 0.16, under the official Rust SDK) drop a link and its
+    /// session together: detach, then end, without waiting for our answers. If an answer arrives
+    /// before the client has processed its own end, it fails the session with
+    /// `unattached-handle` and then the whole connection ("Session is not found"). Over a real
+    /// network the round trip hides this; on loopback it hits about one connection in eight.
+    pub fn delay_detach_reply(&mut self, id: LinkId, delay: Duration) {
+        if let Some(l) = self.sessions.get_mut(&id.channel).and_then(|s| s.links.get_mut(&id.handle)) {
+            l.detach_reply_delay = Some(delay);
+        }
+    }
+
     /// Ends a session.
     pub fn end(&mut self, channel: u16, error: Option<AmqpError>) -> Result<()> {
         let Some(s) = self.sessions.get_mut(&channel) else { return Ok(()) };
@@ -1318,6 +1390,8 @@ impl Connection {
             return Ok(());
         }
         s.end_sent = true;
+        // Ending the session detaches its links: held answers are no longer owed.
+        self.held_detaches.retain(|h| h.channel != channel);
         self.write(channel, &Performative::End(End { error }), &[])
     }
 
@@ -1326,6 +1400,7 @@ impl Connection {
         if self.close_sent || !self.open_sent || self.phase == Phase::Done {
             return;
         }
+        self.held_detaches.clear();
         let _ = self.write(0, &Performative::Close(Close { error }), &[]);
         self.close_sent = true;
     }
@@ -1421,6 +1496,9 @@ impl Connection {
         self.require_open()?;
         if args.tag.len() > ehub_amqp_codec::MAX_DELIVERY_TAG {
             return Err(EndpointError::IllegalState("a delivery tag is at most 32 bytes"));
+        }
+        if !self.held_detaches.is_empty() {
+            self.release_held_detaches(|h| h.channel == id.channel)?;
         }
         let room = self.frame_room(args.tag.len());
         let frames = self.frames_needed(args.tag.len(), max_len);

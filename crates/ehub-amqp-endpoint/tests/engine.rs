@@ -350,6 +350,59 @@ fn detach_end_and_close_carry_errors_to_the_peer() {
 }
 
 #[test]
+fn a_held_detach_answer_is_not_sent_when_the_peer_ends_the_session() {
+    let mut p = Pair::plain();
+    let (c, s) = p.link(Role::Sender);
+    p.server.delay_detach_reply(s, Duration::from_millis(5));
+    p.client.detach(c, None).unwrap();
+    let mut c2s = p.client.output().split();
+    p.server.feed(&mut c2s, p.now).unwrap();
+    // An empty frame goes back at once, so a peer using Nagle's algorithm gets its TCP
+    // acknowledgement and sends its `end`.
+    assert_eq!(&p.server.output()[..], &[0, 0, 0, 8, 2, 0, 0, 0]);
+    p.pump();
+    // The server has let the link go, but the client has no answer yet.
+    assert!(p.server_events.iter().any(|e| matches!(e, Event::Detached { link, remote: true, .. } if *link == s)));
+    assert!(!p.client_events.iter().any(|e| matches!(e, Event::Detached { .. })));
+    assert_eq!(p.server.next_timeout(), Some(p.now + Duration::from_millis(5)));
+    // The client ends the session at once (fe2o3 under the Rust SDK does): the end answers it.
+    p.client.end(c.channel, None).unwrap();
+    p.pump();
+    assert!(p.client_events.iter().any(|e| matches!(e, Event::SessionEnded { error: None, .. })));
+    assert!(!p.client_events.iter().any(|e| matches!(e, Event::Detached { .. })));
+    assert_eq!(p.server.next_timeout(), None, "nothing is held any more");
+    p.server.handle_timeout(p.now + Duration::from_millis(10)).unwrap();
+    assert!(p.server.output().is_empty(), "the dropped answer is never written");
+}
+
+#[test]
+fn a_held_detach_answer_goes_out_when_due_and_before_any_later_frame_on_its_session() {
+    let mut p = Pair::plain();
+    let (c, s) = p.link(Role::Sender);
+    p.server.delay_detach_reply(s, Duration::from_millis(5));
+    p.client.detach(c, None).unwrap();
+    p.pump();
+    p.server.handle_timeout(p.now + Duration::from_millis(4)).unwrap();
+    p.pump();
+    assert!(!p.client_events.iter().any(|e| matches!(e, Event::Detached { .. })), "not due yet");
+    p.server.handle_timeout(p.now + Duration::from_millis(5)).unwrap();
+    p.pump();
+    assert!(p.client_events.iter().any(|e| matches!(e, Event::Detached { link, remote: false, .. } if *link == c)));
+
+    // Held again, then the server writes something else on the session: the answer goes first.
+    let (c2, s2) = p.link(Role::Sender);
+    p.server.delay_detach_reply(s2, Duration::from_secs(60));
+    p.client.detach(c2, None).unwrap();
+    p.pump();
+    p.client_events.clear();
+    p.server.disposition(s2.channel, Role::Receiver, 0, 0, true, None).unwrap();
+    p.pump();
+    let detached = p.client_events.iter().position(|e| matches!(e, Event::Detached { link, .. } if *link == c2));
+    let disposition = p.client_events.iter().position(|e| matches!(e, Event::Disposition { .. }));
+    assert!(detached.is_some() && disposition.is_some() && detached < disposition, "{:?}", p.client_events);
+}
+
+#[test]
 fn heartbeats_are_sent_and_silence_times_out() {
     let client = ConnectionConfig { idle_timeout: Some(Duration::from_secs(10)), ..Default::default() };
     let mut p = Pair::new(client, ConnectionConfig::default());

@@ -62,6 +62,11 @@ struct Consumer {
     start: Option<StartPosition>,
 }
 
+/// How long the answer to a client's detach of a `$cbs` link is held back: long enough for the
+/// client's `end` of the session to arrive first when it sends one straight after
+/// ([`Connection::delay_detach_reply`]).
+const CBS_DETACH_REPLY_DELAY: Duration = Duration::from_millis(10);
+
 enum LinkKind {
     CbsIn,
     MgmtIn,
@@ -419,6 +424,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         self.conn.accept_link(link, reply)?;
         if matches!(kind, LinkKind::CbsIn | LinkKind::MgmtIn | LinkKind::Producer { .. }) {
             self.conn.flow(link, PRODUCER_CREDIT)?;
+        }
+        if entity == EntityAddress::Cbs {
+            // The official Rust SDK drops its `$cbs` links and their session together after each
+            // put-token; an answer to its detach that beats its own `end` kills its connection.
+            self.conn.delay_detach_reply(link, CBS_DETACH_REPLY_DELAY);
         }
         if let LinkKind::Consumer(c) = &kind {
             info!(peer = %self.peer, entity = %c.hub.name, consumer_group = %c.cg.name, partition_id = c.pidx, link = %name, "receiver attached");
