@@ -33,6 +33,30 @@ pub fn custom_endpoint(port: u16) -> String {
     format!("amqp://127.0.0.1:{port}")
 }
 
+/// An official-SDK consumer client (hub `eh1`) on the `ehub serve` at `port`.
+pub async fn sdk_consumer(port: u16) -> azure_messaging_eventhubs::ConsumerClient {
+    azure_messaging_eventhubs::ConsumerClient::builder()
+        .with_custom_endpoint(custom_endpoint(port))
+        .open_with_connection_string(&emulator_connection_string(port), Some("eh1"))
+        .await
+        .expect("official SDK consumer opens against ehub serve")
+}
+
+/// Official-SDK receiver options: from the earliest event (inclusive), with an optional
+/// prefetch and owner level.
+pub fn sdk_from_earliest(
+    prefetch: Option<u32>,
+    owner_level: Option<i64>,
+) -> azure_messaging_eventhubs::OpenReceiverOptions {
+    use azure_messaging_eventhubs::{StartLocation, StartPosition};
+    azure_messaging_eventhubs::OpenReceiverOptions {
+        start_position: Some(StartPosition { location: StartLocation::Earliest, inclusive: true }),
+        prefetch,
+        owner_level,
+        ..Default::default()
+    }
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

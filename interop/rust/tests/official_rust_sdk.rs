@@ -4,13 +4,13 @@
 //! (the Python SDK runs from `interop/python/.venv`, which `scripts/test` creates, or `EHUB_PYTHON`).
 
 use azure_messaging_eventhubs::models::EventData as SdkEventData;
-use azure_messaging_eventhubs::{
-    ConsumerClient, EventDataBatchOptions, OpenReceiverOptions, ProducerClient, SendEventOptions, StartLocation,
-    StartPosition,
-};
+use azure_messaging_eventhubs::{EventDataBatchOptions, ProducerClient, SendEventOptions};
 use ehub_amqp_codec::Value;
 use ehub_interop_rust::dialect::{dialect, facets, Item};
-use ehub_interop_rust::{custom_endpoint, emulator_connection_string, python_sdk_dialect_ops, Broker, RecordingProxy};
+use ehub_interop_rust::{
+    custom_endpoint, emulator_connection_string, python_sdk_dialect_ops, sdk_consumer, sdk_from_earliest, Broker,
+    RecordingProxy,
+};
 use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -42,27 +42,11 @@ async fn sdk_producer(port: u16) -> ProducerClient {
         .expect("official SDK producer opens against ehub serve")
 }
 
-async fn sdk_consumer(port: u16) -> ConsumerClient {
-    ConsumerClient::builder()
-        .with_custom_endpoint(custom_endpoint(port))
-        .open_with_connection_string(&emulator_connection_string(port), Some("eh1"))
-        .await
-        .expect("official SDK consumer opens against ehub serve")
-}
-
 /// The next event of an official-SDK receiver.
 async fn next_event(
     rx: &azure_messaging_eventhubs::EventReceiver,
 ) -> azure_messaging_eventhubs::models::ReceivedEventData {
     rx.stream_events().next().await.expect("the stream ended").unwrap()
-}
-
-fn earliest(owner_level: Option<i64>) -> OpenReceiverOptions {
-    OpenReceiverOptions {
-        start_position: Some(StartPosition { location: StartLocation::Earliest, inclusive: true }),
-        owner_level,
-        ..Default::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,7 +93,7 @@ async fn official_rust_sdk_properties_send_and_receive() {
         }
 
         let consumer = sdk_consumer(broker.port).await;
-        let rx = consumer.open_receiver_on_partition("0".into(), Some(earliest(None))).await.unwrap();
+        let rx = consumer.open_receiver_on_partition("0".into(), Some(sdk_from_earliest(None, None))).await.unwrap();
         let e = next_event(&rx).await;
         assert_eq!(e.event_data().body(), Some(&b"hello from the official SDK"[..]));
         assert_eq!(e.event_data().content_type(), Some("text/plain"));
@@ -118,7 +102,7 @@ async fn official_rust_sdk_properties_send_and_receive() {
         assert!(e.event_data().properties().unwrap().contains_key("color"));
         rx.close().await.unwrap();
 
-        let rx = consumer.open_receiver_on_partition("1".into(), Some(earliest(None))).await.unwrap();
+        let rx = consumer.open_receiver_on_partition("1".into(), Some(sdk_from_earliest(None, None))).await.unwrap();
         let got: Vec<_> = rx.stream_events().take(100).map(|e| e.unwrap()).collect().await;
         for (i, e) in got.iter().enumerate() {
             assert_eq!(e.event_data().body(), Some(format!("batch event {i}").as_bytes()));
@@ -155,7 +139,7 @@ async fn official_rust_sdk_and_ehub_client_read_each_other() {
         let to2 = ehub::SendEventOptions { partition_id: Some("2".into()), ..Default::default() };
         ours.send_event(ehub::EventData::from("from ehub").with_property("n", 42i64), Some(to2)).await.unwrap();
         let consumer = sdk_consumer(broker.port).await;
-        let rx = consumer.open_receiver_on_partition("2".into(), Some(earliest(None))).await.unwrap();
+        let rx = consumer.open_receiver_on_partition("2".into(), Some(sdk_from_earliest(None, None))).await.unwrap();
         let e = next_event(&rx).await;
         assert_eq!(e.event_data().body(), Some(&b"from ehub"[..]));
         assert!(e.event_data().properties().unwrap().contains_key("n"));
@@ -187,7 +171,8 @@ async fn official_rust_sdk_owner_level_steal_and_wrong_key() {
         let producer = sdk_producer(broker.port).await;
         producer.send_event(b"x".to_vec(), Some(SendEventOptions { partition_id: Some("0".into()) })).await.unwrap();
         let consumer = sdk_consumer(broker.port).await;
-        let low = consumer.open_receiver_on_partition("0".into(), Some(earliest(Some(1)))).await.unwrap();
+        let low =
+            consumer.open_receiver_on_partition("0".into(), Some(sdk_from_earliest(None, Some(1)))).await.unwrap();
         let mut low_stream = Box::pin(low.stream_events());
         assert!(low_stream.next().await.unwrap().is_ok());
         // A higher owner level (ours) takes the partition over: the SDK's receiver fails.
@@ -244,7 +229,8 @@ async fn official_rust_sdk_survives_many_connections_in_a_row() {
         producer.close().await.unwrap();
         for _ in 0..40 {
             let consumer = sdk_consumer(broker.port).await;
-            let rx = consumer.open_receiver_on_partition("0".into(), Some(earliest(None))).await.unwrap();
+            let rx =
+                consumer.open_receiver_on_partition("0".into(), Some(sdk_from_earliest(None, None))).await.unwrap();
             assert_eq!(next_event(&rx).await.event_data().body(), Some(&b"x"[..]));
             rx.close().await.unwrap();
             consumer.close().await.unwrap();
@@ -284,12 +270,9 @@ async fn ehub_client_speaks_the_official_sdks_dialect() {
             let batch = producer.create_batch(None).await.unwrap();
             batch.try_add_event_data(b"b".to_vec(), None).unwrap();
             producer.send_batch(batch, None).await.unwrap();
-            let consumer = ConsumerClient::builder()
-                .with_custom_endpoint(custom_endpoint(port))
-                .open_with_connection_string(&emulator_connection_string(port), Some("eh1"))
-                .await
-                .unwrap();
-            let rx = consumer.open_receiver_on_partition("0".into(), Some(earliest(Some(3)))).await.unwrap();
+            let consumer = sdk_consumer(port).await;
+            let rx =
+                consumer.open_receiver_on_partition("0".into(), Some(sdk_from_earliest(None, Some(3)))).await.unwrap();
             next_event(&rx).await;
             rx.close().await.unwrap();
             consumer.close().await.unwrap();

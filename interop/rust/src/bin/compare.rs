@@ -6,10 +6,10 @@
 //! `cargo run --release --bin compare -- [events] [fsync] [prefetch]` from `interop/rust`
 //! (defaults: 200000 never 300, the prefetch both SDKs default to); add `--features mimalloc` to run both clients on mimalloc. Needs `target/release/ehub` at the workspace root.
 
-use azure_messaging_eventhubs::{
-    ConsumerClient, EventDataBatchOptions, OpenReceiverOptions, ProducerClient, StartLocation, StartPosition,
+use azure_messaging_eventhubs::{EventDataBatchOptions, ProducerClient};
+use ehub_interop_rust::{
+    custom_endpoint, emulator_connection_string, install_crypto_provider, sdk_consumer, sdk_from_earliest, Broker,
 };
-use ehub_interop_rust::{custom_endpoint, emulator_connection_string, install_crypto_provider, Broker};
 use futures::StreamExt;
 use std::time::Instant;
 
@@ -79,16 +79,8 @@ async fn ours_send(port: u16, partition: &'static str, events: usize) -> f64 {
 }
 
 async fn sdk_receive(port: u16, partition: &str, events: usize, prefetch: u32) -> f64 {
-    let consumer = ConsumerClient::builder()
-        .with_custom_endpoint(custom_endpoint(port))
-        .open_with_connection_string(&emulator_connection_string(port), Some("eh1"))
-        .await
-        .unwrap();
-    let opts = OpenReceiverOptions {
-        start_position: Some(StartPosition { location: StartLocation::Earliest, inclusive: true }),
-        prefetch: Some(prefetch),
-        ..Default::default()
-    };
+    let consumer = sdk_consumer(port).await;
+    let opts = sdk_from_earliest(Some(prefetch), None);
     let start = Instant::now();
     let rx = consumer.open_receiver_on_partition(partition.to_string(), Some(opts)).await.unwrap();
     let mut stream = Box::pin(rx.stream_events());

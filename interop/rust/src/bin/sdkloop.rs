@@ -9,8 +9,7 @@
 //! broker binary. The race shows more often with fe2o3's tracing compiled in: add
 //! `fe2o3-amqp = { version = "=0.16.2", features = ["tracing"] }` to `Cargo.toml` for a run.
 
-use azure_messaging_eventhubs::{ConsumerClient, OpenReceiverOptions, StartLocation, StartPosition};
-use ehub_interop_rust::{custom_endpoint, emulator_connection_string, install_crypto_provider, Broker};
+use ehub_interop_rust::{emulator_connection_string, install_crypto_provider, sdk_consumer, sdk_from_earliest, Broker};
 use futures::StreamExt;
 use std::time::Instant;
 
@@ -39,16 +38,8 @@ async fn main() {
     }
     eprintln!("filled");
     for r in 0..rounds {
-        let consumer = ConsumerClient::builder()
-            .with_custom_endpoint(custom_endpoint(port))
-            .open_with_connection_string(&emulator_connection_string(port), Some("eh1"))
-            .await
-            .unwrap();
-        let opts = OpenReceiverOptions {
-            start_position: Some(StartPosition { location: StartLocation::Earliest, inclusive: true }),
-            prefetch: Some(prefetch),
-            ..Default::default()
-        };
+        let consumer = sdk_consumer(port).await;
+        let opts = sdk_from_earliest(Some(prefetch), None);
         let start = Instant::now();
         let rx = consumer.open_receiver_on_partition("0".to_string(), Some(opts)).await.unwrap();
         let mut stream = Box::pin(rx.stream_events());
