@@ -21,6 +21,14 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Logs to stderr with the filter (RUST_LOG syntax, e.g. `fe2o3_amqp=debug`) in the environment
+/// variable `var`, when it is set.
+pub fn log_to_stderr_from(var: &str) {
+    if let Ok(filter) = std::env::var(var) {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    }
+}
+
 /// The connection string of Microsoft's emulator, pointed at `port`.
 pub fn emulator_connection_string(port: u16) -> String {
     format!(

@@ -25,9 +25,8 @@ where
     F::Output: Send + 'static,
 {
     ehub_interop_rust::install_crypto_provider();
-    if let Ok(filter) = std::env::var("EHUB_TEST_LOG") {
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-    }
+    // EHUB_TEST_LOG=<filter> logs the SDK (and fe2o3, when built with its `tracing` feature).
+    ehub_interop_rust::log_to_stderr_from("EHUB_TEST_LOG");
     match tokio::time::timeout(Duration::from_secs(60), tokio::spawn(f)).await.expect("test timed out") {
         Ok(v) => v,
         Err(e) => std::panic::resume_unwind(e.into_panic()),

@@ -8,7 +8,8 @@
 
 use azure_messaging_eventhubs::{EventDataBatchOptions, ProducerClient};
 use ehub_interop_rust::{
-    custom_endpoint, emulator_connection_string, install_crypto_provider, sdk_consumer, sdk_from_earliest, Broker,
+    custom_endpoint, emulator_connection_string, install_crypto_provider, log_to_stderr_from, sdk_consumer,
+    sdk_from_earliest, Broker,
 };
 use futures::StreamExt;
 use std::time::Instant;
@@ -114,10 +115,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     install_crypto_provider();
-    // EHUB_COMPARE_LOG=<filter> (RUST_LOG syntax) logs both clients to stderr, e.g. `fe2o3_amqp=debug`.
-    if let Ok(filter) = std::env::var("EHUB_COMPARE_LOG") {
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    }
+    log_to_stderr_from("EHUB_COMPARE_LOG");
     let args: Vec<String> = std::env::args().collect();
     let events: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(200_000);
     let fsync = args.get(2).cloned().unwrap_or_else(|| "never".into());

@@ -9,16 +9,16 @@
 //! broker binary. The race shows more often with fe2o3's tracing compiled in: add
 //! `fe2o3-amqp = { version = "=0.16.2", features = ["tracing"] }` to `Cargo.toml` for a run.
 
-use ehub_interop_rust::{emulator_connection_string, install_crypto_provider, sdk_consumer, sdk_from_earliest, Broker};
+use ehub_interop_rust::{
+    emulator_connection_string, install_crypto_provider, log_to_stderr_from, sdk_consumer, sdk_from_earliest, Broker,
+};
 use futures::StreamExt;
 use std::time::Instant;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     install_crypto_provider();
-    if let Ok(filter) = std::env::var("EHUB_COMPARE_LOG") {
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    }
+    log_to_stderr_from("EHUB_COMPARE_LOG");
     let args: Vec<String> = std::env::args().collect();
     let events: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(1_000_000);
     let rounds: usize = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(10);
