@@ -376,6 +376,27 @@ fn a_held_detach_answer_is_not_sent_when_the_peer_ends_the_session() {
 }
 
 #[test]
+fn a_held_detach_answer_is_dropped_when_the_peer_closes_the_connection() {
+    let mut p = Pair::plain();
+    let (c, s) = p.link(Role::Sender);
+    p.server.delay_detach_reply(s, Duration::from_millis(5));
+    p.client.detach(c, None).unwrap();
+    p.pump();
+    p.client.close(None);
+    let mut c2s = p.client.output().split();
+    p.server.feed(&mut c2s, p.now).unwrap();
+    let mut out = p.server.output().split();
+    let mut performatives = Vec::new();
+    while let Some(f) = ehub_amqp_codec::decode_frame(&mut out, u32::MAX).unwrap() {
+        if let ehub_amqp_codec::FrameBody::Amqp(perf, _) = f.body {
+            performatives.push(perf);
+        }
+    }
+    assert!(matches!(performatives.as_slice(), [Performative::Close(_)]), "{performatives:?}");
+    assert_eq!(p.server.next_timeout(), None);
+}
+
+#[test]
 fn a_held_detach_answer_goes_out_when_due_and_before_any_later_frame_on_its_session() {
     let mut p = Pair::plain();
     let (c, s) = p.link(Role::Sender);
