@@ -538,13 +538,7 @@ impl Connection {
     /// How many transfer frames [`Connection::send_with`] uses at most for a payload of at most
     /// `max_len` bytes with a tag of `tag_len` bytes.
     pub fn frames_needed(&self, tag_len: usize, max_len: usize) -> u32 {
-        let room = self.frame_room(tag_len);
-        // The common case without a division: this runs twice per delivery.
-        if max_len <= room {
-            1
-        } else {
-            u32::try_from(max_len.div_ceil(room)).unwrap_or(u32::MAX)
-        }
+        frames_for(self.frame_room(tag_len), max_len)
     }
 
     /// True when the peer's session window takes a delivery of at most `max_len` bytes now.
@@ -587,9 +581,7 @@ impl Connection {
                 return Err(EndpointError::IdleTimeout(d));
             }
         }
-        if self.held_detaches.iter().any(|h| h.due <= now) {
-            self.release_held_detaches(|h| h.due <= now)?;
-        }
+        self.release_held_detaches(|h| h.due <= now)?;
         if let Some(d) = self.peer_idle {
             if now >= self.last_send + d / 2 && self.out.is_empty() {
                 encode_empty_frame(&mut self.out);
@@ -1503,7 +1495,7 @@ impl Connection {
             self.release_held_detaches(|h| h.channel == id.channel)?;
         }
         let room = self.frame_room(args.tag.len());
-        let frames = self.frames_needed(args.tag.len(), max_len);
+        let frames = frames_for(room, max_len);
         let s = self.sessions.get_mut(&id.channel).ok_or(EndpointError::IllegalState("unknown session"))?;
         if s.remote_incoming_window < frames {
             // The peer's session window: a sender that ignores it gets a window violation.
@@ -1589,6 +1581,16 @@ impl Connection {
 }
 
 /// Writes a transfer performative with the tag as a slice (hot path: no `Bytes` allocation).
+/// Transfer frames for a payload of at most `max_len` bytes with `room` bytes per frame.
+fn frames_for(room: usize, max_len: usize) -> u32 {
+    // The common case without a division: this runs twice per delivery.
+    if max_len <= room {
+        1
+    } else {
+        u32::try_from(max_len.div_ceil(room)).unwrap_or(u32::MAX)
+    }
+}
+
 fn put_transfer(out: &mut BytesMut, t: &Transfer, tag: &[u8]) -> std::result::Result<(), ehub_amqp_codec::EncodeError> {
     let tag_field = (!tag.is_empty() || t.delivery_id.is_some()).then_some(tag);
     // rcv-settle-mode, state, resume, aborted, batchable: written as nulls (`all_fields`),

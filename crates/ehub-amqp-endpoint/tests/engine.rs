@@ -81,6 +81,23 @@ impl Pair {
         (c, s.0)
     }
 
+    /// A client sender link with `credit` from the server, the flow delivered.
+    fn credited_sender(&mut self, credit: u32) -> (LinkId, LinkId) {
+        let (c, s) = self.link(Role::Sender);
+        self.server.flow(s, credit).unwrap();
+        self.pump();
+        (c, s)
+    }
+
+    /// A client sender link whose detach (sent, not yet delivered) the server answers only after
+    /// `delay`.
+    fn detached_with_held_answer(&mut self, delay: Duration) -> (LinkId, LinkId) {
+        let (c, s) = self.link(Role::Sender);
+        self.server.delay_detach_reply(s, delay);
+        self.client.detach(c, None).unwrap();
+        (c, s)
+    }
+
     fn deliveries(events: &mut Vec<Event>) -> Vec<ehub_amqp_endpoint::Delivery> {
         let mut out = Vec::new();
         events.retain(|e| match e {
@@ -126,9 +143,7 @@ fn hostile(cfg: ConnectionConfig, frames: impl FnOnce(&mut BytesMut)) -> (Result
 fn open_begin_attach_and_settled_transfer_round_trip() {
     let mut p = Pair::plain();
     assert!(p.client.remote_open().is_some() && p.server.remote_open().is_some());
-    let (c, s) = p.link(Role::Sender);
-    p.server.flow(s, 10).unwrap();
-    p.pump();
+    let (c, _) = p.credited_sender(10);
     assert_eq!(p.client.credit(c), 10);
     let id = send(&mut p.client, c, 1, b"hello").unwrap();
     p.pump();
@@ -147,9 +162,7 @@ fn open_begin_attach_and_settled_transfer_round_trip() {
 #[test]
 fn a_delivery_tag_beyond_32_bytes_is_refused_and_costs_no_credit() {
     let mut p = Pair::plain();
-    let (c, s) = p.link(Role::Sender);
-    p.server.flow(s, 1).unwrap();
-    p.pump();
+    let (c, _) = p.credited_sender(1);
     let long = SendArgs { tag: &[7u8; 33], message_format: 0, settled: false };
     assert!(matches!(p.client.send(c, long, b"x"), Err(EndpointError::IllegalState(_))));
     assert_eq!(p.client.credit(c), 1, "the refused send took no credit");
@@ -164,9 +177,7 @@ fn a_delivery_tag_beyond_32_bytes_is_refused_and_costs_no_credit() {
 #[test]
 fn a_received_delivery_tag_beyond_32_bytes_is_an_invalid_field() {
     let mut p = Pair::plain();
-    let (c, s) = p.link(Role::Sender);
-    p.server.flow(s, 2).unwrap();
-    p.pump();
+    let (c, _) = p.credited_sender(2);
     // Both the short transfer shape (the engine's fast reader) and one with a state set (the
     // generic decoder) carry a 33-byte tag.
     for state in [None, Some(DeliveryState::Accepted)] {
@@ -199,9 +210,7 @@ fn a_received_delivery_tag_beyond_32_bytes_is_an_invalid_field() {
 #[test]
 fn sender_stops_at_credit_and_resumes_when_topped_up() {
     let mut p = Pair::plain();
-    let (c, s) = p.link(Role::Sender);
-    p.server.flow(s, 3).unwrap();
-    p.pump();
+    let (c, s) = p.credited_sender(3);
     for i in 0..3 {
         send(&mut p.client, c, i, b"x").unwrap();
     }
@@ -218,9 +227,7 @@ fn sender_stops_at_credit_and_resumes_when_topped_up() {
 #[test]
 fn drain_consumes_the_remaining_credit() {
     let mut p = Pair::plain();
-    let (c, s) = p.link(Role::Sender);
-    p.server.flow(s, 5).unwrap();
-    p.pump();
+    let (c, s) = p.credited_sender(5);
     send(&mut p.client, c, 0, b"x").unwrap();
     p.client.drain_complete(c).unwrap();
     p.pump();
@@ -235,9 +242,7 @@ fn drain_consumes_the_remaining_credit() {
 fn multi_frame_delivery_reassembles_and_counts_once() {
     let cfg = ConnectionConfig { max_frame_size: 512, ..Default::default() };
     let mut p = Pair::new(cfg.clone(), cfg);
-    let (c, s) = p.link(Role::Sender);
-    p.server.flow(s, 10).unwrap();
-    p.pump();
+    let (c, _) = p.credited_sender(10);
     let big: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
     send(&mut p.client, c, 1, &big).unwrap();
     let frames = p.client.output().len() / 512;
@@ -257,9 +262,7 @@ fn multi_frame_delivery_reassembles_and_counts_once() {
 fn send_with_takes_the_size_from_what_was_written_within_the_bound() {
     let cfg = ConnectionConfig { max_frame_size: 512, ..Default::default() };
     let mut p = Pair::new(cfg.clone(), cfg);
-    let (c, s) = p.link(Role::Sender);
-    p.server.flow(s, 10).unwrap();
-    p.pump();
+    let (c, _) = p.credited_sender(10);
     let args = |tag: &'static [u8]| SendArgs { tag, message_format: 0, settled: false };
     // A bound that fits one frame, and less written: one frame of the written size.
     p.client.send_with(c, args(b"1"), 300, |out| out.extend_from_slice(b"spliced")).unwrap();
@@ -281,9 +284,7 @@ fn send_with_takes_the_size_from_what_was_written_within_the_bound() {
 fn senders_stop_at_the_peers_session_window_and_resume_on_its_flow() {
     let server_cfg = ConnectionConfig { session_window: 4, ..Default::default() };
     let mut p = Pair::new(ConnectionConfig::default(), server_cfg);
-    let (c, s) = p.link(Role::Sender);
-    p.server.flow(s, 100).unwrap();
-    p.pump();
+    let (c, _) = p.credited_sender(100);
     assert_eq!(p.client.session_send_window(c.channel), 4);
     for tag in 0..4 {
         assert!(p.client.can_send(c, 4, 5));
@@ -307,9 +308,7 @@ fn senders_stop_at_the_peers_session_window_and_resume_on_its_flow() {
 fn oversized_delivery_is_flagged_and_not_buffered() {
     let server = ConnectionConfig { max_message_size: 1000, ..Default::default() };
     let mut p = Pair::new(ConnectionConfig::default(), server);
-    let (c, s) = p.link(Role::Sender);
-    p.server.flow(s, 10).unwrap();
-    p.pump();
+    let (c, _) = p.credited_sender(10);
     send(&mut p.client, c, 1, &[7u8; 5000]).unwrap();
     send(&mut p.client, c, 2, &[7u8; 1000]).unwrap();
     p.pump();
@@ -352,9 +351,7 @@ fn detach_end_and_close_carry_errors_to_the_peer() {
 #[test]
 fn a_held_detach_answer_is_not_sent_when_the_peer_ends_the_session() {
     let mut p = Pair::plain();
-    let (c, s) = p.link(Role::Sender);
-    p.server.delay_detach_reply(s, Duration::from_millis(5));
-    p.client.detach(c, None).unwrap();
+    let (c, s) = p.detached_with_held_answer(Duration::from_millis(5));
     let mut c2s = p.client.output().split();
     p.server.feed(&mut c2s, p.now).unwrap();
     // An empty frame goes back at once, so a peer using Nagle's algorithm gets its TCP
@@ -378,9 +375,7 @@ fn a_held_detach_answer_is_not_sent_when_the_peer_ends_the_session() {
 #[test]
 fn a_held_detach_answer_is_dropped_when_the_peer_closes_the_connection() {
     let mut p = Pair::plain();
-    let (c, s) = p.link(Role::Sender);
-    p.server.delay_detach_reply(s, Duration::from_millis(5));
-    p.client.detach(c, None).unwrap();
+    p.detached_with_held_answer(Duration::from_millis(5));
     p.pump();
     p.client.close(None);
     let mut c2s = p.client.output().split();
@@ -399,9 +394,7 @@ fn a_held_detach_answer_is_dropped_when_the_peer_closes_the_connection() {
 #[test]
 fn a_held_detach_answer_goes_out_when_due_and_before_any_later_frame_on_its_session() {
     let mut p = Pair::plain();
-    let (c, s) = p.link(Role::Sender);
-    p.server.delay_detach_reply(s, Duration::from_millis(5));
-    p.client.detach(c, None).unwrap();
+    let (c, _) = p.detached_with_held_answer(Duration::from_millis(5));
     p.pump();
     p.server.handle_timeout(p.now + Duration::from_millis(4)).unwrap();
     p.pump();
@@ -411,9 +404,7 @@ fn a_held_detach_answer_goes_out_when_due_and_before_any_later_frame_on_its_sess
     assert!(p.client_events.iter().any(|e| matches!(e, Event::Detached { link, remote: false, .. } if *link == c)));
 
     // Held again, then the server writes something else on the session: the answer goes first.
-    let (c2, s2) = p.link(Role::Sender);
-    p.server.delay_detach_reply(s2, Duration::from_secs(60));
-    p.client.detach(c2, None).unwrap();
+    let (c2, s2) = p.detached_with_held_answer(Duration::from_secs(60));
     p.pump();
     p.client_events.clear();
     p.server.disposition(s2.channel, Role::Receiver, 0, 0, true, None).unwrap();
@@ -611,9 +602,7 @@ fn frames_before_open_and_on_unknown_handles_are_refused() {
 fn input_split_at_every_byte_gives_the_same_events() {
     // The same conversation fed one byte at a time must produce the same deliveries.
     let mut p = Pair::plain();
-    let (c, s) = p.link(Role::Sender);
-    p.server.flow(s, 100).unwrap();
-    p.pump();
+    let (c, _) = p.credited_sender(100);
     for i in 0..20 {
         send(&mut p.client, c, i, format!("event {i}").as_bytes()).unwrap();
     }

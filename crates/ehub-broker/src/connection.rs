@@ -743,11 +743,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 return Ok(());
             }
             if !c.buffer.is_empty() {
-                // One burst per wake-up: the metrics are read once for it.
-                let metrics = c.metrics.then(|| c.part.info());
+                // One burst per wake-up: the metrics are read and encoded once for it.
+                let metrics = c.metrics.then(|| runtime_metrics(&c.part.info()));
                 for _ in 0..(credit as usize).min(c.buffer.len()) {
                     let Some(e) = c.buffer.front() else { break };
-                    let d = DeliveryAnnotations::prepare(&mut self.annotations, e, metrics.as_ref());
+                    let d = DeliveryAnnotations::prepare(&mut self.annotations, e, metrics.as_deref());
                     let max_len = d.max_len(e, &self.annotations);
                     // The peer's session window, as well as the link credit: the next flow
                     // that opens it wakes this pump again.
@@ -1027,23 +1027,41 @@ fn decimal(mut v: u64, out: &mut [u8]) -> usize {
     n
 }
 
-/// What the broker adds to a stored event when it delivers it: its annotations (pre-encoded
-/// entries in a reused buffer) and, when the receiver asked, runtime metrics as delivery
-/// annotations.
-struct DeliveryAnnotations {
-    /// Entries in the annotations buffer.
-    count: usize,
-    /// The delivery-annotations section, encoded.
-    metrics: Option<BytesMut>,
+/// The runtime metrics a receiver asked for, encoded as a delivery-annotations section.
+fn runtime_metrics(m: &ehub_partition_log::PartitionInfo) -> BytesMut {
+    let map = vec![
+        (Value::Symbol(annotations::LAST_ENQUEUED_SEQUENCE_NUMBER.into()), Value::Long(m.last_sequence_number)),
+        (
+            Value::Symbol(annotations::LAST_ENQUEUED_OFFSET.into()),
+            Value::String(m.last_offset.map_or("-1".into(), |o| o.to_string())),
+        ),
+        (
+            Value::Symbol(annotations::LAST_ENQUEUED_TIME_UTC.into()),
+            Value::Timestamp(ehub_amqp_codec::Timestamp(m.last_enqueued_time.unwrap_or(ehub_model::CE_ZERO_MILLIS))),
+        ),
+        (
+            Value::Symbol(annotations::RUNTIME_INFO_RETRIEVAL_TIME_UTC.into()),
+            Value::Timestamp(ehub_amqp_codec::Timestamp(now_millis())),
+        ),
+    ];
+    let mut d = BytesMut::new();
+    let _ = Message { delivery_annotations: Some(map), ..Default::default() }.encode(&mut d);
+    d
 }
 
-impl DeliveryAnnotations {
+/// What the broker adds to a stored event when it delivers it: its annotations (pre-encoded
+/// entries in a reused buffer) and, when the receiver asked, the burst's runtime metrics as
+/// delivery annotations.
+struct DeliveryAnnotations<'a> {
+    /// Entries in the annotations buffer.
+    count: usize,
+    /// The delivery-annotations section, encoded ([`runtime_metrics`]).
+    metrics: Option<&'a [u8]>,
+}
+
+impl<'a> DeliveryAnnotations<'a> {
     /// Encodes the annotations of `e` into `extra` (cleared first).
-    fn prepare(
-        extra: &mut BytesMut,
-        e: &StoredEvent,
-        metrics: Option<&ehub_partition_log::PartitionInfo>,
-    ) -> DeliveryAnnotations {
+    fn prepare(extra: &mut BytesMut, e: &StoredEvent, metrics: Option<&'a [u8]>) -> DeliveryAnnotations<'a> {
         extra.clear();
         // Pre-encoded keys and no allocation: this runs per event.
         extra.extend_from_slice(annotations::sym8::SEQUENCE_NUMBER);
@@ -1064,29 +1082,6 @@ impl DeliveryAnnotations {
             };
             count += 1;
         }
-        let metrics = metrics.map(|m| {
-            let mut d = BytesMut::new();
-            let map = vec![
-                (Value::Symbol(annotations::LAST_ENQUEUED_SEQUENCE_NUMBER.into()), Value::Long(m.last_sequence_number)),
-                (
-                    Value::Symbol(annotations::LAST_ENQUEUED_OFFSET.into()),
-                    Value::String(m.last_offset.map_or("-1".into(), |o| o.to_string())),
-                ),
-                (
-                    Value::Symbol(annotations::LAST_ENQUEUED_TIME_UTC.into()),
-                    Value::Timestamp(ehub_amqp_codec::Timestamp(
-                        m.last_enqueued_time.unwrap_or(ehub_model::CE_ZERO_MILLIS),
-                    )),
-                ),
-                (
-                    Value::Symbol(annotations::RUNTIME_INFO_RETRIEVAL_TIME_UTC.into()),
-                    Value::Timestamp(ehub_amqp_codec::Timestamp(now_millis())),
-                ),
-            ];
-            let msg = Message { delivery_annotations: Some(map), ..Default::default() };
-            let _ = msg.encode(&mut d);
-            d
-        });
         DeliveryAnnotations { count, metrics }
     }
 
@@ -1094,7 +1089,7 @@ impl DeliveryAnnotations {
     /// own delivery annotations are dropped and whose foreign message annotations are kept), ours,
     /// and a message-annotations section header (descriptor 3 bytes, map32 header 9).
     fn max_len(&self, e: &StoredEvent, extra: &[u8]) -> usize {
-        e.payload.len() + extra.len() + self.metrics.as_ref().map_or(0, |m| m.len()) + 12
+        e.payload.len() + extra.len() + self.metrics.map_or(0, <[u8]>::len) + 12
     }
 
     /// Appends the event as delivered to `out`: broker annotations spliced in. A stored message
@@ -1102,8 +1097,7 @@ impl DeliveryAnnotations {
     fn write(&self, out: &mut BytesMut, e: &StoredEvent, extra: &[u8]) {
         let start = out.len();
         if let Ok(spans) = SectionSpans::scan(&e.payload) {
-            let da = self.metrics.as_deref();
-            if splice_annotations(out, &e.payload, &spans, &BROKER_KEYS, extra, self.count, da).is_ok() {
+            if splice_annotations(out, &e.payload, &spans, &BROKER_KEYS, extra, self.count, self.metrics).is_ok() {
                 return;
             }
         }

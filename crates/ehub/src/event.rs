@@ -344,7 +344,7 @@ impl ServiceAnnotations {
     fn text(value: &[u8], at: usize) -> Option<Range<usize>> {
         let r = raw_text_range(value)?;
         let t = &value[r.clone()];
-        (t.is_ascii() || std::str::from_utf8(t).is_ok()).then_some(at + r.start..at + r.end)
+        std::str::from_utf8(t).is_ok().then_some(at + r.start..at + r.end)
     }
 }
 
