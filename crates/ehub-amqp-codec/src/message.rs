@@ -635,3 +635,30 @@ pub fn put_data_section(out: &mut BytesMut, item: &[u8]) -> Result<(), EncodeErr
     put_section_prefix(out, descriptor::DATA);
     put_binary(item, out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Value;
+
+    /// The fast walk must actually take the usual shape (the agreement property test alone
+    /// would pass if it declined everything), and decline what it is not for.
+    #[test]
+    fn the_fast_section_walk_takes_the_usual_shape() {
+        let mut m = Message::with_data(Bytes::from_static(b"body"));
+        m.message_annotations = Some(vec![(Value::Symbol("x-opt-offset".into()), Value::String("7".into()))]);
+        m.application_properties = Some(vec![(Value::String("k".into()), Value::Long(1))]);
+        let raw = m.to_bytes().unwrap();
+        let fast = SectionSpans::scan_common(&raw).expect("the usual shape takes the fast walk");
+        assert_eq!(Ok(fast), SectionSpans::scan_generic(&raw));
+        // A section whose descriptor is a symbol instead of a small ulong goes the generic way.
+        let mut sym = BytesMut::new();
+        let name = b"amqp:data:binary";
+        sym.extend_from_slice(&[code::DESCRIBED, code::SYM8, name.len() as u8]);
+        sym.extend_from_slice(name);
+        sym.extend_from_slice(&[code::VBIN8, 1, b'x']);
+        let sym = sym.freeze();
+        assert!(SectionSpans::scan_common(&sym).is_none());
+        assert!(SectionSpans::scan(&sym).unwrap().body.is_some());
+    }
+}
