@@ -7,6 +7,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::event::{LastEnqueuedEventProperties, ReceivedEventData};
 use crate::options::ClientOptions;
 use crate::properties::{EventHubProperties, PartitionProperties};
+use bytes::Bytes;
 use ehub_amqp_codec::{Source, Symbol, Value};
 use ehub_model::{link as link_props, EventPosition};
 use futures_core::Stream;
@@ -155,15 +156,13 @@ impl ConsumerClient {
         partition_id: &str,
         options: Option<OpenReceiverOptions>,
     ) -> Result<EventReceiver> {
+        let options = options.unwrap_or_default();
         let mut r = EventReceiver {
             core: self.core.clone(),
             consumer_group: self.consumer_group.clone(),
-            partition_id: Arc::from(partition_id),
-            options: options.unwrap_or_default(),
+            undelivered: Undelivered::new(partition_id, options.track_last_enqueued_event_properties),
+            options,
             link: None,
-            buffer: VecDeque::new(),
-            last_sequence_number: None,
-            last_enqueued: None,
             failed: false,
         };
         self.core.retry("opening the receiver", || r.attach_once()).await.map(|link| {
@@ -256,34 +255,109 @@ impl EventBatches {
 pub struct EventReceiver {
     core: Arc<ClientCore>,
     consumer_group: String,
-    /// The partition id, shared by every received event.
-    partition_id: Arc<str>,
     options: OpenReceiverOptions,
     link: Option<(Conn, ReceiverLink)>,
-    buffer: VecDeque<ReceivedEventData>,
+    undelivered: Undelivered,
+    failed: bool,
+}
+
+/// Received messages the application has not taken yet, decoded as it takes them. Moving
+/// 32-byte handles is cheaper than moving decoded events, and an undecodable message fails
+/// only its own turn: the events around it are still delivered.
+#[derive(Debug)]
+struct Undelivered {
+    raw: VecDeque<Bytes>,
+    /// The partition id, shared by every received event.
+    partition_id: Arc<str>,
+    track_last: bool,
+    /// The last event handed to the application.
     last_sequence_number: Option<i64>,
     last_enqueued: Option<LastEnqueuedEventProperties>,
-    failed: bool,
+    /// An undecodable message met after a batch had events: the next call reports it.
+    error: Option<Error>,
+}
+
+impl Undelivered {
+    fn new(partition_id: &str, track_last: bool) -> Self {
+        Undelivered {
+            raw: VecDeque::new(),
+            partition_id: Arc::from(partition_id),
+            track_last,
+            last_sequence_number: None,
+            last_enqueued: None,
+            error: None,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.raw.is_empty() && self.error.is_none()
+    }
+
+    /// The sequence number to resume after: the last event received, whether the application
+    /// took it already or it still waits here.
+    fn resume_after(&self) -> Option<i64> {
+        let waiting = self.raw.iter().rev().find_map(|raw| {
+            ReceivedEventData::decode(raw.clone(), &self.partition_id, false).ok().map(|(e, _)| e.sequence_number())
+        });
+        waiting.or(self.last_sequence_number)
+    }
+
+    /// The next event, or the error of an undecodable message (removed). `None` when empty.
+    fn next(&mut self) -> Option<Result<ReceivedEventData>> {
+        if let Some(e) = self.error.take() {
+            return Some(Err(e));
+        }
+        let raw = self.raw.pop_front()?;
+        Some(ReceivedEventData::decode(raw, &self.partition_id, self.track_last).map(|(ev, last)| {
+            self.last_sequence_number = Some(ev.sequence_number());
+            if last.is_some() {
+                self.last_enqueued = last;
+            }
+            ev
+        }))
+    }
+
+    /// Moves events to `out` until it holds `max` or none are left. An undecodable message
+    /// is reported at once when `out` is empty, otherwise by the next call, so the events
+    /// before it are not held back.
+    fn take(&mut self, max: usize, out: &mut Vec<ReceivedEventData>) -> Result<()> {
+        out.reserve(max.saturating_sub(out.len()).min(self.raw.len()));
+        while out.len() < max {
+            match self.next() {
+                None => break,
+                Some(Ok(e)) => out.push(e),
+                Some(Err(e)) if out.is_empty() => return Err(e),
+                Some(Err(e)) => {
+                    self.error = Some(e);
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl EventReceiver {
     /// The partition.
     pub fn partition_id(&self) -> &str {
-        &self.partition_id
+        &self.undelivered.partition_id
     }
 
     /// The partition's last-enqueued metrics, as of the last event received (only with
     /// `track_last_enqueued_event_properties`).
     pub fn last_enqueued_event_properties(&self) -> Option<&LastEnqueuedEventProperties> {
-        self.last_enqueued.as_ref()
+        self.undelivered.last_enqueued.as_ref()
     }
 
     async fn attach_once(&self) -> Result<(Conn, ReceiverLink)> {
         let conn = self.core.connection().await?;
-        let address = self
-            .core
-            .url(&format!("{}/ConsumerGroups/{}/Partitions/{}", self.core.hub, self.consumer_group, self.partition_id));
-        let position = match self.last_sequence_number {
+        let address = self.core.url(&format!(
+            "{}/ConsumerGroups/{}/Partitions/{}",
+            self.core.hub,
+            self.consumer_group,
+            self.partition_id()
+        ));
+        let position = match self.undelivered.resume_after() {
             Some(s) => EventPosition::SequenceNumber { value: s, inclusive: false },
             None => self.options.start_position.clone(),
         };
@@ -319,7 +393,7 @@ impl EventReceiver {
         Ok((conn, link))
     }
 
-    /// Waits for the next batch of deliveries and decodes it into the buffer. Returns false
+    /// Waits for the next batch of deliveries and moves it into the buffer. Returns false
     /// when `deadline` passed first.
     async fn fill(&mut self, deadline: Option<Instant>) -> Result<bool> {
         if self.failed {
@@ -352,16 +426,7 @@ impl EventReceiver {
             let err = match item {
                 Some(RecvItem::Deliveries(ds)) => {
                     conn.amqp.credit(link.link, ds.len() as u32).await;
-                    let track = self.options.track_last_enqueued_event_properties;
-                    self.buffer.reserve(ds.len());
-                    for d in ds {
-                        let (ev, last) = ReceivedEventData::decode(d.payload, &self.partition_id, track)?;
-                        self.last_sequence_number = Some(ev.sequence_number());
-                        if last.is_some() {
-                            self.last_enqueued = last;
-                        }
-                        self.buffer.push_back(ev);
-                    }
+                    self.undelivered.raw.extend(ds.into_iter().map(|d| d.payload));
                     return Ok(true);
                 }
                 Some(RecvItem::Detached(e)) => e,
@@ -372,7 +437,7 @@ impl EventReceiver {
                 self.core.discard(&conn).await;
             }
             if err.is_transient() && retried < self.core.options.retry.max_retries {
-                tracing::info!(partition_id = %self.partition_id, error = %err, "receiver lost; resuming");
+                tracing::info!(partition_id = %self.partition_id(), error = %err, "receiver lost; resuming");
                 tokio::time::sleep(self.core.options.retry.delay(retried)).await;
                 retried += 1;
                 continue;
@@ -385,8 +450,8 @@ impl EventReceiver {
     /// The next event, waiting as long as it takes.
     pub async fn recv(&mut self) -> Result<ReceivedEventData> {
         loop {
-            if let Some(e) = self.buffer.pop_front() {
-                return Ok(e);
+            if let Some(e) = self.undelivered.next() {
+                return e;
             }
             self.fill(None).await?;
         }
@@ -402,9 +467,11 @@ impl EventReceiver {
         let deadline = Instant::now() + max_wait_time;
         let mut out = Vec::new();
         loop {
-            let n = (max_batch_size - out.len().min(max_batch_size)).min(self.buffer.len());
-            out.extend(self.buffer.drain(..n));
-            if out.len() >= max_batch_size || (!out.is_empty() && self.buffer.is_empty()) {
+            self.undelivered.take(max_batch_size, &mut out)?;
+            if out.len() >= max_batch_size || (!out.is_empty() && self.undelivered.is_empty()) {
+                return Ok(out);
+            }
+            if self.undelivered.error.is_some() {
                 return Ok(out);
             }
             if !self.fill(Some(deadline)).await? {
@@ -416,7 +483,7 @@ impl EventReceiver {
     /// The events as a [`Stream`]. It ends after yielding an error that is not transient.
     pub fn stream_events(&mut self) -> impl Stream<Item = Result<ReceivedEventData>> + '_ {
         futures_util::stream::unfold(self, |r| async move {
-            if r.failed && r.buffer.is_empty() {
+            if r.failed && r.undelivered.is_empty() {
                 return None;
             }
             let item = r.recv().await;
@@ -429,5 +496,76 @@ impl EventReceiver {
         if let Some((conn, link)) = self.link.take() {
             conn.amqp.detach(link.link).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ehub_amqp_codec::Message;
+    use ehub_model::annotations as ann;
+
+    /// A message as the service delivers it: sequence number `seq`, offset `seq * 100`.
+    fn delivered(seq: i64) -> Bytes {
+        let mut m = Message::with_data(Bytes::from(format!("event {seq}")));
+        m.message_annotations = Some(vec![
+            (Value::Symbol(ann::SEQUENCE_NUMBER.into()), Value::Long(seq)),
+            (Value::Symbol(ann::OFFSET.into()), Value::String((seq * 100).to_string())),
+        ]);
+        m.to_bytes().unwrap()
+    }
+
+    fn bodies(events: &[ReceivedEventData]) -> Vec<&str> {
+        events.iter().map(|e| e.body_as_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn an_undecodable_message_fails_its_own_turn_and_loses_no_event_around_it() {
+        let mut u = Undelivered::new("0", false);
+        u.raw.extend([delivered(1), delivered(2), Bytes::from_static(b"\x00\x53garbage"), delivered(3)]);
+        let mut out = Vec::new();
+        // The events before it come out first; the error waits for the next call.
+        u.take(10, &mut out).unwrap();
+        assert_eq!(bodies(&out), ["event 1", "event 2"]);
+        assert!(!u.is_empty(), "the error is still owed");
+        let err = u.take(10, &mut Vec::new()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::EventData);
+        assert!(!err.is_transient());
+        // Then the event after it.
+        let mut out = Vec::new();
+        u.take(10, &mut out).unwrap();
+        assert_eq!(bodies(&out), ["event 3"]);
+        assert!(u.is_empty());
+        assert_eq!(u.last_sequence_number, Some(3));
+    }
+
+    #[test]
+    fn take_stops_at_the_batch_size_and_next_takes_one() {
+        let mut u = Undelivered::new("0", false);
+        u.raw.extend((1..=5).map(delivered));
+        let mut out = Vec::new();
+        u.take(3, &mut out).unwrap();
+        assert_eq!(bodies(&out), ["event 1", "event 2", "event 3"]);
+        assert_eq!(u.next().unwrap().unwrap().sequence_number(), 4);
+        assert_eq!(u.last_sequence_number, Some(4));
+        assert_eq!(u.next().unwrap().unwrap().offset(), "500");
+        assert!(u.next().is_none());
+    }
+
+    #[test]
+    fn a_reconnect_resumes_after_the_last_event_received_taken_or_not() {
+        let mut u = Undelivered::new("0", false);
+        assert_eq!(u.resume_after(), None);
+        u.raw.extend([delivered(7), delivered(8)]);
+        u.next().unwrap().unwrap();
+        // Event 8 is still waiting here: resuming after 7 would deliver it twice.
+        assert_eq!(u.resume_after(), Some(8));
+        // An undecodable last message does not hide the one before it.
+        u.raw.push_back(Bytes::from_static(b"garbage"));
+        assert_eq!(u.resume_after(), Some(8));
+        u.next().unwrap().unwrap();
+        assert_eq!(u.resume_after(), Some(8));
+        assert!(u.next().unwrap().is_err());
+        assert_eq!(u.resume_after(), Some(8));
     }
 }
