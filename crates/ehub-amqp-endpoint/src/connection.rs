@@ -546,11 +546,8 @@ impl Connection {
         self.credit(id) > 0 && self.session_send_window(id.channel) >= self.frames_needed(tag_len, max_len)
     }
 
-    /// The most payload one transfer frame carries (at least 1).
     fn frame_room(&self, tag_len: usize) -> usize {
-        // Upper bound of the transfer performative: descriptor 3 + list32 header 9 + fields.
-        let perf_max = 3 + 9 + 5 + 5 + (5 + tag_len) + 5 + 1 + 1 + 5;
-        (self.peer_max_frame as usize).saturating_sub(8 + perf_max).max(1)
+        frame_room(self.peer_max_frame, tag_len)
     }
 
     /// Tells the engine that buffered output was written at `now` (for heartbeats).
@@ -1487,72 +1484,32 @@ impl Connection {
     where
         F: FnOnce(&mut BytesMut),
     {
+        self.burst(id)?.send_with(args, max_len, write)
+    }
+
+    /// Starts a burst of deliveries on sender link `id`: the session and link are looked up
+    /// once for all of them, not once per delivery (a consumer pump sends thousands in a row).
+    /// Fails like [`Connection::send_with`] when the link is not an attached sender.
+    pub fn burst(&mut self, id: LinkId) -> Result<Burst<'_>> {
         self.require_open()?;
-        if args.tag.len() > ehub_amqp_codec::MAX_DELIVERY_TAG {
-            return Err(EndpointError::IllegalState("a delivery tag is at most 32 bytes"));
-        }
         if !self.held_detaches.is_empty() {
             self.release_held_detaches(|h| h.channel == id.channel)?;
         }
-        let room = self.frame_room(args.tag.len());
-        let frames = frames_for(room, max_len);
         let s = self.sessions.get_mut(&id.channel).ok_or(EndpointError::IllegalState("unknown session"))?;
-        if s.remote_incoming_window < frames {
-            // The peer's session window: a sender that ignores it gets a window violation.
-            return Err(EndpointError::IllegalState("the peer's session window is full"));
-        }
-        let l = s.links.get_mut(&id.handle).ok_or(EndpointError::IllegalState("unknown link"))?;
-        if l.role != Role::Sender || l.remote_handle.is_none() || l.state != LinkState::Attached {
+        let Session { links, next_delivery_id, next_outgoing_id, remote_incoming_window, .. } = s;
+        let link = links.get_mut(&id.handle).ok_or(EndpointError::IllegalState("unknown link"))?;
+        if link.role != Role::Sender || link.remote_handle.is_none() || link.state != LinkState::Attached {
             return Err(EndpointError::IllegalState("link is not an attached sender"));
         }
-        if l.credit == 0 {
-            return Err(EndpointError::IllegalState("no link credit"));
-        }
-        l.credit -= 1;
-        l.delivery_count = l.delivery_count.wrapping_add(1);
-        let delivery_id = s.next_delivery_id;
-        s.next_delivery_id = s.next_delivery_id.wrapping_add(1);
-
-        let mut t = Transfer {
-            handle: id.handle,
-            delivery_id: Some(delivery_id),
-            delivery_tag: None,
-            message_format: Some(args.message_format),
-            settled: Some(args.settled),
-            ..Default::default()
-        };
-        let out = &mut self.out;
-        if frames == 1 {
-            let start = start_frame(out, FRAME_TYPE_AMQP, id.channel);
-            put_transfer(out, &t, args.tag)?;
-            let before = out.len();
-            write(out);
-            debug_assert!(out.len() - before <= max_len, "send_with wrote more than declared");
-            finish_frame(out, start)?;
-            s.next_outgoing_id = s.next_outgoing_id.wrapping_add(1);
-            s.remote_incoming_window = s.remote_incoming_window.saturating_sub(1);
-            return Ok(delivery_id);
-        }
-        // Multi-frame: assemble once, then cut into frames.
-        let mut body = BytesMut::with_capacity(max_len);
-        write(&mut body);
-        let mut chunks = body.chunks(room).peekable();
-        let mut first = true;
-        while let Some(chunk) = chunks.next() {
-            t.more = chunks.peek().is_some();
-            if !first {
-                t.delivery_id = None;
-                t.message_format = None;
-            }
-            let start = start_frame(out, FRAME_TYPE_AMQP, id.channel);
-            put_transfer(out, &t, if first { args.tag } else { &[] })?;
-            out.extend_from_slice(chunk);
-            finish_frame(out, start)?;
-            s.next_outgoing_id = s.next_outgoing_id.wrapping_add(1);
-            s.remote_incoming_window = s.remote_incoming_window.saturating_sub(1);
-            first = false;
-        }
-        Ok(delivery_id)
+        Ok(Burst {
+            id,
+            link,
+            next_delivery_id,
+            next_outgoing_id,
+            remote_incoming_window,
+            out: &mut self.out,
+            max_frame: self.peer_max_frame,
+        })
     }
 
     /// Replenishes credit on one of our receiver links when it has fallen below half of
@@ -1580,7 +1537,103 @@ impl Connection {
     }
 }
 
-/// Writes a transfer performative with the tag as a slice (hot path: no `Bytes` allocation).
+/// Deliveries sent in a row on one sender link ([`Connection::burst`]).
+#[derive(Debug)]
+pub struct Burst<'c> {
+    id: LinkId,
+    link: &'c mut Link,
+    next_delivery_id: &'c mut u32,
+    next_outgoing_id: &'c mut u32,
+    remote_incoming_window: &'c mut u32,
+    out: &'c mut BytesMut,
+    max_frame: u32,
+}
+
+impl Burst<'_> {
+    /// Credit the peer has granted on the link.
+    pub fn credit(&self) -> u32 {
+        self.link.credit
+    }
+
+    /// True when the link has credit and the peer's session window takes a delivery of at
+    /// most `max_len` bytes with a tag of `tag_len` bytes now.
+    pub fn can_send(&self, tag_len: usize, max_len: usize) -> bool {
+        self.link.credit > 0 && *self.remote_incoming_window >= frames_for(frame_room(self.max_frame, tag_len), max_len)
+    }
+
+    /// Sends one delivery, as [`Connection::send_with`] does.
+    pub fn send_with<F>(&mut self, args: SendArgs<'_>, max_len: usize, write: F) -> Result<u32>
+    where
+        F: FnOnce(&mut BytesMut),
+    {
+        if args.tag.len() > ehub_amqp_codec::MAX_DELIVERY_TAG {
+            return Err(EndpointError::IllegalState("a delivery tag is at most 32 bytes"));
+        }
+        let room = frame_room(self.max_frame, args.tag.len());
+        let frames = frames_for(room, max_len);
+        if *self.remote_incoming_window < frames {
+            // The peer's session window: a sender that ignores it gets a window violation.
+            return Err(EndpointError::IllegalState("the peer's session window is full"));
+        }
+        let l = &mut *self.link;
+        if l.credit == 0 {
+            return Err(EndpointError::IllegalState("no link credit"));
+        }
+        l.credit -= 1;
+        l.delivery_count = l.delivery_count.wrapping_add(1);
+        let delivery_id = *self.next_delivery_id;
+        *self.next_delivery_id = delivery_id.wrapping_add(1);
+
+        let mut t = Transfer {
+            handle: self.id.handle,
+            delivery_id: Some(delivery_id),
+            delivery_tag: None,
+            message_format: Some(args.message_format),
+            settled: Some(args.settled),
+            ..Default::default()
+        };
+        let out = &mut *self.out;
+        if frames == 1 {
+            let start = start_frame(out, FRAME_TYPE_AMQP, self.id.channel);
+            put_transfer(out, &t, args.tag)?;
+            let before = out.len();
+            write(out);
+            debug_assert!(out.len() - before <= max_len, "send_with wrote more than declared");
+            finish_frame(out, start)?;
+            *self.next_outgoing_id = self.next_outgoing_id.wrapping_add(1);
+            *self.remote_incoming_window -= 1;
+            return Ok(delivery_id);
+        }
+        // Multi-frame: assemble once, then cut into frames.
+        let mut body = BytesMut::with_capacity(max_len);
+        write(&mut body);
+        let mut chunks = body.chunks(room).peekable();
+        let mut first = true;
+        while let Some(chunk) = chunks.next() {
+            t.more = chunks.peek().is_some();
+            if !first {
+                t.delivery_id = None;
+                t.message_format = None;
+            }
+            let start = start_frame(out, FRAME_TYPE_AMQP, self.id.channel);
+            put_transfer(out, &t, if first { args.tag } else { &[] })?;
+            out.extend_from_slice(chunk);
+            finish_frame(out, start)?;
+            *self.next_outgoing_id = self.next_outgoing_id.wrapping_add(1);
+            *self.remote_incoming_window = self.remote_incoming_window.saturating_sub(1);
+            first = false;
+        }
+        Ok(delivery_id)
+    }
+}
+
+/// The most payload one transfer frame of at most `max_frame` bytes carries (at least 1).
+fn frame_room(max_frame: u32, tag_len: usize) -> usize {
+    // Upper bound of the transfer performative: descriptor 3 + list32 header 9 + fields.
+    let perf_max = 3 + 9 + 5 + 5 + (5 + tag_len) + 5 + 1 + 1 + 5;
+    (max_frame as usize).saturating_sub(8 + perf_max).max(1)
+}
+
 /// Transfer frames for a payload of at most `max_len` bytes with `room` bytes per frame.
 fn frames_for(room: usize, max_len: usize) -> u32 {
     // The common case without a division: this runs twice per delivery.
@@ -1591,6 +1644,7 @@ fn frames_for(room: usize, max_len: usize) -> u32 {
     }
 }
 
+/// Writes a transfer performative with the tag as a slice (hot path: no `Bytes` allocation).
 fn put_transfer(out: &mut BytesMut, t: &Transfer, tag: &[u8]) -> std::result::Result<(), ehub_amqp_codec::EncodeError> {
     let tag_field = (!tag.is_empty() || t.delivery_id.is_some()).then_some(tag);
     // rcv-settle-mode, state, resume, aborted, batchable: written as nulls (`all_fields`),

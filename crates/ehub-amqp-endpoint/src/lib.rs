@@ -37,8 +37,8 @@ mod idmap;
 pub mod websocket;
 
 pub use connection::{
-    AttachReply, Connection, ConnectionConfig, ConnectionRole, Delivery, DeliveryTag, Event, Link, LinkId, SaslConfig,
-    SendArgs,
+    AttachReply, Burst, Connection, ConnectionConfig, ConnectionRole, Delivery, DeliveryTag, Event, Link, LinkId,
+    SaslConfig, SendArgs,
 };
 pub use error::{condition, EndpointError};
 pub use idmap::{IdHasher, IdMap};

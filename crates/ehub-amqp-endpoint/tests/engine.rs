@@ -160,6 +160,33 @@ fn open_begin_attach_and_settled_transfer_round_trip() {
 }
 
 #[test]
+fn a_burst_sends_in_a_row_until_credit_runs_out_and_only_on_an_attached_sender() {
+    let mut p = Pair::plain();
+    let (c, _) = p.credited_sender(3);
+    let mut burst = p.client.burst(c).unwrap();
+    let mut ids = Vec::new();
+    for tag in 0u32..5 {
+        if !burst.can_send(4, 5) {
+            break;
+        }
+        let args = SendArgs { tag: &tag.to_be_bytes(), message_format: 0, settled: true };
+        ids.push(burst.send_with(args, 5, |out| out.extend_from_slice(format!("ev-{tag}").as_bytes())).unwrap());
+    }
+    assert_eq!(burst.credit(), 0);
+    let args = SendArgs { tag: b"x", message_format: 0, settled: true };
+    assert!(matches!(burst.send_with(args, 1, |_| {}), Err(EndpointError::IllegalState(_))));
+    assert_eq!(ids, [0, 1, 2], "consecutive delivery ids");
+    p.pump();
+    let got = Pair::deliveries(&mut p.server_events);
+    let payloads: Vec<&[u8]> = got.iter().map(|d| &d.payload[..]).collect();
+    assert_eq!(payloads, [&b"ev-0"[..], b"ev-1", b"ev-2"]);
+    assert_eq!(p.client.link(c).unwrap().delivery_count, 3);
+    // The server's end of that link receives: no burst there.
+    let (_, receiver) = p.credited_sender(1);
+    assert!(matches!(p.server.burst(receiver), Err(EndpointError::IllegalState(_))));
+}
+
+#[test]
 fn a_delivery_tag_beyond_32_bytes_is_refused_and_costs_no_credit() {
     let mut p = Pair::plain();
     let (c, _) = p.credited_sender(1);

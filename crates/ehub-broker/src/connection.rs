@@ -743,15 +743,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 return Ok(());
             }
             if !c.buffer.is_empty() {
-                // One burst per wake-up: the metrics are read and encoded once for it.
+                // One burst per wake-up: the metrics are read and encoded once for it, and the
+                // session and link looked up once.
                 let metrics = c.metrics.then(|| runtime_metrics(&c.part.info()));
+                let mut burst = self.conn.burst(link)?;
                 for _ in 0..(credit as usize).min(c.buffer.len()) {
                     let Some(e) = c.buffer.front() else { break };
                     let d = DeliveryAnnotations::prepare(&mut self.annotations, e, metrics.as_deref());
                     let max_len = d.max_len(e, &self.annotations);
                     // The peer's session window, as well as the link credit: the next flow
                     // that opens it wakes this pump again.
-                    if !self.conn.can_send(link, std::mem::size_of_val(&c.tag), max_len) {
+                    if !burst.can_send(std::mem::size_of_val(&c.tag), max_len) {
                         break;
                     }
                     let e = c.buffer.pop_front().expect("front exists");
@@ -759,7 +761,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                     let tag = c.tag.to_be_bytes();
                     let (extra, args) = (&self.annotations, SendArgs { tag: &tag, message_format: 0, settled: true });
                     // Spliced straight into the connection's output buffer: no copy in between.
-                    self.conn.send_with(link, args, max_len, |out| d.write(out, &e, extra))?;
+                    burst.send_with(args, max_len, |out| d.write(out, &e, extra))?;
                 }
             }
             if c.busy || c.buffer.len() >= READ_BATCH / 2 {
