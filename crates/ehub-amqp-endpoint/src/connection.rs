@@ -1097,6 +1097,33 @@ impl Connection {
         }
         let link = LinkId { channel: local, handle: h };
         let limit = if l.max_message_size == 0 { u64::MAX } else { l.max_message_size };
+        if l.partial.is_none() && !t.more && !t.aborted {
+            // A whole delivery in one frame, the usual case: no partial state to build.
+            if l.credit == 0 {
+                return Err(Self::protocol(condition::TRANSFER_LIMIT_EXCEEDED, "transfer without link credit"));
+            }
+            let id = t.delivery_id.ok_or_else(|| {
+                Self::protocol(condition::INVALID_FIELD, "first transfer of a delivery without delivery-id")
+            })?;
+            l.credit -= 1;
+            l.delivery_count = l.delivery_count.wrapping_add(1);
+            *next_delivery = id.wrapping_add(1);
+            let size = payload.len() as u64;
+            let oversized = size > limit;
+            self.events.push_back(Event::Delivery(Delivery {
+                link,
+                delivery_id: id,
+                tag: t.tag,
+                message_format: t.message_format.unwrap_or(0),
+                settled: t.settled.unwrap_or(false),
+                // Zero-copy: a slice of the frame.
+                payload: if oversized { Bytes::new() } else { payload },
+                size,
+                oversized,
+                aborted: false,
+            }));
+            return self.replenish_if(replenish, local, window);
+        }
         let mut p = match l.partial.take() {
             Some(p) => p,
             None => {
@@ -1154,6 +1181,11 @@ impl Connection {
             }
             l.partial = Some(p);
         }
+        self.replenish_if(replenish, local, window)
+    }
+
+    /// Reopens our incoming window on session `local` when `replenish` says it ran low.
+    fn replenish_if(&mut self, replenish: bool, local: u16, window: u32) -> Result<()> {
         if replenish {
             let s = self.sessions.get_mut(&local).expect("exists");
             s.incoming_window = window;

@@ -593,7 +593,7 @@ impl Actor {
     /// Feeds what was read and handles the resulting events.
     fn input(&mut self) -> Step {
         let fed = self.t.feed(&mut self.conn);
-        let mut batches: IdMap<LinkId, Vec<Delivery>> = IdMap::default();
+        let mut batches: Vec<(LinkId, Vec<Delivery>)> = Vec::new();
         while let Some(ev) = self.conn.poll_event() {
             if let Step::Stop(e) = self.event(ev, &mut batches) {
                 return Step::Stop(e);
@@ -613,7 +613,7 @@ impl Actor {
         }
     }
 
-    fn event(&mut self, ev: Event, batches: &mut IdMap<LinkId, Vec<Delivery>>) -> Step {
+    fn event(&mut self, ev: Event, batches: &mut Vec<(LinkId, Vec<Delivery>)>) -> Step {
         match ev {
             Event::Attached { link, attach } => self.attached(link, &attach),
             Event::LinkFlow { link } => {
@@ -625,10 +625,19 @@ impl Actor {
             }
             Event::Delivery(d) => {
                 let _ = self.conn.accept_delivery(&d);
-                if let Some(node) = self.node_links.get(&d.link).copied() {
-                    self.response(node, d);
-                } else if self.receivers.contains_key(&d.link) {
-                    batches.entry(d.link).or_default().push(d);
+                // Deliveries come in runs on one receiver link: the run continues without lookups.
+                match batches.last_mut() {
+                    Some((link, batch)) if *link == d.link => batch.push(d),
+                    _ => {
+                        if let Some(node) = self.node_links.get(&d.link).copied() {
+                            self.response(node, d);
+                        } else if self.receivers.contains_key(&d.link) {
+                            match batches.iter_mut().find(|(link, _)| *link == d.link) {
+                                Some((_, batch)) => batch.push(d),
+                                None => batches.push((d.link, vec![d])),
+                            }
+                        }
+                    }
                 }
             }
             Event::Disposition { role: Role::Receiver, first, last, state, .. } => {
