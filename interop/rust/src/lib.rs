@@ -78,6 +78,17 @@ pub struct Broker {
     _dir: tempfile::TempDir,
 }
 
+/// CPU time (user and system) a process has used so far, from `/proc/<pid>/stat`
+/// (`"self"` for this process); zero where that is not readable.
+pub fn cpu_time(pid: &str) -> std::time::Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    // Linux reports these in clock ticks of 1/100 s.
+    std::time::Duration::from_millis(ticks * 10)
+}
+
 /// Path of the broker binary: `EHUB_BIN`, or the workspace's release build.
 pub fn ehub_bin() -> PathBuf {
     std::env::var_os("EHUB_BIN")
