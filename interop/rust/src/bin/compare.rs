@@ -135,7 +135,7 @@ async fn measured(f: impl std::future::Future<Output = f64>, broker: u32) -> Res
 }
 
 /// How long one measurement may take before it counts as hung.
-const HUNG_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+const HUNG_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Rounds measured, and rounds abandoned because a client hung.
 struct Turns {
