@@ -538,16 +538,12 @@ impl Connection {
     /// How many transfer frames [`Connection::send_with`] uses at most for a payload of at most
     /// `max_len` bytes with a tag of `tag_len` bytes.
     pub fn frames_needed(&self, tag_len: usize, max_len: usize) -> u32 {
-        frames_for(self.frame_room(tag_len), max_len)
+        frames_for(frame_room(self.peer_max_frame, tag_len), max_len)
     }
 
     /// True when the peer's session window takes a delivery of at most `max_len` bytes now.
     pub fn can_send(&self, id: LinkId, tag_len: usize, max_len: usize) -> bool {
         self.credit(id) > 0 && self.session_send_window(id.channel) >= self.frames_needed(tag_len, max_len)
-    }
-
-    fn frame_room(&self, tag_len: usize) -> usize {
-        frame_room(self.peer_max_frame, tag_len)
     }
 
     /// Tells the engine that buffered output was written at `now` (for heartbeats).
@@ -1097,50 +1093,42 @@ impl Connection {
         }
         let link = LinkId { channel: local, handle: h };
         let limit = if l.max_message_size == 0 { u64::MAX } else { l.max_message_size };
-        if l.partial.is_none() && !t.more && !t.aborted {
-            // A whole delivery in one frame, the usual case: no partial state to build.
-            if l.credit == 0 {
-                return Err(Self::protocol(condition::TRANSFER_LIMIT_EXCEEDED, "transfer without link credit"));
-            }
-            let id = t.delivery_id.ok_or_else(|| {
-                Self::protocol(condition::INVALID_FIELD, "first transfer of a delivery without delivery-id")
-            })?;
-            l.credit -= 1;
-            l.delivery_count = l.delivery_count.wrapping_add(1);
-            *next_delivery = id.wrapping_add(1);
-            let size = payload.len() as u64;
-            let oversized = size > limit;
-            self.events.push_back(Event::Delivery(Delivery {
-                link,
-                delivery_id: id,
-                tag: t.tag,
-                message_format: t.message_format.unwrap_or(0),
-                settled: t.settled.unwrap_or(false),
-                // Zero-copy: a slice of the frame.
-                payload: if oversized { Bytes::new() } else { payload },
-                size,
-                oversized,
-                aborted: false,
-            }));
-            return self.replenish_if(replenish, local, window);
-        }
         let mut p = match l.partial.take() {
             Some(p) => p,
             None => {
                 if l.credit == 0 {
                     return Err(Self::protocol(condition::TRANSFER_LIMIT_EXCEEDED, "transfer without link credit"));
                 }
-                l.credit -= 1;
-                l.delivery_count = l.delivery_count.wrapping_add(1);
                 let id = t.delivery_id.ok_or_else(|| {
                     Self::protocol(condition::INVALID_FIELD, "first transfer of a delivery without delivery-id")
                 })?;
+                l.credit -= 1;
+                l.delivery_count = l.delivery_count.wrapping_add(1);
                 *next_delivery = id.wrapping_add(1);
+                let (format, settled) = (t.message_format.unwrap_or(0), t.settled.unwrap_or(false));
+                if !t.more && !t.aborted {
+                    // A whole delivery in one frame, the usual case: no partial state to build.
+                    let size = payload.len() as u64;
+                    let oversized = size > limit;
+                    self.events.push_back(Event::Delivery(Delivery {
+                        link,
+                        delivery_id: id,
+                        tag: t.tag,
+                        message_format: format,
+                        settled,
+                        // Zero-copy: a slice of the frame.
+                        payload: if oversized { Bytes::new() } else { payload },
+                        size,
+                        oversized,
+                        aborted: false,
+                    }));
+                    return self.replenish_if(replenish, local, window);
+                }
                 Partial {
                     delivery_id: id,
                     tag: t.tag,
-                    format: t.message_format.unwrap_or(0),
-                    settled: t.settled.unwrap_or(false),
+                    format,
+                    settled,
                     buf: BytesMut::new(),
                     size: 0,
                     oversized: false,
@@ -1159,7 +1147,7 @@ impl Connection {
             let payload = if p.oversized {
                 Bytes::new()
             } else if p.buf.is_empty() {
-                payload // single-frame delivery: zero-copy slice of the frame
+                payload // nothing buffered before this frame: zero-copy slice of it
             } else {
                 p.buf.extend_from_slice(&payload);
                 p.buf.freeze()
@@ -1652,7 +1640,8 @@ impl Burst<'_> {
             out.extend_from_slice(chunk);
             finish_frame(out, start)?;
             *self.next_outgoing_id = self.next_outgoing_id.wrapping_add(1);
-            *self.remote_incoming_window = self.remote_incoming_window.saturating_sub(1);
+            // At least `frames` were open (checked above).
+            *self.remote_incoming_window -= 1;
             first = false;
         }
         Ok(delivery_id)

@@ -157,18 +157,16 @@ where
     let mut turns = Turns { rates: Vec::new(), hung: 0 };
     while turns.rates.len() < rounds && turns.hung < rounds {
         let round = turns.rates.len() + turns.hung;
-        let pair = if round.is_multiple_of(2) {
-            match measured(sdk(), broker).await {
-                Ok(s) => measured(ours(), broker).await.map(|o| (s, o)),
-                Err(e) => Err(e),
-            }
-        } else {
-            match measured(ours(), broker).await {
-                Ok(o) => measured(sdk(), broker).await.map(|s| (s, o)),
-                Err(e) => Err(e),
-            }
+        let pair = async {
+            Ok::<_, Elapsed>(if round.is_multiple_of(2) {
+                let s = measured(sdk(), broker).await?;
+                (s, measured(ours(), broker).await?)
+            } else {
+                let o = measured(ours(), broker).await?;
+                (measured(sdk(), broker).await?, o)
+            })
         };
-        match pair {
+        match pair.await {
             Ok((s, o)) => {
                 eprintln!("round {}: official SDK {} | ehub {}", round + 1, s.1, o.1);
                 turns.rates.push((s.0, o.0));
@@ -199,7 +197,11 @@ fn row(name: &str, turns: &Turns) -> String {
     };
     let ratios: Vec<f64> = rounds.iter().map(|(s, o)| o / s).collect();
     let each: Vec<String> = ratios.iter().map(|r| format!("{r:.1}x")).collect();
-    let hung = if turns.hung > 0 { format!(" ({} hung rounds run again)", turns.hung) } else { String::new() };
+    let hung = match turns.hung {
+        0 => String::new(),
+        1 => " (1 hung round run again)".to_string(),
+        n => format!(" ({n} hung rounds run again)"),
+    };
     format!(
         "| {name} | {:.0}/s | {:.0}/s | {}{hung} | **{:.1}x** |",
         median(rounds.iter().map(|r| r.0).collect()),
