@@ -3,7 +3,7 @@
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
-use ehub_amqp_codec::{batch_items, find_annotation, splice_annotations, Message, SectionSpans};
+use ehub_amqp_codec::{batch_items, find_annotation, splice_annotations, AnnotationEntries, Message, SectionSpans};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -17,7 +17,11 @@ fuzz_target!(|data: &[u8]| {
             let _ = find_annotation(&raw, ma, "x-opt-partition-key");
         }
         let mut out = BytesMut::new();
-        let _ = splice_annotations(&mut out, &raw, &spans, &["x-opt-sequence-number"], &[], 0, None);
+        let ours = AnnotationEntries { replace_keys: &["x-opt-sequence-number"], entries: &[], count: 0 };
+        let _ = splice_annotations(&mut out, &raw, &spans, ours, None);
+        out.clear();
+        let metrics = AnnotationEntries { replace_keys: &["last_enqueued_sequence_number"], entries: &[], count: 0 };
+        let _ = splice_annotations(&mut out, &raw, &spans, ours, Some(metrics));
         let _ = batch_items(&raw, &spans);
     }
 });

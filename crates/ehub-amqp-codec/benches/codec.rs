@@ -6,8 +6,8 @@
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use ehub_amqp_codec::{
-    decode_frame_bytes, encode_frame, find_annotation, splice_annotations, split_frame, Message, Performative,
-    SectionSpans, Transfer, Value,
+    decode_frame_bytes, encode_frame, find_annotation, splice_annotations, split_frame, AnnotationEntries, Message,
+    Performative, SectionSpans, Transfer, Value,
 };
 
 fn event() -> Bytes {
@@ -105,7 +105,8 @@ fn bench(c: &mut Criterion) {
         let mut out = BytesMut::with_capacity(512);
         b.iter(|| {
             out.clear();
-            splice_annotations(&mut out, &plain, &spans, &["x-opt-sequence-number"], &extra, 1, None).unwrap();
+            let ours = AnnotationEntries { replace_keys: &["x-opt-sequence-number"], entries: &extra, count: 1 };
+            splice_annotations(&mut out, &plain, &spans, ours, None).unwrap();
         })
     });
     g.finish();

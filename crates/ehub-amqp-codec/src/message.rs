@@ -531,42 +531,69 @@ pub fn find_annotation(raw: &Bytes, section: &Range<usize>, key: &str) -> Result
     Ok(None)
 }
 
-/// Writes `raw` to `out` with its message annotations replaced by: the original entries whose
-/// keys are not in `replace_keys`, followed by the pre-encoded `extra` entries (`extra_count`
-/// entries, i.e. key/value pairs). Delivery annotations of the original are dropped and
-/// `delivery_annotations` (pre-encoded complete section bytes) is written instead when given.
+/// Entries to merge into an annotations section ([`splice_annotations`]): `count` pre-encoded
+/// key/value pairs in `entries`, which replace the original's entries under `replace_keys`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AnnotationEntries<'a> {
+    /// Keys of the original section that are dropped (ours take their place).
+    pub replace_keys: &'a [&'a str],
+    /// The pre-encoded entries (key, value, key, value, ...).
+    pub entries: &'a [u8],
+    /// How many key/value pairs `entries` holds.
+    pub count: usize,
+}
+
+/// Writes `raw` to `out` with its message annotations replaced by the original entries whose
+/// keys are not in `message.replace_keys`, followed by `message.entries`. The original delivery
+/// annotations are kept as they are, or, when `delivery` is given, merged with it the same way
+/// (the sender's entries are kept beside ours, as the service does).
 ///
 /// Sections are written in canonical order; everything except the annotations is copied as is.
 pub fn splice_annotations(
     out: &mut BytesMut,
     raw: &Bytes,
     spans: &SectionSpans,
-    replace_keys: &[&str],
-    extra: &[u8],
-    extra_count: usize,
-    delivery_annotations: Option<&[u8]>,
+    message: AnnotationEntries<'_>,
+    delivery: Option<AnnotationEntries<'_>>,
 ) -> Result<(), DecodeError> {
     if let Some(h) = &spans.header {
         out.extend_from_slice(&raw[h.clone()]);
     }
-    if let Some(d) = delivery_annotations {
-        out.extend_from_slice(d);
+    match (delivery, &spans.delivery_annotations) {
+        (Some(d), original) => put_merged_section(out, raw, descriptor::DELIVERY_ANNOTATIONS, original.as_ref(), d)?,
+        (None, Some(original)) => out.extend_from_slice(&raw[original.clone()]),
+        (None, None) => {}
     }
-    // The message-annotations section: keep foreign entries, then ours.
-    put_section_prefix(out, descriptor::MESSAGE_ANNOTATIONS);
+    put_merged_section(out, raw, descriptor::MESSAGE_ANNOTATIONS, spans.message_annotations.as_ref(), message)?;
+    for s in [&spans.properties, &spans.application_properties, &spans.body, &spans.footer].into_iter().flatten() {
+        out.extend_from_slice(&raw[s.clone()]);
+    }
+    Ok(())
+}
+
+/// Writes an annotations section: the entries of `original` (a section of `raw`) whose keys are
+/// not replaced, then the new ones.
+fn put_merged_section(
+    out: &mut BytesMut,
+    raw: &Bytes,
+    code: u64,
+    original: Option<&Range<usize>>,
+    new: AnnotationEntries<'_>,
+) -> Result<(), DecodeError> {
+    put_section_prefix(out, code);
     let mut kept: Vec<Range<usize>> = Vec::new();
-    if let Some(ma) = &spans.message_annotations {
-        for e in RawMapEntries::of_section(raw, ma)? {
+    if let Some(section) = original {
+        for e in RawMapEntries::of_section(raw, section)? {
             let (k, v) = e?;
             let key = raw_text(&raw[k.clone()]);
-            if !key.is_some_and(|k| replace_keys.contains(&k)) {
+            if !key.is_some_and(|k| new.replace_keys.contains(&k)) {
                 kept.push(k.start..v.end);
             }
         }
     }
     let kept_len: usize = kept.iter().map(|r| r.len()).sum();
-    let body_len = kept_len + extra.len();
-    let count = kept.len() * 2 + extra_count * 2;
+    let body_len = kept_len + new.entries.len();
+    let count = kept.len() * 2 + new.count * 2;
     if body_len < 255 && count < 256 {
         out.put_u8(code::MAP8);
         out.put_u8((body_len + 1) as u8);
@@ -579,10 +606,7 @@ pub fn splice_annotations(
     for r in kept {
         out.extend_from_slice(&raw[r]);
     }
-    out.extend_from_slice(extra);
-    for s in [&spans.properties, &spans.application_properties, &spans.body, &spans.footer].into_iter().flatten() {
-        out.extend_from_slice(&raw[s.clone()]);
-    }
+    out.extend_from_slice(new.entries);
     Ok(())
 }
 

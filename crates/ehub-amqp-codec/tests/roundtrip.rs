@@ -335,6 +335,13 @@ fn symbolic_descriptors_and_any_section_order_decode() {
     assert_eq!(m.delivery_annotations, Some(vec![]));
 }
 
+fn entry(key: &str, value: Value) -> BytesMut {
+    let mut out = BytesMut::new();
+    encode_value(&Value::Symbol(key.into()), &mut out).unwrap();
+    encode_value(&value, &mut out).unwrap();
+    out
+}
+
 #[test]
 fn splice_replaces_broker_annotations_and_keeps_foreign_ones() {
     let mut m = Message::with_data(Bytes::from_static(b"body"));
@@ -342,22 +349,56 @@ fn splice_replaces_broker_annotations_and_keeps_foreign_ones() {
         (Value::Symbol("x-opt-sequence-number".into()), Value::Long(99)),
         (Value::Symbol("custom".into()), Value::Int(7)),
     ]);
-    m.delivery_annotations = Some(vec![(Value::Symbol("gone".into()), Value::Null)]);
+    m.delivery_annotations = Some(vec![(Value::Symbol("senders".into()), Value::Int(1))]);
     let raw = m.to_bytes().unwrap();
     let spans = SectionSpans::scan(&raw).unwrap();
-    let mut extra = BytesMut::new();
-    encode_value(&Value::Symbol("x-opt-sequence-number".into()), &mut extra).unwrap();
-    encode_value(&Value::Long(5), &mut extra).unwrap();
+    let extra = entry("x-opt-sequence-number", Value::Long(5));
+    let ours = AnnotationEntries { replace_keys: &["x-opt-sequence-number"], entries: &extra, count: 1 };
     let mut out = BytesMut::new();
-    splice_annotations(&mut out, &raw, &spans, &["x-opt-sequence-number"], &extra, 1, None).unwrap();
+    splice_annotations(&mut out, &raw, &spans, ours, None).unwrap();
     let got = Message::decode(&out.freeze()).unwrap();
-    assert_eq!(got.delivery_annotations, None);
+    // The sender's delivery annotations reach the receiver, as the service delivers them.
+    assert_eq!(got.delivery_annotations, Some(vec![(Value::Symbol("senders".into()), Value::Int(1))]));
     assert_eq!(
         got.message_annotations.unwrap(),
         vec![
             (Value::Symbol("custom".into()), Value::Int(7)),
             (Value::Symbol("x-opt-sequence-number".into()), Value::Long(5)),
         ]
+    );
+    assert_eq!(got.body, Body::Data(vec![Bytes::from_static(b"body")]));
+}
+
+#[test]
+fn splice_puts_runtime_metrics_beside_the_senders_delivery_annotations() {
+    let metrics = entry("last_enqueued_sequence_number", Value::Long(41));
+    let ours = AnnotationEntries { replace_keys: &["last_enqueued_sequence_number"], entries: &metrics, count: 1 };
+    let plain = AnnotationEntries::default();
+    // With delivery annotations of the sender's: theirs first, ours replacing a clash.
+    let mut m = Message::with_data(Bytes::from_static(b"body"));
+    m.delivery_annotations = Some(vec![
+        (Value::Symbol("senders".into()), Value::String("kept".into())),
+        (Value::Symbol("last_enqueued_sequence_number".into()), Value::Long(-7)),
+    ]);
+    let raw = m.to_bytes().unwrap();
+    let mut out = BytesMut::new();
+    splice_annotations(&mut out, &raw, &SectionSpans::scan(&raw).unwrap(), plain, Some(ours)).unwrap();
+    let got = Message::decode(&out.freeze()).unwrap();
+    assert_eq!(
+        got.delivery_annotations.unwrap(),
+        vec![
+            (Value::Symbol("senders".into()), Value::String("kept".into())),
+            (Value::Symbol("last_enqueued_sequence_number".into()), Value::Long(41)),
+        ]
+    );
+    // Without: ours alone.
+    let raw = Message::with_data(Bytes::from_static(b"body")).to_bytes().unwrap();
+    let mut out = BytesMut::new();
+    splice_annotations(&mut out, &raw, &SectionSpans::scan(&raw).unwrap(), plain, Some(ours)).unwrap();
+    let got = Message::decode(&out.freeze()).unwrap();
+    assert_eq!(
+        got.delivery_annotations.unwrap(),
+        vec![(Value::Symbol("last_enqueued_sequence_number".into()), Value::Long(41))]
     );
     assert_eq!(got.body, Body::Data(vec![Bytes::from_static(b"body")]));
 }
