@@ -808,6 +808,7 @@ impl Connection {
     }
 
     fn on_performative(&mut self, channel: u16, p: Performative, payload: Bytes) -> Result<()> {
+        tracing::trace!(channel, performative = ?p, "frame in");
         if self.remote_open.is_none() && !matches!(p, Performative::Open(_) | Performative::Close(_)) {
             return Err(Self::protocol(condition::ILLEGAL_STATE, "frame before open"));
         }
@@ -1239,6 +1240,8 @@ impl Connection {
     // ---------------------------------------------------------------------------------------
 
     fn write(&mut self, channel: u16, p: &Performative, payload: &[u8]) -> Result<()> {
+        // Per frame, as the house style puts it (deliveries sent in bursts are not written here).
+        tracing::trace!(channel, performative = ?p, "frame out");
         if !self.held_detaches.is_empty() {
             self.release_held_detaches(|h| h.channel == channel)?;
         }

@@ -3,10 +3,11 @@
 
 use crate::config::Rights;
 use crate::management;
+use crate::settle::{records_deliveries_late, Settlements};
 use crate::state::{Broker, ConsumerGroup, Hub, ReceiverEntry};
 use bytes::{Bytes, BytesMut};
 use ehub_amqp_codec::{
-    find_annotation, put_long, put_string, put_timestamp, splice_annotations, Attach, DeliveryState,
+    find_annotation, put_long, put_string, put_timestamp, splice_annotations, AnnotationEntries, Attach, DeliveryState,
     Error as AmqpError, Message, ReceiverSettleMode, Role, SectionSpans, SenderSettleMode, Symbol, Value,
     BATCH_MESSAGE_FORMAT,
 };
@@ -114,6 +115,7 @@ pub(crate) struct ConnTask<S> {
     /// Encoded broker annotations of the event being delivered (reused: hot path).
     annotations: BytesMut,
     acks: Vec<(u16, u32, Option<AmqpError>)>,
+    settlements: Settlements,
     peer: String,
 }
 
@@ -178,6 +180,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             ctl_rx,
             annotations: BytesMut::with_capacity(128),
             acks: Vec::new(),
+            settlements: Settlements::default(),
             peer,
         }
     }
@@ -204,6 +207,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             }
             let deadline = self.conn.next_timeout();
             let token_deadline = self.token_deadline;
+            let confirm_deadline = self.settlements.next_due();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -238,6 +242,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 _ = async { match token_deadline { Some(d) => tokio::time::sleep_until(d.into()).await, None => std::future::pending().await } } => {
                     self.expire_tokens();
                 }
+                _ = async { match confirm_deadline { Some(d) => tokio::time::sleep_until(d.into()).await, None => std::future::pending().await } } => {
+                    self.settlements.confirm_due(&mut self.conn, Instant::now());
+                }
             }
         }
     }
@@ -254,7 +261,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         match ev {
             Event::SaslInit { mechanism, .. } => debug!(peer = %self.peer, mechanism = mechanism.as_str(), "sasl"),
             Event::Opened(o) => {
-                debug!(peer = %self.peer, container_id = %o.container_id, "connection opened")
+                let twice = records_deliveries_late(&o);
+                if twice {
+                    self.settlements.settle_twice();
+                }
+                debug!(peer = %self.peer, container_id = %o.container_id, settle_twice = twice, "connection opened")
             }
             Event::SessionBegun { .. } => {}
             Event::AttachRequested { link, attach } => self.on_attach(link, *attach)?,
@@ -264,6 +275,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             Event::Disposition { .. } => {}
             Event::Detached { link, .. } => self.forget_link(link),
             Event::SessionEnded { channel, .. } => {
+                self.settlements.session_ended(channel);
                 let ids: Vec<LinkId> = self.links.keys().filter(|l| l.channel == channel).copied().collect();
                 for id in ids {
                     self.forget_link(id);
@@ -548,7 +560,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         match &mut info.kind {
             LinkKind::CbsIn | LinkKind::MgmtIn => {
                 let is_cbs = matches!(info.kind, LinkKind::CbsIn);
-                self.conn.accept_delivery(&d)?;
+                if !d.settled {
+                    let (ch, id) = (d.link.channel, d.delivery_id);
+                    self.settlements.settle(&mut self.conn, ch, id, id, DeliveryState::Accepted, Instant::now())?;
+                }
                 self.conn.top_up_credit(d.link, PRODUCER_CREDIT)?;
                 let request = match Message::decode(&d.payload) {
                     Ok(m) => m,
@@ -567,13 +582,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                         conditions::MESSAGE_SIZE_EXCEEDED,
                         format!("The received message (delivery-id:{}, size:{} bytes) exceeds the limit ({limit} bytes) currently allowed on the link.", d.delivery_id, d.size),
                     );
-                    return reject(&mut self.conn, &d, err);
+                    return reject(&mut self.conn, &mut self.settlements, &d, err);
                 }
                 let events = match split_events(&d) {
                     Ok(ev) => ev,
                     Err(reason) => {
                         let err = AmqpError::new(conditions::DECODE_ERROR, reason);
-                        return reject(&mut self.conn, &d, err);
+                        return reject(&mut self.conn, &mut self.settlements, &d, err);
                     }
                 };
                 let idx = match *partition {
@@ -694,18 +709,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         }
         let mut acks = std::mem::take(&mut self.acks);
         acks.sort_by_key(|(ch, id, _)| (*ch, *id));
+        let now = Instant::now();
         let mut i = 0;
         while i < acks.len() {
             let (ch, first, err) = acks[i].clone();
             if let Some(e) = err {
-                let _ = self.conn.disposition(
-                    ch,
-                    Role::Receiver,
-                    first,
-                    first,
-                    true,
-                    Some(DeliveryState::Rejected(Some(e))),
-                );
+                let _ =
+                    self.settlements.settle(&mut self.conn, ch, first, first, DeliveryState::Rejected(Some(e)), now);
                 i += 1;
                 continue;
             }
@@ -715,7 +725,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 last = acks[j].1;
                 j += 1;
             }
-            let _ = self.conn.disposition(ch, Role::Receiver, first, last, true, Some(DeliveryState::Accepted));
+            let _ = self.settlements.settle(&mut self.conn, ch, first, last, DeliveryState::Accepted, now);
             i = j;
         }
         self.acks = acks;
@@ -842,7 +852,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 return Ok(());
             }
         };
-        // Pick the reply link: by reply-to (target address or name), else same session, else any.
+        // Pick the reply link: by reply-to (target address or name) on the request's session, by
+        // reply-to, on the same session, else any.
         let reply_to = props.reply_to.as_deref();
         let candidates: Vec<(LinkId, bool, bool)> = self
             .links
@@ -855,9 +866,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 _ => None,
             })
             .collect();
+        // Several sessions may use the same reply address (each its own pair of links).
         let chosen = candidates
             .iter()
-            .find(|c| c.1)
+            .find(|c| c.1 && c.2)
+            .or_else(|| candidates.iter().find(|c| c.1))
             .or_else(|| candidates.iter().find(|c| c.2))
             .or_else(|| candidates.first())
             .map(|c| c.0);
@@ -906,6 +919,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             (nodes::SAS_TOKEN_TYPE, Some(t)) => self.check_sas(&t, &audience),
             (other, Some(_)) => Err(format!("The token type '{other}' is not supported.")),
         };
+        // A valid token for an entity that does not exist is refused with 404 and the service's
+        // "could not be found" text, so that clients fail at once with a not-found error instead
+        // of retrying a link that cannot attach. No error-condition: the Python SDK drops the
+        // status code and description of a put-token answer that carries one.
+        if let Ok(t) = &result {
+            if let Some(hub) = t.path.split('/').next().filter(|h| !h.is_empty() && self.broker.hub(h).is_none()) {
+                info!(peer = %self.peer, audience = %audience, "token for an unknown entity");
+                return management::status_message(404, &Self::not_found(hub), None, Value::Null);
+            }
+        }
         match result {
             Ok(t) => {
                 debug!(peer = %self.peer, audience = %audience, "token accepted");
@@ -978,9 +1001,14 @@ fn conditions_static(c: &Symbol) -> &'static str {
 }
 
 /// Rejects one delivery with `err`, keeping the link (and its credit) usable.
-fn reject(conn: &mut Connection, d: &Delivery, err: AmqpError) -> Result<(), EndpointError> {
-    let state = Some(DeliveryState::Rejected(Some(err)));
-    conn.disposition(d.link.channel, Role::Receiver, d.delivery_id, d.delivery_id, true, state)?;
+fn reject(
+    conn: &mut Connection,
+    settlements: &mut Settlements,
+    d: &Delivery,
+    err: AmqpError,
+) -> Result<(), EndpointError> {
+    let state = DeliveryState::Rejected(Some(err));
+    settlements.settle(conn, d.link.channel, d.delivery_id, d.delivery_id, state, Instant::now())?;
     conn.top_up_credit(d.link, PRODUCER_CREDIT)?;
     Ok(())
 }
@@ -1029,25 +1057,30 @@ fn decimal(mut v: u64, out: &mut [u8]) -> usize {
     n
 }
 
-/// The runtime metrics a receiver asked for, encoded as a delivery-annotations section.
+/// Keys of the runtime metrics the broker puts in delivery annotations; a sender's entries under
+/// these keys give way to ours, every other entry of the sender's is delivered beside them.
+const METRIC_KEYS: [&str; 4] = [
+    annotations::LAST_ENQUEUED_SEQUENCE_NUMBER,
+    annotations::LAST_ENQUEUED_OFFSET,
+    annotations::LAST_ENQUEUED_TIME_UTC,
+    annotations::RUNTIME_INFO_RETRIEVAL_TIME_UTC,
+];
+
+/// The runtime metrics a receiver asked for, encoded as delivery-annotation entries in the order
+/// of [`METRIC_KEYS`].
 fn runtime_metrics(m: &ehub_partition_log::PartitionInfo) -> BytesMut {
-    let map = vec![
-        (Value::Symbol(annotations::LAST_ENQUEUED_SEQUENCE_NUMBER.into()), Value::Long(m.last_sequence_number)),
-        (
-            Value::Symbol(annotations::LAST_ENQUEUED_OFFSET.into()),
-            Value::String(m.last_offset.map_or("-1".into(), |o| o.to_string())),
-        ),
-        (
-            Value::Symbol(annotations::LAST_ENQUEUED_TIME_UTC.into()),
-            Value::Timestamp(ehub_amqp_codec::Timestamp(m.last_enqueued_time.unwrap_or(ehub_model::CE_ZERO_MILLIS))),
-        ),
-        (
-            Value::Symbol(annotations::RUNTIME_INFO_RETRIEVAL_TIME_UTC.into()),
-            Value::Timestamp(ehub_amqp_codec::Timestamp(now_millis())),
-        ),
+    let values = [
+        Value::Long(m.last_sequence_number),
+        Value::String(m.last_offset.map_or("-1".into(), |o| o.to_string())),
+        Value::Timestamp(ehub_amqp_codec::Timestamp(m.last_enqueued_time.unwrap_or(ehub_model::CE_ZERO_MILLIS))),
+        Value::Timestamp(ehub_amqp_codec::Timestamp(now_millis())),
     ];
     let mut d = BytesMut::new();
-    let _ = Message { delivery_annotations: Some(map), ..Default::default() }.encode(&mut d);
+    for (key, value) in METRIC_KEYS.iter().zip(values) {
+        // Symbols and scalars always encode.
+        let _ = ehub_amqp_codec::put_symbol(key, &mut d);
+        let _ = ehub_amqp_codec::encode_value(&value, &mut d);
+    }
     d
 }
 
@@ -1057,7 +1090,7 @@ fn runtime_metrics(m: &ehub_partition_log::PartitionInfo) -> BytesMut {
 struct DeliveryAnnotations<'a> {
     /// Entries in the annotations buffer.
     count: usize,
-    /// The delivery-annotations section, encoded ([`runtime_metrics`]).
+    /// The runtime-metric delivery-annotation entries, encoded ([`runtime_metrics`]).
     metrics: Option<&'a [u8]>,
 }
 
@@ -1088,10 +1121,10 @@ impl<'a> DeliveryAnnotations<'a> {
     }
 
     /// An upper bound of what [`DeliveryAnnotations::write`] writes: the stored message (whose
-    /// own delivery annotations are dropped and whose foreign message annotations are kept), ours,
-    /// and a message-annotations section header (descriptor 3 bytes, map32 header 9).
+    /// own annotations are kept, less the entries ours replace), ours, and two annotation section
+    /// headers (descriptor 3 bytes, map32 header 9, each).
     fn max_len(&self, e: &StoredEvent, extra: &[u8]) -> usize {
-        e.payload.len() + extra.len() + self.metrics.map_or(0, <[u8]>::len) + 12
+        e.payload.len() + extra.len() + self.metrics.map_or(0, <[u8]>::len) + 24
     }
 
     /// Appends the event as delivered to `out`: broker annotations spliced in. A stored message
@@ -1099,7 +1132,9 @@ impl<'a> DeliveryAnnotations<'a> {
     fn write(&self, out: &mut BytesMut, e: &StoredEvent, extra: &[u8]) {
         let start = out.len();
         if let Ok(spans) = SectionSpans::scan(&e.payload) {
-            if splice_annotations(out, &e.payload, &spans, &BROKER_KEYS, extra, self.count, self.metrics).is_ok() {
+            let ours = AnnotationEntries { replace_keys: &BROKER_KEYS, entries: extra, count: self.count };
+            let metrics = self.metrics.map(|m| AnnotationEntries { replace_keys: &METRIC_KEYS, entries: m, count: 4 });
+            if splice_annotations(out, &e.payload, &spans, ours, metrics).is_ok() {
                 return;
             }
         }

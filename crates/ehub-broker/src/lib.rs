@@ -19,6 +19,7 @@ mod config;
 mod connection;
 mod management;
 mod server;
+mod settle;
 mod state;
 
 pub use config::{parse_fsync, BrokerConfig, ConfigError, HubConfig, Policy, Rights};

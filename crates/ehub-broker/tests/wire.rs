@@ -389,3 +389,131 @@ async fn garbage_after_open_closes_with_decode_error_and_the_broker_lives_on() {
     assert_eq!(c2.put_token("SAS_KEY_VALUE", "sb://localhost/eh1").await, 202);
     stop(b).await;
 }
+
+/// Sends `n` events to partition 0 on a fresh sender link; returns the dispositions the broker
+/// sends back for them within `wait` of the last acknowledgement, as (first, last, settled, state).
+async fn dispositions_for_sends(
+    c: &mut Client,
+    n: usize,
+    wait: Duration,
+) -> Vec<(u32, u32, bool, Option<DeliveryState>)> {
+    assert_eq!(c.put_token("SAS_KEY_VALUE", "amqps://localhost/eh1").await, 202);
+    let ch = c.session().await;
+    let mut a = Attach::new("p", 0, Role::Sender);
+    a.target = Some(Target::address("eh1/Partitions/0"));
+    let (link, _) = c.attach(ch, a).await;
+    c.until(|e| matches!(e, Event::LinkFlow { .. })).await;
+    let body = Message::with_data(Bytes::from_static(b"x")).to_bytes().unwrap();
+    for i in 0..n {
+        let tag = format!("t{i}");
+        c.conn.send(link, SendArgs { tag: tag.as_bytes(), message_format: 0, settled: false }, &body).unwrap();
+    }
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + T;
+    let mut quiet_from: Option<Instant> = None;
+    loop {
+        let got =
+            tokio::time::timeout(Duration::from_millis(20), c.until(|e| matches!(e, Event::Disposition { .. }))).await;
+        match got {
+            Ok(Event::Disposition { first, last, settled, state, .. }) => {
+                seen.push((first, last, settled, state));
+                quiet_from = None;
+            }
+            Ok(_) => unreachable!(),
+            Err(_) => {
+                let q = *quiet_from.get_or_insert_with(Instant::now);
+                if q.elapsed() >= wait {
+                    return seen;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "dispositions did not settle down: {seen:?}");
+    }
+}
+
+/// Every delivery id in `0..n` covered by a disposition of `settled` in `seen`, with `Accepted`.
+fn covered(seen: &[(u32, u32, bool, Option<DeliveryState>)], settled: bool, n: u32) -> bool {
+    (0..n).all(|id| {
+        seen.iter()
+            .any(|(f, l, s, st)| *s == settled && (*f..=*l).contains(&id) && *st == Some(DeliveryState::Accepted))
+    })
+}
+
+#[tokio::test]
+async fn the_official_rust_sdk_gets_each_outcome_unsettled_then_settled_and_others_once() {
+    let b = start().await;
+    // The official Rust SDK's stack (fe2o3-amqp) names itself in its open properties.
+    let cfg = ConnectionConfig {
+        properties: Some(vec![(Value::Symbol("product".into()), Value::String("azure_messaging_eventhubs".into()))]),
+        ..Default::default()
+    };
+    let mut sdk = Client::connect_with(b.addr, cfg).await;
+    let seen = dispositions_for_sends(&mut sdk, 20, Duration::from_millis(200)).await;
+    assert!(covered(&seen, false, 20), "each outcome first goes out unsettled: {seen:?}");
+    assert!(covered(&seen, true, 20), "and later settled: {seen:?}");
+    let first_settled = seen.iter().position(|d| d.2).unwrap();
+    assert!(seen[..first_settled].iter().all(|d| !d.2), "the settled ones come after: {seen:?}");
+    assert!(seen.iter().filter(|d| d.2).count() < 20, "the settled confirmations are coalesced into ranges: {seen:?}");
+
+    let mut other = Client::connect(b.addr).await;
+    let seen = dispositions_for_sends(&mut other, 20, Duration::from_millis(200)).await;
+    assert!(covered(&seen, true, 20), "{seen:?}");
+    assert!(seen.iter().all(|d| d.2), "other clients get one settled disposition per outcome: {seen:?}");
+    stop(b).await;
+}
+
+#[tokio::test]
+async fn a_token_for_an_unknown_hub_is_answered_404_not_found() {
+    let b = start().await;
+    let mut c = Client::connect(b.addr).await;
+    assert_eq!(c.put_token("SAS_KEY_VALUE", "sb://localhost/nosuchhub").await, 404);
+    assert_eq!(
+        c.put_token("SAS_KEY_VALUE", "amqps://localhost/nosuchhub/ConsumerGroups/$Default/Partitions/0").await,
+        404
+    );
+    // A namespace-wide audience and a known hub are fine; a wrong key is still 401 first.
+    assert_eq!(c.put_token("SAS_KEY_VALUE", "sb://localhost/").await, 202);
+    assert_eq!(c.put_token("SAS_KEY_VALUE", "sb://localhost/EH1").await, 202);
+    assert_eq!(c.put_token("wrong", "sb://localhost/nosuchhub").await, 401);
+    stop(b).await;
+}
+
+#[tokio::test]
+async fn a_senders_delivery_annotations_reach_the_receiver_beside_the_runtime_metrics() {
+    let b = start().await;
+    let mut c = Client::connect(b.addr).await;
+    assert_eq!(c.put_token("SAS_KEY_VALUE", "amqps://localhost/eh1").await, 202);
+    let ch = c.session().await;
+    let mut a = Attach::new("p", 0, Role::Sender);
+    a.target = Some(Target::address("eh1/Partitions/3"));
+    let (sender, _) = c.attach(ch, a).await;
+    c.until(|e| matches!(e, Event::LinkFlow { .. })).await;
+    let mut m = Message::with_data(Bytes::from_static(b"annotated"));
+    m.delivery_annotations = Some(vec![(Value::Symbol("x-sender-note".into()), Value::from("kept"))]);
+    c.conn.send(sender, SendArgs { tag: b"d", message_format: 0, settled: false }, &m.to_bytes().unwrap()).unwrap();
+    c.until(|e| matches!(e, Event::Disposition { .. })).await;
+    for metrics in [false, true] {
+        let mut r = Attach::new(if metrics { "rm" } else { "r" }, 0, Role::Receiver);
+        r.source = Some(Source {
+            address: Some("eh1/ConsumerGroups/$default/Partitions/3".into()),
+            filter: Some(vec![ehub_model::EventPosition::Earliest.to_filter_entry()]),
+            ..Default::default()
+        });
+        if metrics {
+            r.desired_capabilities = vec![Symbol::from(ehub_model::link::RUNTIME_METRIC_CAPABILITY)];
+        }
+        let (receiver, _) = c.attach(ch, r).await;
+        c.conn.flow(receiver, 10).unwrap();
+        let Event::Delivery(d) = c.until(|e| matches!(e, Event::Delivery(d) if d.link == receiver)).await else {
+            unreachable!()
+        };
+        let da = Message::decode(&d.payload).unwrap().delivery_annotations.expect("delivery annotations");
+        assert_eq!(map_get(&da, "x-sender-note"), Some(&Value::from("kept")), "metrics {metrics}: {da:?}");
+        assert_eq!(
+            map_get(&da, "last_enqueued_sequence_number").is_some(),
+            metrics,
+            "runtime metrics only when asked for: {da:?}"
+        );
+    }
+    stop(b).await;
+}
