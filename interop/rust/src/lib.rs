@@ -266,6 +266,64 @@ impl RecordingProxy {
     }
 }
 
+/// A TCP proxy in front of the broker that keeps the last performatives in each direction, for
+/// a load run to print when it stalls.
+pub struct TracingProxy {
+    /// The port clients connect to.
+    pub port: u16,
+    last: Arc<Mutex<std::collections::VecDeque<String>>>,
+}
+
+impl TracingProxy {
+    /// Starts forwarding to `upstream`, keeping the last `keep` performatives of each direction.
+    pub async fn start(upstream: u16, keep: usize) -> TracingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let last = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+        let kept = last.clone();
+        tokio::spawn(async move {
+            for conn in 0usize.. {
+                let Ok((client, _)) = listener.accept().await else { return };
+                let kept = kept.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else { return };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    let note = move |kept: &Mutex<std::collections::VecDeque<String>>,
+                                     dir: &str,
+                                     ch: u16,
+                                     p: &Performative| {
+                        let d = format!("{p:?}");
+                        let mut k = kept.lock().unwrap();
+                        k.push_back(format!("{dir} conn={conn} ch={ch} {}", &d[..d.len().min(200)]));
+                        while k.len() > 2 * keep {
+                            k.pop_front();
+                        }
+                    };
+                    let (down_kept, mut down_buf) = (kept.clone(), BytesMut::new());
+                    let down = tokio::spawn(forward(sr, cw, move |bytes| {
+                        down_buf.extend_from_slice(bytes);
+                        drain_frames(&mut down_buf, |ch, p, _| note(&down_kept, "S->C", ch, &p));
+                    }));
+                    let mut up_buf = BytesMut::new();
+                    forward(cr, sw, |bytes| {
+                        up_buf.extend_from_slice(bytes);
+                        drain_frames(&mut up_buf, |ch, p, _| note(&kept, "C->S", ch, &p));
+                    })
+                    .await;
+                    down.abort();
+                });
+            }
+        });
+        TracingProxy { port, last }
+    }
+
+    /// The kept performatives, oldest first, one a line.
+    pub fn last_frames(&self) -> String {
+        self.last.lock().unwrap().iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
 /// The interpreter with the official Python SDK: `EHUB_PYTHON`, or the venv `scripts/test`
 /// creates (`interop/python/.venv`).
 pub fn python_with_sdk() -> PathBuf {
