@@ -78,3 +78,21 @@ test("properties, sends and receive with the official JS SDK", { timeout: 60000 
   assert.strictEqual(got[2].properties.i, 2);
   assert.ok(got[0].enqueuedTimeUtc instanceof Date);
 });
+
+test("an unknown hub is MessagingEntityNotFoundError for sends, management and subscribe", { timeout: 60000 }, async () => {
+  const noRetry = { retryOptions: { maxRetries: 0 } };
+  for (const op of ["getEventHubProperties", "createBatch"]) {
+    const p = new EventHubProducerClient(cs(), "nope", noRetry);
+    await assert.rejects(p[op](), (e) => e.code === "MessagingEntityNotFoundError" && /could not be found/.test(e.message));
+    await p.close();
+  }
+  const c = new EventHubConsumerClient("$Default", cs(), "nope", noRetry);
+  const err = await new Promise((resolve) => {
+    const sub = c.subscribe({
+      processEvents: async () => {},
+      processError: async (e) => { await sub.close(); resolve(e); },
+    });
+  });
+  assert.strictEqual(err.code, "MessagingEntityNotFoundError");
+  await c.close();
+});

@@ -6,7 +6,9 @@ they stood at the start. At the end every acknowledged event must have been rece
 once; a phase that makes no progress for STALL seconds fails the run.
 
     python load.py CONNECTION_STRING [--seconds 20] [--producer sync|async] [--consumer receive|receive_batch]
-                   [--inflight 8] [--stall 10]
+                   [--inflight 8] [--stall 10] [--rate EVENTS_PER_S]
+
+--rate caps the producer so that the consumer, the slower side in this SDK, keeps up.
 
 Prints one JSON line with the rates and counts; exits 1 on a stall, a lost or a duplicated event.
 """
@@ -48,11 +50,28 @@ class Progress:
             self.n += k
 
 
-def produce_sync(cs, hub, run, deadline, progress, partitions, stall):
+def pace(sent, rate, t0):
+    """Sleeps while `sent` events are ahead of `rate` events/s since `t0` (0: no limit)."""
+    if rate:
+        ahead = sent / rate - (time.time() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+async def apace(sent, rate, t0):
+    if rate:
+        ahead = sent / rate - (time.time() - t0)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+
+
+def produce_sync(cs, hub, run, deadline, progress, partitions, stall, rate):
     sent = 0
+    t0 = time.time()
     with EventHubProducerClient.from_connection_string(cs, eventhub_name=hub) as p:
         i = 0
         while time.time() < deadline:
+            pace(sent, rate, t0)
             pid = partitions[i % len(partitions)]
             batch = p.create_batch(partition_id=pid)
             for _ in range(BATCH):
@@ -64,14 +83,16 @@ def produce_sync(cs, hub, run, deadline, progress, partitions, stall):
     return sent
 
 
-def produce_async(cs, hub, run, deadline, progress, partitions, inflight, stall):
+def produce_async(cs, hub, run, deadline, progress, partitions, inflight, stall, rate):
     async def main():
         counter = {"next": 0}
+        t0 = time.time()
         async with AsyncProducer.from_connection_string(cs, eventhub_name=hub) as p:
 
             async def worker(w):
                 i = w
                 while time.time() < deadline:
+                    await apace(counter["next"], rate, t0)
                     pid = partitions[i % len(partitions)]
                     batch = await p.create_batch(partition_id=pid)
                     for _ in range(BATCH):
@@ -129,6 +150,7 @@ def main():
     ap.add_argument("--consumer", choices=["receive", "receive_batch"], default="receive")
     ap.add_argument("--inflight", type=int, default=8)
     ap.add_argument("--stall", type=float, default=10)
+    ap.add_argument("--rate", type=float, default=0, help="events/s the producer keeps to (0: as fast as it goes)")
     a = ap.parse_args()
     cs, hub, run = a.connection_string, a.hub, uuid.uuid4().hex[:8]
 
@@ -151,9 +173,10 @@ def main():
     def produce():
         try:
             if a.producer == "sync":
-                result["sent"] = produce_sync(cs, hub, run, deadline, sent_progress, partitions, a.stall)
+                result["sent"] = produce_sync(cs, hub, run, deadline, sent_progress, partitions, a.stall, a.rate)
             else:
-                result["sent"] = produce_async(cs, hub, run, deadline, sent_progress, partitions, a.inflight, a.stall)
+                result["sent"] = produce_async(cs, hub, run, deadline, sent_progress, partitions, a.inflight, a.stall,
+                                                a.rate)
         except Exception as e:  # reported below as a failure
             result["error"] = repr(e)
 

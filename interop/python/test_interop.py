@@ -247,11 +247,72 @@ def test_wrong_key_is_an_authentication_error(broker):
             p.send_event(EventData("x"), partition_id="0")
 
 
-def test_unknown_hub_is_not_found(broker):
-    with producer(broker, hub="nope", retry_total=0) as p:
-        with pytest.raises((ConnectError, EventHubError)) as ei:
-            p.get_eventhub_properties()
-    assert "could not be found" in str(ei.value) or "404" in str(ei.value), str(ei.value)
+class FakeJwtCredential:
+    """A token credential, as azure-identity's are; ehub serve accepts `jwt` tokens unverified."""
+
+    def get_token(self, *scopes, **kwargs):
+        from azure.core.credentials import AccessToken
+        return AccessToken("header.payload.signature", int(time.time()) + 3600)
+
+
+def producer_with_token(broker, hub):
+    return EventHubProducerClient(fully_qualified_namespace=f"localhost:{broker.port}", eventhub_name=hub,
+                                  credential=FakeJwtCredential(), use_tls=False, retry_total=0)
+
+
+def consumer_with_token(broker, hub):
+    return EventHubConsumerClient(fully_qualified_namespace=f"localhost:{broker.port}", eventhub_name=hub,
+                                  consumer_group="$Default", credential=FakeJwtCredential(), use_tls=False,
+                                  retry_total=0)
+
+
+NOT_FOUND = ("could not be found", "404")
+
+
+@pytest.mark.parametrize("credential", ["sas", "token"])
+def test_unknown_hub_is_not_found_at_every_step(broker, credential):
+    # As on the service, a valid credential for a hub that does not exist is answered "not found"
+    # (404 with the service's text) wherever the SDK asks first: the token, a management read, a link.
+    def make_producer():
+        if credential == "sas":
+            return producer(broker, hub="nope", retry_total=0)
+        return producer_with_token(broker, "nope")
+
+    for operation in ("get_eventhub_properties", "create_batch", "send_event"):
+        with make_producer() as p:
+            started = time.time()
+            with pytest.raises((AuthenticationError, ConnectError, EventHubError)) as ei:
+                if operation == "send_event":
+                    p.send_event(EventData("x"), partition_id="0")
+                else:
+                    getattr(p, operation)()
+            assert any(s in str(ei.value) for s in NOT_FOUND), (operation, str(ei.value))
+            assert time.time() - started < 10, f"{operation} took {time.time() - started:.1f} s"
+
+    c = (EventHubConsumerClient.from_connection_string(broker.conn_str(), consumer_group="$Default",
+                                                       eventhub_name="nope", retry_total=0)
+         if credential == "sas" else consumer_with_token(broker, "nope"))
+    errors = []
+    t = threading.Thread(target=c.receive, kwargs=dict(on_event=lambda ctx, e: None,
+                                                        on_error=lambda ctx, err: errors.append(err),
+                                                        starting_position="-1"))
+    t.start()
+    deadline = time.time() + 15
+    while not errors and time.time() < deadline:
+        time.sleep(0.1)
+    c.close()
+    t.join(10)
+    assert errors, "receive reported no error for an unknown hub"
+    assert any(s in str(errors[0]) for s in NOT_FOUND), str(errors[0])
+
+
+def test_a_token_credential_works_for_a_known_hub(broker):
+    with producer_with_token(broker, HUB) as p:
+        assert p.get_partition_ids() == ["0", "1", "2", "3"]
+        p.send_event(EventData("via a token credential"), partition_id="1")
+    got, errors = collect(broker, 1, partition_id="1", starting_position="-1")
+    assert not errors
+    assert [e.body_as_str() for e in got] == ["via a token credential"]
 
 
 def test_oversized_event_is_rejected_and_the_link_survives(broker):

@@ -231,10 +231,39 @@ async fn official_rust_sdk_survives_many_connections_in_a_row() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_rust_sdk_finds_an_unknown_hub_not_found() {
+    bounded(async {
+        let broker = Broker::start("never");
+        let p = ProducerClient::builder()
+            .with_custom_endpoint(custom_endpoint(broker.port))
+            .with_retry_options(azure_messaging_eventhubs::RetryOptions { max_retries: 0, ..Default::default() })
+            .open_with_connection_string(&emulator_connection_string(broker.port), Some("nope"))
+            .await;
+        let started = std::time::Instant::now();
+        let failed = first_sdk_error(p).await.expect("an unknown hub was found");
+        // The broker answers the token for a missing hub 404 with the service's text, which the
+        // SDK reports at once instead of retrying.
+        assert!(failed.contains("404") || failed.contains("could not be found"), "{failed}");
+        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    })
+    .await;
+}
+
 async fn first_sdk_error(p: azure_messaging_eventhubs::Result<ProducerClient>) -> Option<String> {
+    // The error and its sources, which carry the status the broker answered.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut out = format!("{e:?}");
+        let mut source = e.source();
+        while let Some(s) = source {
+            out.push_str(&format!(" <- {s:?}"));
+            source = s.source();
+        }
+        out
+    }
     match p {
-        Err(e) => Some(format!("{e:?}")),
-        Ok(p) => p.get_eventhub_properties().await.err().map(|e| format!("{e:?}")),
+        Err(e) => Some(chain(&e)),
+        Ok(p) => p.get_eventhub_properties().await.err().map(|e| chain(&e)),
     }
 }
 
