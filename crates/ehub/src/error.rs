@@ -37,6 +37,8 @@ pub enum ErrorKind {
     InvalidArgument,
     /// The client was closed.
     ClientClosed,
+    /// A checkpoint store failed (unreachable, refused, corrupt).
+    CheckpointStore,
     /// Anything else the service reported (`EventHubError`).
     EventHub,
 }
@@ -52,7 +54,9 @@ impl ErrorKind {
             ErrorKind::EventDataSend | ErrorKind::MessageTooLarge => "EventDataSendError",
             ErrorKind::OperationTimeout => "OperationTimeoutError",
             ErrorKind::ClientClosed => "ClientClosedError",
-            ErrorKind::ServerBusy | ErrorKind::InvalidArgument | ErrorKind::EventHub => "EventHubError",
+            ErrorKind::ServerBusy | ErrorKind::InvalidArgument | ErrorKind::CheckpointStore | ErrorKind::EventHub => {
+                "EventHubError"
+            }
         }
     }
 }
@@ -72,6 +76,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::ServerBusy => "server busy",
             ErrorKind::InvalidArgument => "invalid argument",
             ErrorKind::ClientClosed => "client closed",
+            ErrorKind::CheckpointStore => "checkpoint store",
             ErrorKind::EventHub => "event hub",
         };
         f.write_str(s)

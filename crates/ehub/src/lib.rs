@@ -47,6 +47,7 @@
 mod amqp;
 mod batch;
 pub mod blocking;
+pub mod checkpoint;
 mod client;
 mod consumer;
 mod credential;
@@ -58,6 +59,7 @@ mod properties;
 mod transport;
 
 pub use batch::{EventDataBatch, EventDataBatchOptions};
+pub use checkpoint::{CheckpointStore, InMemoryCheckpointStore};
 pub use consumer::{
     ConsumerClient, ConsumerClientBuilder, EventBatches, EventReceiver, OpenReceiverOptions, ReceiveOptions,
     DEFAULT_CONSUMER_GROUP,

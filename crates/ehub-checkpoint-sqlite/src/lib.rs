@@ -1,0 +1,277 @@
+//! # ehub-checkpoint-sqlite
+//!
+//! An SQLite [`CheckpointStore`] for ehub's event processor: partition ownership and checkpoints
+//! in one file, which several processes on one machine share safely (WAL, conditional updates in
+//! immediate transactions, a busy timeout), or in memory. The seed's `Sqlite3PartitionManager`,
+//! done properly. SQLite is bundled: no system library is needed.
+//!
+//! ```no_run
+//! # async fn demo() -> ehub::Result<()> {
+//! use ehub::checkpoint::{Checkpoint, CheckpointStore};
+//! use ehub_checkpoint_sqlite::SqliteCheckpointStore;
+//!
+//! let store = SqliteCheckpointStore::open("checkpoints.db").await?;
+//! store
+//!     .update_checkpoint(&Checkpoint {
+//!         namespace: "localhost:5672".into(),
+//!         event_hub: "eh1".into(),
+//!         consumer_group: "$default".into(),
+//!         partition_id: "0".into(),
+//!         offset: Some("1024".into()),
+//!         sequence_number: Some(9),
+//!     })
+//!     .await?;
+//! let checkpoints = store.list_checkpoints("localhost:5672", "eh1", "$default").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Durability: a write returns once SQLite has committed it with `synchronous = FULL`, so an
+//! acknowledged checkpoint or claim survives a crash of the process or the machine.
+#![warn(missing_docs)]
+
+use ehub::checkpoint::{store_error, Checkpoint, CheckpointStore, Ownership};
+use ehub::Result;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long a write waits for another process's transaction on the same file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS ownership (
+    namespace TEXT NOT NULL,
+    event_hub TEXT NOT NULL,
+    consumer_group TEXT NOT NULL,
+    partition_id TEXT NOT NULL,
+    owner_id TEXT NOT NULL,
+    etag INTEGER NOT NULL,
+    last_modified_ms INTEGER NOT NULL,
+    PRIMARY KEY (namespace, event_hub, consumer_group, partition_id)
+);
+CREATE TABLE IF NOT EXISTS checkpoint (
+    namespace TEXT NOT NULL,
+    event_hub TEXT NOT NULL,
+    consumer_group TEXT NOT NULL,
+    partition_id TEXT NOT NULL,
+    offset TEXT,
+    sequence_number INTEGER,
+    PRIMARY KEY (namespace, event_hub, consumer_group, partition_id)
+);
+-- The last ETag given out, so that every write gets a new one, from any process.
+CREATE TABLE IF NOT EXISTS etag (id INTEGER PRIMARY KEY CHECK (id = 0), last INTEGER NOT NULL);
+INSERT OR IGNORE INTO etag (id, last) VALUES (0, 0);
+";
+
+/// A checkpoint store in an SQLite database.
+#[derive(Clone)]
+pub struct SqliteCheckpointStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteCheckpointStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteCheckpointStore").finish_non_exhaustive()
+    }
+}
+
+fn sql_error(what: &str, e: rusqlite::Error) -> ehub::Error {
+    store_error(format!("SQLite checkpoint store: {what}: {e}")).with_source(e)
+}
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn etag_text(n: i64) -> String {
+    format!("\"{n}\"")
+}
+
+impl SqliteCheckpointStore {
+    /// Opens (creating if need be) the store in the database file at `path`. A file that is not
+    /// an SQLite database, or one this process cannot write, is an error here rather than later.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_owned();
+        tokio::task::spawn_blocking(move || {
+            let conn = Connection::open(&path).map_err(|e| sql_error(&format!("opening {}", path.display()), e))?;
+            Self::prepare(conn, true)
+        })
+        .await
+        .map_err(|e| store_error(format!("SQLite checkpoint store: the opening task failed: {e}")))?
+    }
+
+    /// A store in memory (SQLite's `:memory:`), gone when the last clone is dropped.
+    pub fn open_in_memory() -> Result<Self> {
+        let conn = Connection::open_in_memory().map_err(|e| sql_error("opening in memory", e))?;
+        Self::prepare(conn, false)
+    }
+
+    fn prepare(conn: Connection, file: bool) -> Result<Self> {
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| sql_error("setting the busy timeout", e))?;
+        if file {
+            // WAL lets readers in other processes go on while one writes; FULL makes each commit
+            // durable before it returns.
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+                .map_err(|e| sql_error("reading the file (is it an SQLite database?)", e))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(store_error(format!("SQLite checkpoint store: the file refused WAL mode ({mode})")));
+            }
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL;").map_err(|e| sql_error("setting synchronous", e))?;
+        conn.execute_batch(SCHEMA).map_err(|e| sql_error("creating the tables", e))?;
+        Ok(SqliteCheckpointStore { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// Runs `f` on the connection off the async reactor.
+    async fn with_conn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().map_err(|_| store_error("SQLite checkpoint store: a writer panicked"))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| store_error(format!("SQLite checkpoint store: a task failed: {e}")))?
+    }
+}
+
+#[async_trait::async_trait]
+impl CheckpointStore for SqliteCheckpointStore {
+    async fn list_ownerships(&self, namespace: &str, event_hub: &str, consumer_group: &str) -> Result<Vec<Ownership>> {
+        let key = [namespace.to_lowercase(), event_hub.to_lowercase(), consumer_group.to_lowercase()];
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT partition_id, owner_id, etag, last_modified_ms FROM ownership
+                     WHERE namespace = ?1 AND event_hub = ?2 AND consumer_group = ?3 ORDER BY partition_id",
+                )
+                .map_err(|e| sql_error("listing ownerships", e))?;
+            let rows = stmt
+                .query_map(params![key[0], key[1], key[2]], |r| {
+                    Ok(Ownership {
+                        namespace: key[0].clone(),
+                        event_hub: key[1].clone(),
+                        consumer_group: key[2].clone(),
+                        partition_id: r.get(0)?,
+                        owner_id: r.get(1)?,
+                        etag: Some(etag_text(r.get(2)?)),
+                        last_modified: Some(UNIX_EPOCH + Duration::from_millis(r.get::<_, i64>(3)?.max(0) as u64)),
+                    })
+                })
+                .map_err(|e| sql_error("listing ownerships", e))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| sql_error("reading ownerships", e))
+        })
+        .await
+    }
+
+    async fn claim_ownerships(&self, ownerships: &[Ownership]) -> Result<Vec<Ownership>> {
+        let claims = ownerships.to_vec();
+        self.with_conn(move |conn| {
+            // One immediate transaction: the check and the write of each claim are atomic across
+            // processes, and the claims share one durable commit.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| sql_error("starting a claim", e))?;
+            let mut won = Vec::new();
+            for o in claims {
+                let (ns, hub, cg) = (o.namespace.to_lowercase(), o.event_hub.to_lowercase(), o.consumer_group.to_lowercase());
+                let current: Option<i64> = tx
+                    .query_row(
+                        "SELECT etag FROM ownership WHERE namespace = ?1 AND event_hub = ?2 AND consumer_group = ?3
+                         AND partition_id = ?4",
+                        params![ns, hub, cg, o.partition_id],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(|e| sql_error("reading an ownership", e))?;
+                if current.map(etag_text) != o.etag {
+                    continue;
+                }
+                let etag: i64 = tx
+                    .query_row("UPDATE etag SET last = last + 1 WHERE id = 0 RETURNING last", [], |r| r.get(0))
+                    .map_err(|e| sql_error("taking an ETag", e))?;
+                let now = SystemTime::now();
+                tx.execute(
+                    "INSERT INTO ownership (namespace, event_hub, consumer_group, partition_id, owner_id, etag, last_modified_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (namespace, event_hub, consumer_group, partition_id)
+                     DO UPDATE SET owner_id = excluded.owner_id, etag = excluded.etag, last_modified_ms = excluded.last_modified_ms",
+                    params![ns, hub, cg, o.partition_id, o.owner_id, etag, millis(now)],
+                )
+                .map_err(|e| sql_error("writing an ownership", e))?;
+                won.push(Ownership {
+                    namespace: ns,
+                    event_hub: hub,
+                    consumer_group: cg,
+                    etag: Some(etag_text(etag)),
+                    // Millisecond precision, as the listing reads it back.
+                    last_modified: Some(UNIX_EPOCH + Duration::from_millis(millis(now) as u64)),
+                    ..o
+                });
+            }
+            tx.commit().map_err(|e| sql_error("committing a claim", e))?;
+            Ok(won)
+        })
+        .await
+    }
+
+    async fn list_checkpoints(
+        &self,
+        namespace: &str,
+        event_hub: &str,
+        consumer_group: &str,
+    ) -> Result<Vec<Checkpoint>> {
+        let key = [namespace.to_lowercase(), event_hub.to_lowercase(), consumer_group.to_lowercase()];
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT partition_id, offset, sequence_number FROM checkpoint
+                     WHERE namespace = ?1 AND event_hub = ?2 AND consumer_group = ?3 ORDER BY partition_id",
+                )
+                .map_err(|e| sql_error("listing checkpoints", e))?;
+            let rows = stmt
+                .query_map(params![key[0], key[1], key[2]], |r| {
+                    Ok(Checkpoint {
+                        namespace: key[0].clone(),
+                        event_hub: key[1].clone(),
+                        consumer_group: key[2].clone(),
+                        partition_id: r.get(0)?,
+                        offset: r.get(1)?,
+                        sequence_number: r.get(2)?,
+                    })
+                })
+                .map_err(|e| sql_error("listing checkpoints", e))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| sql_error("reading checkpoints", e))
+        })
+        .await
+    }
+
+    async fn update_checkpoint(&self, c: &Checkpoint) -> Result<()> {
+        let c = c.clone();
+        self.with_conn(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO checkpoint (namespace, event_hub, consumer_group, partition_id, offset, sequence_number)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (namespace, event_hub, consumer_group, partition_id)
+                 DO UPDATE SET offset = excluded.offset, sequence_number = excluded.sequence_number",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    c.namespace.to_lowercase(),
+                    c.event_hub.to_lowercase(),
+                    c.consumer_group.to_lowercase(),
+                    c.partition_id,
+                    c.offset,
+                    c.sequence_number
+                ])
+            })
+            .map_err(|e| sql_error("writing a checkpoint", e))?;
+            Ok(())
+        })
+        .await
+    }
+}
