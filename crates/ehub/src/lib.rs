@@ -54,6 +54,7 @@ mod credential;
 mod error;
 mod event;
 mod options;
+pub mod processor;
 mod producer;
 mod properties;
 mod transport;
@@ -73,6 +74,7 @@ pub use event::{
     TRACEPARENT_PROPERTY, TRACESTATE_PROPERTY,
 };
 pub use options::{ClientOptions, ProxyOptions, RetryMode, RetryOptions, TransportType};
+pub use processor::{LoadBalancer, LoadBalancingStrategy};
 pub use producer::{ProducerClient, ProducerClientBuilder, SendEventOptions};
 pub use properties::{EventHubProperties, PartitionProperties};
 
