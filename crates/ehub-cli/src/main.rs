@@ -4,7 +4,7 @@
 //! 0 success, 1 other error, 2 bad usage, 3 authentication, 4 connection, 5 not found,
 //! 6 event rejected or too large, 7 timeout, 8 consumer disconnected, 9 server busy.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,8 +28,8 @@ struct Cli {
     /// Log filter (RUST_LOG syntax), e.g. `info` or `ehub_broker=debug`.
     #[arg(long, global = true, env = "EHUB_LOG")]
     log: Option<String>,
-    /// Connection string of the namespace (for `ehub serve`:
-    /// "Endpoint=sb://localhost;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;").
+    /// Connection string of the namespace (default: a local `ehub serve` with its defaults,
+    /// "Endpoint=sb://localhost;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;", hub eh1).
     #[arg(long, global = true, env = "EVENTHUB_CONNECTION_STRING", hide_env_values = true)]
     connection_string: Option<String>,
     /// Event Hub name (default: the connection string's EntityPath).
@@ -92,14 +92,27 @@ pub(crate) struct Target {
     pub output: Output,
 }
 
+/// The connection string of a local `ehub serve` with its shipped defaults.
+const LOCAL_BROKER: &str =
+    "Endpoint=sb://localhost;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;";
+/// The hub a default `ehub serve` has.
+const LOCAL_HUB: &str = "eh1";
+
 impl Target {
+    /// The connection settings: those given, or else a local `ehub serve` with its defaults
+    /// (said in one line on stderr, so nobody mistakes it for the namespace they meant).
     fn from(cli: &Cli) -> Result<Target> {
-        let cs = cli.connection_string.clone().context(
-            "no connection string: pass --connection-string or set EVENTHUB_CONNECTION_STRING \
-             (for a local `ehub serve`: \"Endpoint=sb://localhost;SharedAccessKeyName=RootManageSharedAccessKey;\
-             SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;\" with --hub eh1)",
-        )?;
-        Ok(Target { connection_string: cs, hub: cli.hub.clone(), output: cli.output })
+        match &cli.connection_string {
+            Some(cs) => Ok(Target { connection_string: cs.clone(), hub: cli.hub.clone(), output: cli.output }),
+            None => {
+                let hub = cli.hub.clone().unwrap_or_else(|| LOCAL_HUB.into());
+                eprintln!(
+                    "ehub: no connection string given: using the local `ehub serve` at 127.0.0.1:5672, hub {hub} \
+                     (--connection-string or EVENTHUB_CONNECTION_STRING for another namespace)"
+                );
+                Ok(Target { connection_string: LOCAL_BROKER.into(), hub: Some(hub), output: cli.output })
+            }
+        }
     }
 }
 

@@ -171,9 +171,20 @@ fn info_and_exit_codes_follow_the_error_kind() {
     let mut c = Command::cargo_bin("ehub").unwrap();
     c.timeout(T).env_remove("EVENTHUB_CONNECTION_STRING");
     c.args(["--connection-string", &bad, "--hub", "eh1", "send", "--partition", "0", "x"]).assert().code(3);
+}
 
-    let mut c = Command::cargo_bin("ehub").unwrap();
-    c.timeout(T).env_remove("EVENTHUB_CONNECTION_STRING");
-    let out = c.args(["--hub", "eh1", "info"]).assert().code(1);
-    assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("EVENTHUB_CONNECTION_STRING"));
+#[test]
+fn with_no_connection_string_the_cli_uses_a_local_default_broker_and_says_so() {
+    // Whether or not something listens on 127.0.0.1:5672, the CLI says what it connects to.
+    let out = Command::cargo_bin("ehub")
+        .unwrap()
+        .timeout(T)
+        .env_remove("EVENTHUB_CONNECTION_STRING")
+        .args(["info"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("using the local `ehub serve` at 127.0.0.1:5672, hub eh1"), "{err}");
+    assert_eq!(err.matches("no connection string given").count(), 1, "said once: {err}");
+    assert!(matches!(out.status.code(), Some(0 | 4)), "{:?}: {err}", out.status);
 }
