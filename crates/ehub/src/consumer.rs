@@ -134,6 +134,15 @@ impl ConsumerClient {
         &self.consumer_group
     }
 
+    /// The namespace as checkpoint stores name it: the host, with the port when the connection
+    /// string named one (as the official Python SDK writes it, e.g. `127.0.0.1:5672`).
+    pub fn checkpoint_namespace(&self) -> String {
+        match self.core.endpoint.named_port {
+            Some(port) => format!("{}:{port}", self.core.endpoint.namespace),
+            None => self.core.endpoint.namespace.clone(),
+        }
+    }
+
     /// Hub properties.
     pub async fn get_eventhub_properties(&self) -> Result<EventHubProperties> {
         self.core.eventhub_properties().await

@@ -126,6 +126,9 @@ impl Default for ClientOptions {
 pub(crate) struct Endpoint {
     /// The namespace host (no port): AMQP `hostname`, audiences and addresses use it.
     pub namespace: String,
+    /// The port the connection string named, if any (checkpoint stores name the namespace with
+    /// it, as the official Python SDK does for emulator endpoints).
+    pub named_port: Option<u16>,
     /// Host to dial.
     pub dial_host: String,
     /// Port to dial.
@@ -167,6 +170,7 @@ impl Endpoint {
             let (host, p) = split_host_port(rest)?;
             return Ok(Endpoint {
                 namespace,
+                named_port: port,
                 dial_host: host,
                 dial_port: p.unwrap_or(default_port(tls, websocket)),
                 tls,
@@ -176,6 +180,7 @@ impl Endpoint {
         Ok(Endpoint {
             dial_host: namespace.clone(),
             namespace,
+            named_port: port,
             // The port of a connection string applies to AMQP; WebSockets always use HTTPS's.
             dial_port: if ws_default {
                 default_port(true, true)

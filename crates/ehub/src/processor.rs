@@ -23,6 +23,10 @@
 //! - On a graceful stop, [`LoadBalancer::release`] gives every held partition back (owner id
 //!   `""`), so that peers take them within one cycle rather than after the expiry.
 
+mod run;
+
+pub use run::{EventProcessor, EventProcessorOptions, PartitionClient};
+
 use crate::checkpoint::Ownership;
 use rand::seq::SliceRandom;
 use std::collections::HashMap;

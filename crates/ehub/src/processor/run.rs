@@ -1,0 +1,390 @@
+//! The event processor: load-balancing cycles over a checkpoint store, and a partition client
+//! for each partition it wins (the pull shape of the official Rust and Go SDKs).
+
+use super::{LoadBalancer, LoadBalancingStrategy};
+use crate::checkpoint::{Checkpoint, CheckpointStore, Ownership};
+use crate::{
+    ConsumerClient, Error, ErrorKind, EventPosition, EventReceiver, OpenReceiverOptions, ReceivedEventData, Result,
+};
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Options of an [`EventProcessor`].
+#[derive(Debug, Clone)]
+pub struct EventProcessorOptions {
+    /// Balanced (default) or greedy.
+    pub strategy: LoadBalancingStrategy,
+    /// Time between load-balancing cycles (default 10 s); each wait is this times a random factor
+    /// between 0.8 and 1.3, so that processors started together do not stay in step.
+    pub load_balancing_interval: Duration,
+    /// How long an ownership lasts without renewal (default 60 s, at least 3 intervals).
+    pub ownership_expiry: Duration,
+    /// Receiver prefetch per partition (default 300).
+    pub prefetch: u32,
+    /// Where a partition without a checkpoint starts (default: the latest event, as the
+    /// official SDKs do).
+    pub default_start_position: EventPosition,
+    /// Start positions of particular partitions without a checkpoint.
+    pub start_positions: HashMap<String, EventPosition>,
+    /// Ask for the partitions' last-enqueued properties with every event.
+    pub track_last_enqueued_event_properties: bool,
+    /// This instance's owner id (default: a new UUID).
+    pub owner_id: Option<String>,
+}
+
+impl Default for EventProcessorOptions {
+    fn default() -> Self {
+        EventProcessorOptions {
+            strategy: LoadBalancingStrategy::Balanced,
+            load_balancing_interval: Duration::from_secs(10),
+            ownership_expiry: Duration::from_secs(60),
+            prefetch: 300,
+            default_start_position: EventPosition::Latest,
+            start_positions: HashMap::new(),
+            track_last_enqueued_event_properties: false,
+            owner_id: None,
+        }
+    }
+}
+
+/// A partition this instance holds: the record it last wrote, and the signal that ends its
+/// partition client when the partition is lost or the processor stops.
+struct Held {
+    record: Ownership,
+    lost: CancellationToken,
+}
+
+struct Shared {
+    consumer: ConsumerClient,
+    store: Arc<dyn CheckpointStore>,
+    options: EventProcessorOptions,
+    balancer: LoadBalancer,
+    namespace: String,
+    held: Mutex<HashMap<String, Held>>,
+    stop: CancellationToken,
+}
+
+/// Reads every partition of a hub for a consumer group, sharing them with the other processors
+/// (ours or the official SDKs') that use the same checkpoint store.
+///
+/// Run [`EventProcessor::run`] in a task; take the partitions it wins with
+/// [`EventProcessor::next_partition_client`]; stop it with [`EventProcessor::shutdown`], which
+/// makes `run` release every partition it holds and return.
+///
+/// ```no_run
+/// # async fn demo() -> ehub::Result<()> {
+/// use ehub::{ConsumerClient, InMemoryCheckpointStore};
+/// use ehub::processor::{EventProcessor, EventProcessorOptions};
+/// use std::sync::Arc;
+///
+/// let cs = "Endpoint=sb://localhost;SharedAccessKeyName=RootManageSharedAccessKey;\
+///           SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;";
+/// let consumer = ConsumerClient::from_connection_string(cs, Some("eh1"), None).await?;
+/// let processor = EventProcessor::new(consumer, Arc::new(InMemoryCheckpointStore::new()), None)?;
+/// let runner = { let p = processor.clone(); tokio::spawn(async move { p.run().await }) };
+/// while let Some(mut partition) = processor.next_partition_client().await {
+///     tokio::spawn(async move {
+///         while let Ok(events) = partition.receive_batch(100, std::time::Duration::from_secs(1)).await {
+///             if let Some(last) = events.last() {
+///                 let _ = partition.update_checkpoint(last).await;
+///             }
+///         }
+///     });
+/// }
+/// # runner.await.unwrap()?; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct EventProcessor {
+    shared: Arc<Shared>,
+    clients: Arc<tokio::sync::Mutex<mpsc::Receiver<PartitionClient>>>,
+    client_tx: mpsc::Sender<PartitionClient>,
+}
+
+impl std::fmt::Debug for EventProcessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventProcessor").field("owner_id", &self.shared.balancer.owner_id).finish_non_exhaustive()
+    }
+}
+
+/// Partition clients waiting to be taken.
+const HANDOFF: usize = 1024;
+
+impl EventProcessor {
+    /// A processor reading `consumer`'s hub and consumer group, keeping ownership and
+    /// checkpoints in `store`.
+    pub fn new(
+        consumer: ConsumerClient,
+        store: Arc<dyn CheckpointStore>,
+        options: Option<EventProcessorOptions>,
+    ) -> Result<Self> {
+        let options = options.unwrap_or_default();
+        if options.load_balancing_interval.is_zero() {
+            return Err(Error::new(ErrorKind::InvalidArgument, "the load-balancing interval must be positive"));
+        }
+        if options.ownership_expiry < options.load_balancing_interval * 3 {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "the ownership expiry ({:?}) must be at least three load-balancing intervals ({:?}): \
+                     otherwise ownerships lapse between renewals",
+                    options.ownership_expiry, options.load_balancing_interval
+                ),
+            ));
+        }
+        let owner_id = options.owner_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let balancer = LoadBalancer::new(owner_id, options.strategy, options.ownership_expiry);
+        let namespace = consumer.checkpoint_namespace();
+        let (client_tx, client_rx) = mpsc::channel(HANDOFF);
+        Ok(EventProcessor {
+            shared: Arc::new(Shared {
+                consumer,
+                store,
+                options,
+                balancer,
+                namespace,
+                held: Mutex::new(HashMap::new()),
+                stop: CancellationToken::new(),
+            }),
+            clients: Arc::new(tokio::sync::Mutex::new(client_rx)),
+            client_tx,
+        })
+    }
+
+    /// This instance's owner id in the checkpoint store.
+    pub fn owner_id(&self) -> &str {
+        &self.shared.balancer.owner_id
+    }
+
+    /// The partitions this instance holds now.
+    pub fn owned_partitions(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.shared.held.lock().map(|h| h.keys().cloned().collect()).unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// The next partition this instance has won, or `None` once it has stopped.
+    pub async fn next_partition_client(&self) -> Option<PartitionClient> {
+        let mut rx = self.clients.lock().await;
+        tokio::select! {
+            c = rx.recv() => c,
+            _ = self.shared.stop.cancelled() => None,
+        }
+    }
+
+    /// Asks [`EventProcessor::run`] to release every partition and return.
+    pub fn shutdown(&self) {
+        self.shared.stop.cancel();
+    }
+
+    /// Runs load-balancing cycles until [`EventProcessor::shutdown`]; then releases every held
+    /// partition (owner id `""`) so that other processors take them at their next cycle, and
+    /// returns. A cycle that fails (the store or the hub unreachable) is logged and retried at
+    /// the next interval; partitions whose renewal fails stay held until they expire.
+    pub async fn run(&self) -> Result<()> {
+        let s = &self.shared;
+        info!(owner_id = %s.balancer.owner_id, entity = %s.consumer.eventhub_name(), consumer_group = %s.consumer.consumer_group(), "event processor started");
+        loop {
+            if let Err(e) = self.cycle().await {
+                warn!(owner_id = %s.balancer.owner_id, error = %e, "load-balancing cycle failed");
+            }
+            let factor = rand::thread_rng().gen_range(0.8..1.3);
+            let wait = s.options.load_balancing_interval.mul_f64(factor);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = s.stop.cancelled() => break,
+            }
+        }
+        self.release_all().await
+    }
+
+    /// One cycle: list, plan, claim; hand out clients for new partitions, end those lost.
+    async fn cycle(&self) -> Result<()> {
+        let s = &self.shared;
+        let (hub, group) = (s.consumer.eventhub_name().to_owned(), s.consumer.consumer_group().to_owned());
+        let partition_ids = s.consumer.get_partition_ids().await?;
+        let ownerships = s.store.list_ownerships(&s.namespace, &hub, &group).await?;
+        let template = Ownership {
+            namespace: s.namespace.clone(),
+            event_hub: hub.clone(),
+            consumer_group: group.clone(),
+            partition_id: String::new(),
+            owner_id: s.balancer.owner_id.clone(),
+            etag: None,
+            last_modified: None,
+        };
+        let plan = s.balancer.plan(&partition_ids, &ownerships, &template, SystemTime::now());
+        let won = if plan.is_empty() { Vec::new() } else { s.store.claim_ownerships(&plan).await? };
+        let won_ids: Vec<&str> = won.iter().map(|o| o.partition_id.as_str()).collect();
+        let mut fresh = Vec::new();
+        {
+            let mut held = s.held.lock().map_err(|_| Error::new(ErrorKind::EventHub, "processor state poisoned"))?;
+            // Held before but not renewed now: someone else has it.
+            let lost: Vec<String> = held.keys().filter(|p| !won_ids.contains(&p.as_str())).cloned().collect();
+            for p in lost {
+                if let Some(h) = held.remove(&p) {
+                    info!(owner_id = %s.balancer.owner_id, partition_id = %p, "ownership lost");
+                    h.lost.cancel();
+                }
+            }
+            for o in won {
+                match held.get_mut(&o.partition_id) {
+                    Some(h) => h.record = o,
+                    None => fresh.push(o),
+                }
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let checkpoints = s.store.list_checkpoints(&s.namespace, &hub, &group).await?;
+        for o in fresh {
+            let start = start_position(
+                &s.options,
+                checkpoints.iter().find(|c| c.partition_id == o.partition_id),
+                &o.partition_id,
+            );
+            let receiver_options = OpenReceiverOptions {
+                start_position: start.clone(),
+                owner_level: Some(0),
+                prefetch: s.options.prefetch,
+                track_last_enqueued_event_properties: s.options.track_last_enqueued_event_properties,
+                identifier: Some(s.balancer.owner_id.clone()),
+            };
+            let receiver = match s.consumer.open_receiver_on_partition(&o.partition_id, Some(receiver_options)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // Give the partition back so that it is not renewed while nobody reads it.
+                    warn!(owner_id = %s.balancer.owner_id, partition_id = %o.partition_id, error = %e, "could not open the partition; releasing it");
+                    let _ = s.store.claim_ownerships(&[Ownership { owner_id: String::new(), ..o }]).await;
+                    continue;
+                }
+            };
+            debug!(owner_id = %s.balancer.owner_id, partition_id = %o.partition_id, start = ?start, "partition claimed");
+            let lost = s.stop.child_token();
+            let client = PartitionClient {
+                partition_id: o.partition_id.clone(),
+                receiver,
+                store: Arc::clone(&s.store),
+                template: Checkpoint {
+                    namespace: s.namespace.clone(),
+                    event_hub: hub.clone(),
+                    consumer_group: group.clone(),
+                    partition_id: o.partition_id.clone(),
+                    offset: None,
+                    sequence_number: None,
+                },
+                lost: lost.clone(),
+            };
+            if let Ok(mut held) = s.held.lock() {
+                held.insert(o.partition_id.clone(), Held { record: o, lost });
+            }
+            if self.client_tx.send(client).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn release_all(&self) -> Result<()> {
+        let s = &self.shared;
+        let records: Vec<Ownership> = match s.held.lock() {
+            Ok(mut held) => held
+                .drain()
+                .map(|(_, h)| {
+                    h.lost.cancel();
+                    Ownership { owner_id: String::new(), ..h.record }
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if !records.is_empty() {
+            let released = s.store.claim_ownerships(&records).await?;
+            info!(owner_id = %s.balancer.owner_id, released = released.len(), "event processor stopped; partitions released");
+        }
+        Ok(())
+    }
+}
+
+/// Where a newly won partition starts: after its checkpoint (by sequence number, else by offset),
+/// else at its configured or the default start position.
+fn start_position(
+    options: &EventProcessorOptions,
+    checkpoint: Option<&Checkpoint>,
+    partition_id: &str,
+) -> EventPosition {
+    if let Some(c) = checkpoint {
+        if let Some(seq) = c.sequence_number {
+            return EventPosition::SequenceNumber { value: seq, inclusive: false };
+        }
+        if let Some(offset) = &c.offset {
+            return EventPosition::Offset { value: offset.clone(), inclusive: false };
+        }
+    }
+    options.start_positions.get(partition_id).cloned().unwrap_or_else(|| options.default_start_position.clone())
+}
+
+/// One partition won by an [`EventProcessor`]: read its events and record checkpoints. It ends
+/// (with [`ErrorKind::ConsumerDisconnected`]) when another processor takes the partition or this
+/// one stops.
+pub struct PartitionClient {
+    partition_id: String,
+    receiver: EventReceiver,
+    store: Arc<dyn CheckpointStore>,
+    template: Checkpoint,
+    lost: CancellationToken,
+}
+
+impl std::fmt::Debug for PartitionClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionClient").field("partition_id", &self.partition_id).finish_non_exhaustive()
+    }
+}
+
+impl PartitionClient {
+    /// The partition.
+    pub fn partition_id(&self) -> &str {
+        &self.partition_id
+    }
+
+    fn ownership_lost(&self) -> Error {
+        Error::new(
+            ErrorKind::ConsumerDisconnected,
+            format!(
+                "partition {}: ownership ended (taken by another processor, or this one stopped)",
+                self.partition_id
+            ),
+        )
+    }
+
+    /// Up to `max` events, waiting at most `max_wait` for the first; an error once the partition
+    /// is no longer this processor's.
+    pub async fn receive_batch(&mut self, max: usize, max_wait: Duration) -> Result<Vec<ReceivedEventData>> {
+        if self.lost.is_cancelled() {
+            return Err(self.ownership_lost());
+        }
+        tokio::select! {
+            r = self.receiver.receive_batch(max, max_wait) => r,
+            _ = self.lost.cancelled() => Err(self.ownership_lost()),
+        }
+    }
+
+    /// Records `event` as processed: a restarted or another processor continues after it.
+    pub async fn update_checkpoint(&self, event: &ReceivedEventData) -> Result<()> {
+        let c = Checkpoint {
+            offset: Some(event.offset().to_string()),
+            sequence_number: Some(event.sequence_number()),
+            ..self.template.clone()
+        };
+        self.store.update_checkpoint(&c).await
+    }
+
+    /// Closes the partition's receiver.
+    pub async fn close(self) {
+        self.receiver.close().await;
+    }
+}
