@@ -99,7 +99,7 @@ pub(crate) struct SendArgs {
     bodies: Vec<String>,
     /// Send to this partition.
     #[arg(long)]
-    partition: Option<String>,
+    pub(crate) partition: Option<String>,
     /// Route by this partition key.
     #[arg(long, conflicts_with = "partition")]
     partition_key: Option<String>,
@@ -111,7 +111,7 @@ pub(crate) struct SendArgs {
     files: Vec<PathBuf>,
     /// Send this many generated events.
     #[arg(long, conflicts_with_all = ["bodies", "files"])]
-    count: Option<u64>,
+    pub(crate) count: Option<u64>,
     /// Size in bytes of generated events.
     #[arg(long, default_value_t = 100)]
     size: usize,
@@ -284,28 +284,54 @@ impl Progress {
 pub(crate) struct ReceiveArgs {
     /// Read this partition (default: all partitions).
     #[arg(long)]
-    partition: Option<String>,
+    pub(crate) partition: Option<String>,
     /// Consumer group.
     #[arg(long, default_value = "$Default")]
-    consumer_group: String,
+    pub(crate) consumer_group: String,
     /// Start position: earliest, latest, seq:N, offset:O or time:RFC3339.
     #[arg(long, default_value = "earliest")]
-    from: String,
+    pub(crate) from: String,
     /// Include the event at the start position (for seq, offset and time).
     #[arg(long)]
-    inclusive: bool,
+    pub(crate) inclusive: bool,
     /// Stop after this many events.
     #[arg(long)]
-    count: Option<u64>,
+    pub(crate) count: Option<u64>,
     /// Stop when no event arrives for this many seconds (ignored with --follow).
     #[arg(long, default_value_t = 10.0)]
-    timeout: f64,
+    pub(crate) timeout: f64,
     /// Keep waiting for new events (until --count or Ctrl-C).
     #[arg(long)]
-    follow: bool,
+    pub(crate) follow: bool,
     /// Owner level (epoch) of the receivers.
     #[arg(long)]
     owner_level: Option<i64>,
+    /// Run an event processor sharing the partitions with every other processor (ours or an
+    /// official SDK's) on the same hub, group and store: memory, sqlite:PATH (blob:CONTAINER is
+    /// not built yet). Starts each partition after its checkpoint, else at --from.
+    #[arg(long, value_name = "STORE")]
+    pub(crate) checkpoint_store: Option<String>,
+    /// With --checkpoint-store: checkpoint every N events per partition (and on a graceful stop).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub(crate) checkpoint_every: u64,
+    /// With --checkpoint-store: balanced (one new partition per cycle) or greedy.
+    #[arg(long, value_enum, default_value_t = Strategy::Balanced)]
+    pub(crate) strategy: Strategy,
+    /// With --checkpoint-store: seconds between load-balancing cycles (fractions allowed).
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub(crate) balance_interval: f64,
+    /// With --checkpoint-store: seconds an ownership lasts without renewal (at least 3 intervals).
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub(crate) ownership_expiry: f64,
+}
+
+/// How a processor takes on partitions.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Strategy {
+    /// One new partition per cycle.
+    Balanced,
+    /// The whole fair share at once.
+    Greedy,
 }
 
 pub(crate) fn parse_position(from: &str, inclusive: bool) -> Result<EventPosition> {
@@ -391,7 +417,38 @@ pub(crate) fn event_json(e: &ReceivedEventData) -> serde_json::Value {
     })
 }
 
+/// Writes one received event as `receive` prints it: a JSON object per line, or a text line.
+pub(crate) fn print_event(out: &mut impl Write, output: Output, e: &ReceivedEventData) -> Result<()> {
+    match output {
+        Output::Json => writeln!(out, "{}", event_json(e))?,
+        Output::Text => {
+            let body = match e.body() {
+                Some(b) => String::from_utf8_lossy(b).into_owned(),
+                None => format!("{:?}", e.raw_amqp_message().body),
+            };
+            let props = if e.properties().is_empty() {
+                String::new()
+            } else {
+                let p: Vec<String> =
+                    e.properties().iter().map(|(k, v)| format!("{}={}", key_text(k), value_json(v))).collect();
+                format!("  {{{}}}", p.join(", "))
+            };
+            writeln!(
+                out,
+                "[{} #{} {}] {body}{props}",
+                e.partition_id(),
+                e.sequence_number(),
+                format_millis(e.enqueued_time_millis())
+            )?;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn receive(t: &Target, a: &ReceiveArgs) -> Result<()> {
+    if a.checkpoint_store.is_some() {
+        return crate::process::receive(t, a);
+    }
     let position = parse_position(&a.from, a.inclusive)?;
     if a.timeout.is_nan() || a.timeout <= 0.0 {
         bail!("--timeout must be positive");
@@ -430,32 +487,7 @@ pub(crate) fn receive(t: &Target, a: &ReceiveArgs) -> Result<()> {
                     break;
                 }
                 n += 1;
-                match t.output {
-                    Output::Json => writeln!(out, "{}", event_json(&e))?,
-                    Output::Text => {
-                        let body = match e.body() {
-                            Some(b) => String::from_utf8_lossy(b).into_owned(),
-                            None => format!("{:?}", e.raw_amqp_message().body),
-                        };
-                        let props = if e.properties().is_empty() {
-                            String::new()
-                        } else {
-                            let p: Vec<String> = e
-                                .properties()
-                                .iter()
-                                .map(|(k, v)| format!("{}={}", key_text(k), value_json(v)))
-                                .collect();
-                            format!("  {{{}}}", p.join(", "))
-                        };
-                        writeln!(
-                            out,
-                            "[{} #{} {}] {body}{props}",
-                            e.partition_id(),
-                            e.sequence_number(),
-                            format_millis(e.enqueued_time_millis())
-                        )?;
-                    }
-                }
+                print_event(&mut out, t.output, &e)?;
             }
             out.flush()?;
         };

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 mod bench;
 mod client;
+mod process;
 mod serve;
 mod timefmt;
 

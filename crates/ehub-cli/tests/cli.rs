@@ -188,3 +188,163 @@ fn with_no_connection_string_the_cli_uses_a_local_default_broker_and_says_so() {
     assert_eq!(err.matches("no connection string given").count(), 1, "said once: {err}");
     assert!(matches!(out.status.code(), Some(0 | 4)), "{:?}: {err}", out.status);
 }
+
+/// An `ehub serve` with an 8-partition hub `eh8`.
+fn serve_eight_partitions(dir: &std::path::Path) -> Server {
+    let config = dir.join("eh8.toml");
+    std::fs::write(&config, "[[hubs]]\nname = \"eh8\"\npartitions = 8\n").unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("ehub"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--fsync", "never", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("EHUB_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("ehub serve exited before listening").unwrap();
+        if line.contains("ehub broker listening") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let cs = format!(
+        "Endpoint=sb://127.0.0.1:{port};SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;"
+    );
+    Server { child, cs, _dir: data }
+}
+
+/// A `receive --checkpoint-store` process; its JSON events are collected by a thread.
+struct Processor {
+    child: std::process::Child,
+    events: std::sync::Arc<std::sync::Mutex<Vec<(String, i64)>>>,
+}
+
+impl Drop for Processor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn processor(s: &Server, store: &str, strategy: &str) -> Processor {
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("ehub"))
+        .env_remove("EVENTHUB_CONNECTION_STRING")
+        .args(["--connection-string", &s.cs, "--hub", "eh8", "--output", "json", "receive", "--follow"])
+        .args(["--checkpoint-store", store, "--checkpoint-every", "5", "--strategy", strategy])
+        .args(["--balance-interval", "0.3", "--ownership-expiry", "1.5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let p = v["partition_id"].as_str().unwrap().to_owned();
+            sink.lock().unwrap().push((p, v["sequence_number"].as_i64().unwrap()));
+        }
+    });
+    Processor { child, events }
+}
+
+fn owners(store_path: &std::path::Path, s: &Server) -> std::collections::HashMap<String, usize> {
+    use ehub::checkpoint::CheckpointStore;
+    let port = s.cs.split(':').nth(2).unwrap().split(';').next().unwrap().to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let store = ehub_checkpoint_sqlite::SqliteCheckpointStore::open(store_path).await.unwrap();
+        let now = std::time::SystemTime::now();
+        let mut count = std::collections::HashMap::new();
+        for o in store.list_ownerships(&format!("127.0.0.1:{port}"), "eh8", "$default").await.unwrap() {
+            let live = o
+                .last_modified
+                .is_some_and(|t| now.duration_since(t).unwrap_or_default() < Duration::from_millis(1500));
+            if !o.is_released() && live {
+                *count.entry(o.owner_id).or_default() += 1;
+            }
+        }
+        count
+    })
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+fn send_to_eight(s: &Server, per_partition: u32) {
+    for p in 0..8 {
+        let mut c = Command::cargo_bin("ehub").unwrap();
+        c.timeout(T).env_remove("EVENTHUB_CONNECTION_STRING");
+        c.args(["--connection-string", &s.cs, "--hub", "eh8", "send", "--partition", &p.to_string()])
+            .args(["--count", &per_partition.to_string(), "--size", "20"])
+            .assert()
+            .success();
+    }
+}
+
+fn seen_all(ps: &[&Processor], per_partition: i64) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    for p in ps {
+        seen.extend(p.events.lock().unwrap().iter().cloned());
+    }
+    (0..8).all(|p| (0..per_partition).all(|q| seen.contains(&(p.to_string(), q))))
+}
+
+#[test]
+fn three_processor_processes_share_eight_partitions_survive_a_kill_and_hand_over_on_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve_eight_partitions(dir.path());
+    let db = dir.path().join("cp.db");
+    let store = format!("sqlite:{}", db.display());
+    send_to_eight(&s, 20);
+    let a = processor(&s, &store, "balanced");
+    let b = processor(&s, &store, "balanced");
+    let mut c = processor(&s, &store, "balanced");
+    let settled = wait_until("a 3/3/2 split", Duration::from_secs(30), || {
+        let mut n: Vec<usize> = owners(&db, &s).into_values().collect();
+        n.sort();
+        n == [2, 3, 3]
+    });
+    eprintln!("balanced: 3 processors settled on 8 partitions in {settled:?}");
+    wait_until("every event processed", Duration::from_secs(30), || seen_all(&[&a, &b, &c], 20));
+
+    // kill -9 one: the others take its partitions once its ownerships expire, and resume from its
+    // last checkpoints: nothing lost.
+    c.child.kill().unwrap();
+    c.child.wait().unwrap();
+    let took = wait_until("the survivors hold all 8", Duration::from_secs(30), || {
+        let o = owners(&db, &s);
+        o.len() == 2 && o.values().sum::<usize>() == 8
+    });
+    eprintln!("after kill -9: all 8 partitions owned again {took:?} later (expiry 1.5 s)");
+    send_to_eight(&s, 20);
+    wait_until("the second round processed", Duration::from_secs(30), || seen_all(&[&a, &b, &c], 40));
+
+    // A graceful stop (SIGTERM): b checkpoints what it printed, releases its partitions (owner id
+    // "") and exits 0; a takes them as free partitions, one a cycle (balanced), without waiting
+    // for them to expire.
+    let mut b = b;
+    let pid = b.child.id().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = b.child.wait().unwrap();
+    assert!(status.success(), "b exits 0 on SIGTERM: {status:?}");
+    let o = owners(&db, &s);
+    assert_eq!(o.len(), 1, "b's partitions are released as it exits, not left to expire: {o:?}");
+    let all = wait_until("a holds all 8", Duration::from_secs(30), || owners(&db, &s).values().sum::<usize>() == 8);
+    eprintln!("after a graceful stop: a held all 8 partitions {all:?} after b exited");
+    send_to_eight(&s, 20);
+    wait_until("the third round processed", Duration::from_secs(30), || seen_all(&[&a, &b, &c], 60));
+    drop((a, b));
+}
