@@ -285,6 +285,9 @@ fn stage(
     let seg = st.segments.last_mut().expect("an active segment exists");
     let mut rel = seg.size + p.buf.len() as u64;
     let mut seq = first_seq;
+    // Cache positions count from the start of everything this batch wrote: the pieces already
+    // written (before a segment roll) and the buffer, which restarts empty after each write.
+    let written = p.written.as_ref().map_or(0, |w| w.len());
     for e in &events {
         let before = p.buf.len();
         record::encode_record(&mut p.buf, seq, time, e.partition_key.as_deref(), &e.payload);
@@ -294,7 +297,7 @@ fn stage(
             p.first_seq = seq;
             p.first_offset = first_offset;
         }
-        p.positions.push(before as u32);
+        p.positions.push((written + before) as u32);
         rel += l;
         seq += 1;
     }
