@@ -22,11 +22,17 @@ impl Drop for Server {
 }
 
 fn serve() -> Server {
+    serve_with(&[])
+}
+
+/// An `ehub serve` on a free port and a temporary data directory, with `extra` arguments.
+fn serve_with(extra: &[&std::ffi::OsStr]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("ehub"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir.path())
+        .args(extra)
         .env("EHUB_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -189,33 +195,11 @@ fn with_no_connection_string_the_cli_uses_a_local_default_broker_and_says_so() {
     assert!(matches!(out.status.code(), Some(0 | 4)), "{:?}: {err}", out.status);
 }
 
-/// An `ehub serve` with an 8-partition hub `eh8`.
+/// An `ehub serve` with an 8-partition hub `eh8` (fsync=never).
 fn serve_eight_partitions(dir: &std::path::Path) -> Server {
     let config = dir.join("eh8.toml");
     std::fs::write(&config, "[[hubs]]\nname = \"eh8\"\npartitions = 8\n").unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("ehub"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--fsync", "never", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("EHUB_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("ehub serve exited before listening").unwrap();
-        if line.contains("ehub broker listening") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    let cs = format!(
-        "Endpoint=sb://127.0.0.1:{port};SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;"
-    );
-    Server { child, cs, _dir: data }
+    serve_with(&["--fsync".as_ref(), "never".as_ref(), "--config".as_ref(), config.as_os_str()])
 }
 
 /// A `receive --checkpoint-store` process; its JSON events are collected by a thread.
