@@ -2,7 +2,7 @@
 //! against it (cargo feature `conformance`). Each body works in a namespace of its own, so one
 //! store can serve them all; each panics with what went wrong.
 //!
-//! ```ignore
+//! ```text
 //! #[tokio::test]
 //! async fn conformance() {
 //!     let store = MyStore::open(...).await.unwrap();
