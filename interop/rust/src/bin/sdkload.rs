@@ -227,6 +227,8 @@ async fn main() {
                 if let Some(p) = &proxy {
                     eprintln!("last frames:\n{}", p.last_frames());
                 }
+                // Stop the broker this harness started (exit skips destructors).
+                drop(broker);
                 std::process::exit(1);
             }
         }
