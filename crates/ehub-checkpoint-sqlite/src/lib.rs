@@ -29,7 +29,7 @@
 //! acknowledged checkpoint or claim survives a crash of the process or the machine.
 #![warn(missing_docs)]
 
-use ehub::checkpoint::{store_error, Checkpoint, CheckpointStore, Ownership};
+use ehub::checkpoint::{store_error, Checkpoint, CheckpointStore, Ownership, Scope};
 use ehub::Result;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
@@ -142,7 +142,7 @@ impl SqliteCheckpointStore {
 #[async_trait::async_trait]
 impl CheckpointStore for SqliteCheckpointStore {
     async fn list_ownerships(&self, namespace: &str, event_hub: &str, consumer_group: &str) -> Result<Vec<Ownership>> {
-        let key = [namespace.to_lowercase(), event_hub.to_lowercase(), consumer_group.to_lowercase()];
+        let scope = Scope::new(namespace, event_hub, consumer_group);
         self.with_conn(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
@@ -151,11 +151,11 @@ impl CheckpointStore for SqliteCheckpointStore {
                 )
                 .map_err(|e| sql_error("listing ownerships", e))?;
             let rows = stmt
-                .query_map(params![key[0], key[1], key[2]], |r| {
+                .query_map(params![scope.namespace, scope.event_hub, scope.consumer_group], |r| {
                     Ok(Ownership {
-                        namespace: key[0].clone(),
-                        event_hub: key[1].clone(),
-                        consumer_group: key[2].clone(),
+                        namespace: scope.namespace.clone(),
+                        event_hub: scope.event_hub.clone(),
+                        consumer_group: scope.consumer_group.clone(),
                         partition_id: r.get(0)?,
                         owner_id: r.get(1)?,
                         etag: Some(etag_text(r.get(2)?)),
@@ -178,7 +178,8 @@ impl CheckpointStore for SqliteCheckpointStore {
                 .map_err(|e| sql_error("starting a claim", e))?;
             let mut won = Vec::new();
             for o in claims {
-                let (ns, hub, cg) = (o.namespace.to_lowercase(), o.event_hub.to_lowercase(), o.consumer_group.to_lowercase());
+                let Scope { namespace: ns, event_hub: hub, consumer_group: cg } =
+                    Scope::new(&o.namespace, &o.event_hub, &o.consumer_group);
                 let current: Option<i64> = tx
                     .query_row(
                         "SELECT etag FROM ownership WHERE namespace = ?1 AND event_hub = ?2 AND consumer_group = ?3
@@ -225,7 +226,7 @@ impl CheckpointStore for SqliteCheckpointStore {
         event_hub: &str,
         consumer_group: &str,
     ) -> Result<Vec<Checkpoint>> {
-        let key = [namespace.to_lowercase(), event_hub.to_lowercase(), consumer_group.to_lowercase()];
+        let scope = Scope::new(namespace, event_hub, consumer_group);
         self.with_conn(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
@@ -234,11 +235,11 @@ impl CheckpointStore for SqliteCheckpointStore {
                 )
                 .map_err(|e| sql_error("listing checkpoints", e))?;
             let rows = stmt
-                .query_map(params![key[0], key[1], key[2]], |r| {
+                .query_map(params![scope.namespace, scope.event_hub, scope.consumer_group], |r| {
                     Ok(Checkpoint {
-                        namespace: key[0].clone(),
-                        event_hub: key[1].clone(),
-                        consumer_group: key[2].clone(),
+                        namespace: scope.namespace.clone(),
+                        event_hub: scope.event_hub.clone(),
+                        consumer_group: scope.consumer_group.clone(),
                         partition_id: r.get(0)?,
                         offset: r.get(1)?,
                         sequence_number: r.get(2)?,
@@ -260,10 +261,11 @@ impl CheckpointStore for SqliteCheckpointStore {
                  DO UPDATE SET offset = excluded.offset, sequence_number = excluded.sequence_number",
             )
             .and_then(|mut s| {
+                let scope = Scope::new(&c.namespace, &c.event_hub, &c.consumer_group);
                 s.execute(params![
-                    c.namespace.to_lowercase(),
-                    c.event_hub.to_lowercase(),
-                    c.consumer_group.to_lowercase(),
+                    scope.namespace,
+                    scope.event_hub,
+                    scope.consumer_group,
                     c.partition_id,
                     c.offset,
                     c.sequence_number

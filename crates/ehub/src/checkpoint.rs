@@ -19,7 +19,7 @@
 //! ([`conformance`], cargo feature `conformance`).
 
 use crate::{Error, ErrorKind, Result};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -89,20 +89,55 @@ pub trait CheckpointStore: Send + Sync {
     async fn update_checkpoint(&self, checkpoint: &Checkpoint) -> Result<()>;
 }
 
-fn scope(namespace: &str, event_hub: &str, consumer_group: &str) -> String {
-    format!("{}/{}/{}", namespace.to_lowercase(), event_hub.to_lowercase(), consumer_group.to_lowercase())
+/// Namespace, hub and consumer group as every store names them: lower-cased, as .NET,
+/// JavaScript, Python and Go do.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope {
+    /// The namespace, lower-cased.
+    pub namespace: String,
+    /// The hub, lower-cased.
+    pub event_hub: String,
+    /// The consumer group, lower-cased.
+    pub consumer_group: String,
+}
+
+impl Scope {
+    /// The scope of a hub and consumer group.
+    pub fn new(namespace: &str, event_hub: &str, consumer_group: &str) -> Self {
+        Scope {
+            namespace: namespace.to_lowercase(),
+            event_hub: event_hub.to_lowercase(),
+            consumer_group: consumer_group.to_lowercase(),
+        }
+    }
+
+    fn path(&self) -> String {
+        format!("{}/{}/{}", self.namespace, self.event_hub, self.consumer_group)
+    }
+
+    fn ownership(&self, partition_id: &str, r: &Record) -> Ownership {
+        Ownership {
+            namespace: self.namespace.clone(),
+            event_hub: self.event_hub.clone(),
+            consumer_group: self.consumer_group.clone(),
+            partition_id: partition_id.to_owned(),
+            owner_id: r.owner_id.clone(),
+            etag: Some(etag_text(r.etag)),
+            last_modified: Some(r.last_modified),
+        }
+    }
 }
 
 /// The name prefix of a hub's and consumer group's ownership records:
 /// `{namespace}/{hub}/{consumer group}/ownership/`, lower-cased, as every official SDK names them.
 pub fn ownership_prefix(namespace: &str, event_hub: &str, consumer_group: &str) -> String {
-    format!("{}/ownership/", scope(namespace, event_hub, consumer_group))
+    format!("{}/ownership/", Scope::new(namespace, event_hub, consumer_group).path())
 }
 
 /// The name prefix of a hub's and consumer group's checkpoints:
 /// `{namespace}/{hub}/{consumer group}/checkpoint/`, lower-cased.
 pub fn checkpoint_prefix(namespace: &str, event_hub: &str, consumer_group: &str) -> String {
-    format!("{}/checkpoint/", scope(namespace, event_hub, consumer_group))
+    format!("{}/checkpoint/", Scope::new(namespace, event_hub, consumer_group).path())
 }
 
 /// An error of kind [`ErrorKind::CheckpointStore`], for store implementations.
@@ -126,10 +161,9 @@ pub struct InMemoryCheckpointStore {
 
 #[derive(Default)]
 struct Inner {
-    /// Keyed by ownership record name ([`ownership_prefix`] + partition id).
-    ownerships: HashMap<String, Record>,
-    /// Keyed by checkpoint name.
-    checkpoints: HashMap<String, (Option<String>, Option<i64>)>,
+    /// By scope and partition (ordered, so listings come sorted by partition id).
+    ownerships: BTreeMap<(Scope, String), Record>,
+    checkpoints: BTreeMap<(Scope, String), (Option<String>, Option<i64>)>,
     /// The last ETag given out: every write gets a new one, even two in the same instant.
     etags: u64,
 }
@@ -152,68 +186,31 @@ fn etag_text(n: u64) -> String {
     format!("\"0x{n:016X}\"")
 }
 
-/// Splits `name` into its prefix's parts and the partition id.
-fn split_name(name: &str) -> Option<(&str, &str, &str, &str)> {
-    let mut parts = name.rsplitn(5, '/');
-    let partition = parts.next()?;
-    let _kind = parts.next()?;
-    let group = parts.next()?;
-    let hub = parts.next()?;
-    let namespace = parts.next()?;
-    Some((namespace, hub, group, partition))
-}
-
 #[async_trait::async_trait]
 impl CheckpointStore for InMemoryCheckpointStore {
     async fn list_ownerships(&self, namespace: &str, event_hub: &str, consumer_group: &str) -> Result<Vec<Ownership>> {
-        let prefix = ownership_prefix(namespace, event_hub, consumer_group);
+        let scope = Scope::new(namespace, event_hub, consumer_group);
         let inner = self.inner.lock().map_err(|_| store_error("the store's lock is poisoned"))?;
-        let mut out: Vec<Ownership> = inner
+        Ok(inner
             .ownerships
             .iter()
-            .filter(|(name, _)| name.starts_with(&prefix))
-            .filter_map(|(name, r)| {
-                let (ns, hub, cg, partition) = split_name(name)?;
-                Some(Ownership {
-                    namespace: ns.into(),
-                    event_hub: hub.into(),
-                    consumer_group: cg.into(),
-                    partition_id: partition.into(),
-                    owner_id: r.owner_id.clone(),
-                    etag: Some(etag_text(r.etag)),
-                    last_modified: Some(r.last_modified),
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| a.partition_id.cmp(&b.partition_id));
-        Ok(out)
+            .filter(|((s, _), _)| *s == scope)
+            .map(|((s, partition), r)| s.ownership(partition, r))
+            .collect())
     }
 
     async fn claim_ownerships(&self, ownerships: &[Ownership]) -> Result<Vec<Ownership>> {
         let mut inner = self.inner.lock().map_err(|_| store_error("the store's lock is poisoned"))?;
         let mut won = Vec::new();
         for o in ownerships {
-            let name = format!(
-                "{}{}",
-                ownership_prefix(&o.namespace, &o.event_hub, &o.consumer_group),
-                o.partition_id.to_lowercase()
-            );
-            let current = inner.ownerships.get(&name).map(|r| etag_text(r.etag));
-            if current != o.etag {
+            let key = (Scope::new(&o.namespace, &o.event_hub, &o.consumer_group), o.partition_id.clone());
+            if inner.ownerships.get(&key).map(|r| etag_text(r.etag)) != o.etag {
                 continue;
             }
             inner.etags += 1;
             let record = Record { owner_id: o.owner_id.clone(), etag: inner.etags, last_modified: SystemTime::now() };
-            won.push(Ownership {
-                namespace: o.namespace.to_lowercase(),
-                event_hub: o.event_hub.to_lowercase(),
-                consumer_group: o.consumer_group.to_lowercase(),
-                partition_id: o.partition_id.clone(),
-                owner_id: o.owner_id.clone(),
-                etag: Some(etag_text(record.etag)),
-                last_modified: Some(record.last_modified),
-            });
-            inner.ownerships.insert(name, record);
+            won.push(key.0.ownership(&key.1, &record));
+            inner.ownerships.insert(key, record);
         }
         Ok(won)
     }
@@ -224,36 +221,27 @@ impl CheckpointStore for InMemoryCheckpointStore {
         event_hub: &str,
         consumer_group: &str,
     ) -> Result<Vec<Checkpoint>> {
-        let prefix = checkpoint_prefix(namespace, event_hub, consumer_group);
+        let scope = Scope::new(namespace, event_hub, consumer_group);
         let inner = self.inner.lock().map_err(|_| store_error("the store's lock is poisoned"))?;
-        let mut out: Vec<Checkpoint> = inner
+        Ok(inner
             .checkpoints
             .iter()
-            .filter(|(name, _)| name.starts_with(&prefix))
-            .filter_map(|(name, (offset, seq))| {
-                let (ns, hub, cg, partition) = split_name(name)?;
-                Some(Checkpoint {
-                    namespace: ns.into(),
-                    event_hub: hub.into(),
-                    consumer_group: cg.into(),
-                    partition_id: partition.into(),
-                    offset: offset.clone(),
-                    sequence_number: *seq,
-                })
+            .filter(|((s, _), _)| *s == scope)
+            .map(|((s, partition), (offset, seq))| Checkpoint {
+                namespace: s.namespace.clone(),
+                event_hub: s.event_hub.clone(),
+                consumer_group: s.consumer_group.clone(),
+                partition_id: partition.clone(),
+                offset: offset.clone(),
+                sequence_number: *seq,
             })
-            .collect();
-        out.sort_by(|a, b| a.partition_id.cmp(&b.partition_id));
-        Ok(out)
+            .collect())
     }
 
     async fn update_checkpoint(&self, c: &Checkpoint) -> Result<()> {
-        let name = format!(
-            "{}{}",
-            checkpoint_prefix(&c.namespace, &c.event_hub, &c.consumer_group),
-            c.partition_id.to_lowercase()
-        );
+        let key = (Scope::new(&c.namespace, &c.event_hub, &c.consumer_group), c.partition_id.clone());
         let mut inner = self.inner.lock().map_err(|_| store_error("the store's lock is poisoned"))?;
-        inner.checkpoints.insert(name, (c.offset.clone(), c.sequence_number));
+        inner.checkpoints.insert(key, (c.offset.clone(), c.sequence_number));
         Ok(())
     }
 }
@@ -272,15 +260,6 @@ mod tests {
             checkpoint_prefix("MyNs.servicebus.windows.net", "Hub", "CG"),
             "myns.servicebus.windows.net/hub/cg/checkpoint/"
         );
-    }
-
-    #[test]
-    fn a_name_splits_back_into_its_parts_even_with_a_port() {
-        assert_eq!(
-            split_name("127.0.0.1:5672/eh1/$default/ownership/3"),
-            Some(("127.0.0.1:5672", "eh1", "$default", "3"))
-        );
-        assert_eq!(split_name("no/slashes"), None);
     }
 
     #[tokio::test]
