@@ -119,6 +119,14 @@ pub(crate) struct ConnTask<S> {
     peer: String,
 }
 
+/// Sleeps until `deadline`, or forever when there is none (a `select!` branch that never fires).
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -236,13 +244,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                     self.flush_acks();
                     fed?;
                 }
-                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d.into()).await, None => std::future::pending().await } } => {
+                _ = sleep_until(deadline) => {
                     self.conn.handle_timeout(Instant::now())?;
                 }
-                _ = async { match token_deadline { Some(d) => tokio::time::sleep_until(d.into()).await, None => std::future::pending().await } } => {
+                _ = sleep_until(token_deadline) => {
                     self.expire_tokens();
                 }
-                _ = async { match confirm_deadline { Some(d) => tokio::time::sleep_until(d.into()).await, None => std::future::pending().await } } => {
+                _ = sleep_until(confirm_deadline) => {
                     self.settlements.confirm_due(&mut self.conn, Instant::now());
                 }
             }
@@ -562,7 +570,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 let is_cbs = matches!(info.kind, LinkKind::CbsIn);
                 if !d.settled {
                     let (ch, id) = (d.link.channel, d.delivery_id);
-                    self.settlements.settle(&mut self.conn, ch, id, id, DeliveryState::Accepted, Instant::now())?;
+                    self.settlements.settle(&mut self.conn, ch, id, id, DeliveryState::Accepted)?;
                 }
                 self.conn.top_up_credit(d.link, PRODUCER_CREDIT)?;
                 let request = match Message::decode(&d.payload) {
@@ -709,13 +717,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         }
         let mut acks = std::mem::take(&mut self.acks);
         acks.sort_by_key(|(ch, id, _)| (*ch, *id));
-        let now = Instant::now();
         let mut i = 0;
         while i < acks.len() {
             let (ch, first, err) = acks[i].clone();
             if let Some(e) = err {
-                let _ =
-                    self.settlements.settle(&mut self.conn, ch, first, first, DeliveryState::Rejected(Some(e)), now);
+                let _ = self.settlements.settle(&mut self.conn, ch, first, first, DeliveryState::Rejected(Some(e)));
                 i += 1;
                 continue;
             }
@@ -725,7 +731,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 last = acks[j].1;
                 j += 1;
             }
-            let _ = self.settlements.settle(&mut self.conn, ch, first, last, DeliveryState::Accepted, now);
+            let _ = self.settlements.settle(&mut self.conn, ch, first, last, DeliveryState::Accepted);
             i = j;
         }
         self.acks = acks;
@@ -1008,7 +1014,7 @@ fn reject(
     err: AmqpError,
 ) -> Result<(), EndpointError> {
     let state = DeliveryState::Rejected(Some(err));
-    settlements.settle(conn, d.link.channel, d.delivery_id, d.delivery_id, state, Instant::now())?;
+    settlements.settle(conn, d.link.channel, d.delivery_id, d.delivery_id, state)?;
     conn.top_up_credit(d.link, PRODUCER_CREDIT)?;
     Ok(())
 }

@@ -71,13 +71,13 @@ impl Settlements {
         first: u32,
         last: u32,
         state: DeliveryState,
-        now: Instant,
     ) -> Result<(), EndpointError> {
         if !self.twice {
             return conn.disposition(channel, Role::Receiver, first, last, true, Some(state));
         }
         conn.disposition(channel, Role::Receiver, first, last, false, Some(state.clone()))?;
-        self.unconfirmed.push_back(Unconfirmed { due: now + CONFIRM_AFTER, channel, first, last, state });
+        let due = Instant::now() + CONFIRM_AFTER;
+        self.unconfirmed.push_back(Unconfirmed { due, channel, first, last, state });
         Ok(())
     }
 
