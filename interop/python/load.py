@@ -27,17 +27,6 @@ from azure.eventhub.aio import EventHubProducerClient as AsyncProducer
 BATCH = 100
 
 
-class Counter:
-    """A shared counter seen through the watchdog's interface."""
-
-    def __init__(self, value):
-        self.value = value
-
-    @property
-    def n(self):
-        return self.value.value
-
-
 class Progress:
     """A counter that a watchdog checks for stalls."""
 
@@ -184,24 +173,26 @@ def main():
     writer = threading.Thread(target=produce, daemon=True)
     writer.start()
 
-    def watch(progress, done, what):
+    def watch(count, done, what):
+        """None once done() holds; a failure when count() stays the same for --stall seconds."""
         last, since = -1, time.time()
         while not done():
             time.sleep(0.25)
-            if progress.n != last:
-                last, since = progress.n, time.time()
+            now = count()
+            if now != last:
+                last, since = now, time.time()
             elif time.time() - since > a.stall:
-                return f"{what} stalled at {progress.n} events"
+                return f"{what} stalled at {now} events"
         return None
 
-    failure = watch(sent_progress, lambda: not writer.is_alive(), "sending")
+    failure = watch(lambda: sent_progress.n, lambda: not writer.is_alive(), "sending")
     send_secs = time.time() - t0
     sent = result.get("sent", sent_progress.n)
     if not failure and "error" in result:
         failure = "sending failed: " + result["error"]
     expected.value = sent
     if not failure:
-        failure = watch(Counter(received), lambda: received.value >= sent, "receiving")
+        failure = watch(lambda: received.value, lambda: received.value >= sent, "receiving")
     recv_secs = time.time() - t0
     unique, duplicates, errors = (0, 0, ["the consumer did not finish"])
     try:
