@@ -307,8 +307,9 @@ pub(crate) struct ReceiveArgs {
     #[arg(long)]
     owner_level: Option<i64>,
     /// Run an event processor sharing the partitions with every other processor (ours or an
-    /// official SDK's) on the same hub, group and store: memory, sqlite:PATH (blob:CONTAINER is
-    /// not built yet). Starts each partition after its checkpoint, else at --from.
+    /// official SDK's) on the same hub, group and store: memory, sqlite:PATH or blob:CONTAINER
+    /// (Azure Blob Storage, in the layout every official SDK uses). Starts each partition after
+    /// its checkpoint, else at --from.
     #[arg(long, value_name = "STORE")]
     pub(crate) checkpoint_store: Option<String>,
     /// With --checkpoint-store: checkpoint every N events per partition (and on a graceful stop).
@@ -323,6 +324,15 @@ pub(crate) struct ReceiveArgs {
     /// With --checkpoint-store: seconds an ownership lasts without renewal (at least 3 intervals).
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
     pub(crate) ownership_expiry: f64,
+    /// With --checkpoint-store blob:CONTAINER: the storage account's connection string
+    /// (default: the development account at 127.0.0.1:10000, Azurite's and `ehub serve`'s).
+    #[arg(long, env = "AZURE_STORAGE_CONNECTION_STRING", hide_env_values = true, value_name = "CONNECTION_STRING")]
+    pub(crate) storage_connection_string: Option<String>,
+    /// With --checkpoint-store: the namespace as the store's records name it (default: the
+    /// host, with :port when the connection string has one, as the Python SDK writes it; the
+    /// JavaScript SDK writes the host alone against an emulator).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) checkpoint_namespace: Option<String>,
 }
 
 /// How a processor takes on partitions.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Opens the store a `--checkpoint-store` value names.
-async fn open_store(spec: &str) -> Result<Arc<dyn CheckpointStore>> {
+async fn open_store(spec: &str, storage: Option<&str>) -> Result<Arc<dyn CheckpointStore>> {
     Ok(match spec.split_once(':') {
         None if spec == "memory" => Arc::new(InMemoryCheckpointStore::new()),
         Some(("sqlite", path)) if !path.is_empty() => Arc::new(
@@ -24,8 +24,20 @@ async fn open_store(spec: &str) -> Result<Arc<dyn CheckpointStore>> {
                 .await
                 .with_context(|| format!("opening the checkpoint store {spec}"))?,
         ),
-        Some(("blob", _)) => bail!("--checkpoint-store blob:CONTAINER: the Azure Blob store is not built yet"),
-        _ => bail!("--checkpoint-store '{spec}': use memory or sqlite:PATH"),
+        Some(("blob", container)) if !container.is_empty() => {
+            let connection_string = storage.unwrap_or_else(|| {
+                eprintln!("ehub: no --storage-connection-string or AZURE_STORAGE_CONNECTION_STRING; using the development account at 127.0.0.1:10000");
+                "UseDevelopmentStorage=true"
+            });
+            let store = ehub_checkpoint_blob::BlobCheckpointStore::from_connection_string(connection_string, container)
+                .with_context(|| format!("the checkpoint store {spec}"))?;
+            // Fail at start, with the reason, rather than in the first balancing cycle.
+            if !store.container_exists().await.with_context(|| format!("the checkpoint store {spec}"))? {
+                bail!("the checkpoint store {spec}: the container `{container}` does not exist; create it first");
+            }
+            Arc::new(store)
+        }
+        _ => bail!("--checkpoint-store '{spec}': use memory, sqlite:PATH or blob:CONTAINER"),
     })
 }
 
@@ -137,7 +149,7 @@ pub(crate) fn receive(t: &Target, a: &ReceiveArgs) -> Result<()> {
     let idle = seconds("--timeout", a.timeout)?;
     let position = parse_position(&a.from, a.inclusive)?;
     runtime()?.block_on(async {
-        let store = open_store(&spec).await?;
+        let store = open_store(&spec, a.storage_connection_string.as_deref()).await?;
         let c = consumer(t, &a.consumer_group).await?;
         let options = EventProcessorOptions {
             strategy: match a.strategy {
@@ -147,6 +159,7 @@ pub(crate) fn receive(t: &Target, a: &ReceiveArgs) -> Result<()> {
             load_balancing_interval: interval,
             ownership_expiry: expiry,
             default_start_position: position,
+            checkpoint_namespace: a.checkpoint_namespace.clone(),
             ..Default::default()
         };
         let processor = EventProcessor::new(c.clone(), store, Some(options))?;

@@ -332,3 +332,33 @@ fn three_processor_processes_share_eight_partitions_survive_a_kill_and_hand_over
     wait_until("the third round processed", Duration::from_secs(30), || seen_all(&[&a, &b, &c], 60));
     drop((a, b));
 }
+
+#[path = "../../ehub-checkpoint-blob/tests/support/azurite.rs"]
+mod azurite;
+
+/// A Blob store that cannot work stops the processor at start with the reason, never a
+/// processor that runs and reads nothing.
+#[test]
+fn a_blob_store_with_a_missing_container_or_a_wrong_key_fails_at_start_with_the_reason() {
+    let s = serve();
+    let azurite = azurite::Azurite::start();
+    let run = |storage: &str, container: &str| {
+        let out = ehub(&s)
+            .args([
+                "receive",
+                "--checkpoint-store",
+                &format!("blob:{container}"),
+                "--storage-connection-string",
+                storage,
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&azurite.connection_string(), "nosuch");
+    assert!(err.contains("the container `nosuch` does not exist"), "{err}");
+    let wrong = azurite.connection_string().replace(ehub_storage_auth::DEV_ACCOUNT_KEY, "d3Jvbmcga2V5");
+    let err = run(&wrong, "nosuch");
+    assert!(err.contains("403"), "{err}");
+}

@@ -35,6 +35,12 @@ pub struct EventProcessorOptions {
     pub track_last_enqueued_event_properties: bool,
     /// This instance's owner id (default: a new UUID).
     pub owner_id: Option<String>,
+    /// The namespace as the store's records name it (default:
+    /// [`ConsumerClient::checkpoint_namespace`]: the host, with `:port` when the connection
+    /// string names a port, as the Python SDK writes it). Against an emulator-style endpoint the
+    /// JavaScript SDK leaves the port out, so to share a store with JavaScript processors there,
+    /// set the host alone. Against Azure every SDK writes the plain host name.
+    pub checkpoint_namespace: Option<String>,
 }
 
 impl Default for EventProcessorOptions {
@@ -48,6 +54,7 @@ impl Default for EventProcessorOptions {
             start_positions: HashMap::new(),
             track_last_enqueued_event_properties: false,
             owner_id: None,
+            checkpoint_namespace: None,
         }
     }
 }
@@ -138,7 +145,7 @@ impl EventProcessor {
         }
         let owner_id = options.owner_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let balancer = LoadBalancer::new(owner_id, options.strategy, options.ownership_expiry);
-        let namespace = consumer.checkpoint_namespace();
+        let namespace = options.checkpoint_namespace.clone().unwrap_or_else(|| consumer.checkpoint_namespace());
         let (client_tx, client_rx) = mpsc::channel(HANDOFF);
         Ok(EventProcessor {
             shared: Arc::new(Shared {
