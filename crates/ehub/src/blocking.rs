@@ -203,3 +203,142 @@ impl EventReceiver {
         self.rt.block_on(self.inner.close())
     }
 }
+
+/// What a blocking handler's calls are about: the partition, and a blocking checkpoint writer.
+#[derive(Debug, Clone)]
+pub struct PartitionContext {
+    inner: crate::processor::PartitionContext,
+    rt: tokio::runtime::Handle,
+}
+
+impl PartitionContext {
+    /// The partition.
+    pub fn partition_id(&self) -> &str {
+        self.inner.partition_id()
+    }
+
+    /// The hub.
+    pub fn eventhub_name(&self) -> &str {
+        self.inner.eventhub_name()
+    }
+
+    /// The consumer group.
+    pub fn consumer_group(&self) -> &str {
+        self.inner.consumer_group()
+    }
+
+    /// Records `event` as processed, as [`crate::processor::PartitionContext::update_checkpoint`].
+    pub fn update_checkpoint(&self, event: &ReceivedEventData) -> Result<()> {
+        self.rt.block_on(self.inner.update_checkpoint(event))
+    }
+}
+
+/// Blocking [`crate::processor::EventHandler`]: each call runs on a thread that may block.
+pub trait EventHandler: Send + Sync + 'static {
+    /// A partition was won, before its first batch.
+    fn initialize(&self, _context: &PartitionContext) -> Result<()> {
+        Ok(())
+    }
+    /// A batch of events; an error goes to [`EventHandler::process_error`].
+    fn process_events(&self, events: Vec<ReceivedEventData>, context: &PartitionContext) -> Result<()>;
+    /// The partition's processing ended.
+    fn close(&self, _context: &PartitionContext, _reason: crate::processor::CloseReason) {}
+    /// A failure, with its partition when it has one.
+    fn process_error(&self, _error: Error, _context: Option<&PartitionContext>) {}
+}
+
+/// A blocking handler, run off the reactor.
+struct OnThreads<H>(Arc<H>);
+
+impl<H: EventHandler> OnThreads<H> {
+    async fn call<T: Send + 'static>(
+        &self,
+        ctx: Option<&crate::processor::PartitionContext>,
+        f: impl FnOnce(&H, Option<&PartitionContext>) -> T + Send + 'static,
+    ) -> T {
+        let h = Arc::clone(&self.0);
+        let ctx = ctx.map(|c| PartitionContext { inner: c.clone(), rt: tokio::runtime::Handle::current() });
+        tokio::task::spawn_blocking(move || f(&h, ctx.as_ref()))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+}
+
+#[async_trait::async_trait]
+impl<H: EventHandler> crate::processor::EventHandler for OnThreads<H> {
+    async fn initialize(&self, ctx: &crate::processor::PartitionContext) -> Result<()> {
+        self.call(Some(ctx), |h, c| h.initialize(c.expect("context"))).await
+    }
+    async fn process_events(
+        &self,
+        events: Vec<ReceivedEventData>,
+        ctx: &crate::processor::PartitionContext,
+    ) -> Result<()> {
+        self.call(Some(ctx), move |h, c| h.process_events(events, c.expect("context"))).await
+    }
+    async fn close(&self, ctx: &crate::processor::PartitionContext, reason: crate::processor::CloseReason) {
+        self.call(Some(ctx), move |h, c| h.close(c.expect("context"), reason)).await
+    }
+    async fn process_error(&self, error: Error, ctx: Option<&crate::processor::PartitionContext>) {
+        self.call(ctx, move |h, c| h.process_error(error, c)).await
+    }
+}
+
+/// Blocking [`crate::processor::EventProcessor`], push shape: [`EventProcessor::run`] blocks
+/// the calling thread, calling the handler for every partition won, until another thread calls
+/// [`EventProcessor::shutdown`] (it is `Clone`).
+///
+/// ```no_run
+/// use ehub::blocking::{ConsumerClient, EventHandler, EventProcessor, PartitionContext};
+/// use ehub::{InMemoryCheckpointStore, ReceivedEventData};
+/// use std::sync::Arc;
+///
+/// struct Print;
+/// impl EventHandler for Print {
+///     fn process_events(&self, events: Vec<ReceivedEventData>, ctx: &PartitionContext) -> ehub::Result<()> {
+///         for e in &events {
+///             println!("{}: {:?}", ctx.partition_id(), e.body_as_str());
+///         }
+///         events.last().map_or(Ok(()), |e| ctx.update_checkpoint(e))
+///     }
+/// }
+///
+/// let cs = "Endpoint=sb://localhost;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;";
+/// let consumer = ConsumerClient::from_connection_string(cs, Some("eh1"), None)?;
+/// let processor = EventProcessor::new(&consumer, Arc::new(InMemoryCheckpointStore::new()), None)?;
+/// processor.run(Arc::new(Print))?;
+/// # Ok::<(), ehub::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct EventProcessor {
+    inner: crate::processor::EventProcessor,
+    rt: Arc<Runtime>,
+}
+
+impl EventProcessor {
+    /// A processor reading `consumer`'s hub and consumer group, with `store`.
+    pub fn new(
+        consumer: &ConsumerClient,
+        store: Arc<dyn crate::CheckpointStore>,
+        options: Option<crate::processor::EventProcessorOptions>,
+    ) -> Result<Self> {
+        let inner = crate::processor::EventProcessor::new(consumer.inner.clone(), store, options)?;
+        Ok(EventProcessor { inner, rt: Arc::clone(&consumer.rt) })
+    }
+
+    /// Runs until [`EventProcessor::shutdown`]; then each partition's close handler runs and
+    /// the partitions are released.
+    pub fn run<H: EventHandler>(&self, handler: Arc<H>) -> Result<()> {
+        self.rt.block_on(self.inner.run_with_handler(Arc::new(OnThreads(handler))))
+    }
+
+    /// Stops [`EventProcessor::run`], from any thread.
+    pub fn shutdown(&self) {
+        self.inner.shutdown()
+    }
+
+    /// The partitions this instance holds now.
+    pub fn owned_partitions(&self) -> Vec<String> {
+        self.inner.owned_partitions()
+    }
+}

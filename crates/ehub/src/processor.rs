@@ -23,8 +23,17 @@
 //! - On a graceful stop, [`LoadBalancer::release`] gives every held partition back (owner id
 //!   `""`), so that peers take them within one cycle rather than after the expiry.
 
+//!
+//! The processor itself, [`EventProcessor`], comes in two shapes: pull
+//! ([`EventProcessor::next_partition_client`], as the official Rust and Go SDKs) and push
+//! ([`EventProcessor::run_with_handler`] with an [`EventHandler`], or
+//! [`EventProcessor::run_with_factory`] with a [`PartitionProcessor`] per partition, as Python,
+//! JavaScript, .NET and the seed).
+
+mod handler;
 mod run;
 
+pub use handler::{CloseReason, EventHandler, PartitionContext, PartitionProcessor};
 pub use run::{EventProcessor, EventProcessorOptions, PartitionClient};
 
 use crate::checkpoint::Ownership;

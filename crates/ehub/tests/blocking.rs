@@ -40,3 +40,73 @@ fn blocking_send_and_receive() {
     worker.join().unwrap();
     rt.block_on(f.broker.stop());
 }
+
+/// The blocking processor: a plain handler gets every partition's events and checkpoints them;
+/// another thread stops it, and each partition closes with Shutdown.
+#[test]
+fn blocking_processor_runs_a_plain_handler_until_another_thread_stops_it() {
+    use ehub::blocking::{EventHandler, EventProcessor, PartitionContext};
+    use ehub::processor::{CloseReason, EventProcessorOptions};
+    use ehub::{CheckpointStore, InMemoryCheckpointStore, ReceivedEventData};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Count {
+        events: Mutex<usize>,
+        closed: Mutex<Vec<CloseReason>>,
+    }
+    impl EventHandler for Count {
+        fn process_events(&self, events: Vec<ReceivedEventData>, ctx: &PartitionContext) -> ehub::Result<()> {
+            *self.events.lock().unwrap() += events.len();
+            events.last().map_or(Ok(()), |e| ctx.update_checkpoint(e))
+        }
+        fn close(&self, _ctx: &PartitionContext, reason: CloseReason) {
+            self.closed.lock().unwrap().push(reason);
+        }
+    }
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let f = rt.block_on(common::start());
+    let cs = f.broker.connection_string();
+    let ns = format!("127.0.0.1:{}", f.broker.addr.port());
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let producer = ProducerClient::from_connection_string(&cs, Some("eh1")).unwrap();
+        for p in 0..4 {
+            let to = Some(SendEventOptions { partition_id: Some(p.to_string()), ..Default::default() });
+            producer.send_events((0..10).map(|i| EventData::from(format!("e{i}"))).collect::<Vec<_>>(), to).unwrap();
+        }
+        let consumer = ConsumerClient::from_connection_string(&cs, Some("eh1"), None).unwrap();
+        let store = Arc::new(InMemoryCheckpointStore::new());
+        let options = EventProcessorOptions {
+            load_balancing_interval: Duration::from_millis(200),
+            ownership_expiry: Duration::from_secs(2),
+            default_start_position: EventPosition::Earliest,
+            ..Default::default()
+        };
+        let processor = EventProcessor::new(&consumer, store.clone(), Some(options)).unwrap();
+        let handler = Arc::new(Count::default());
+        let stopper = {
+            let (p, h) = (processor.clone(), handler.clone());
+            std::thread::spawn(move || {
+                while *h.events.lock().unwrap() < 40 {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                p.shutdown();
+            })
+        };
+        processor.run(handler.clone()).unwrap();
+        stopper.join().unwrap();
+        assert_eq!(*handler.events.lock().unwrap(), 40);
+        assert_eq!(*handler.closed.lock().unwrap(), vec![CloseReason::Shutdown; 4]);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let cps = rt.block_on(store.list_checkpoints(&ns, "eh1", "$default")).unwrap();
+        assert!(cps.len() == 4 && cps.iter().all(|c| c.sequence_number == Some(9)), "{cps:?}");
+        producer.close();
+        consumer.close();
+        done_tx.send(()).unwrap();
+    });
+    done_rx.recv_timeout(common::T).expect("the blocking scenario timed out");
+    worker.join().unwrap();
+    rt.block_on(f.broker.stop());
+}

@@ -3,10 +3,12 @@
 mod common;
 
 use common::{start, T};
-use ehub::processor::{EventProcessor, EventProcessorOptions};
+use ehub::processor::{
+    CloseReason, EventHandler, EventProcessor, EventProcessorOptions, PartitionContext, PartitionProcessor,
+};
 use ehub::{
     CheckpointStore, ConsumerClient, ErrorKind, EventData, EventPosition, InMemoryCheckpointStore,
-    LoadBalancingStrategy, ProducerClient, SendEventOptions,
+    LoadBalancingStrategy, ProducerClient, ReceivedEventData, SendEventOptions,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -217,6 +219,196 @@ async fn an_expiry_shorter_than_three_intervals_is_refused() {
         };
         let err = EventProcessor::new(consumer, Arc::new(InMemoryCheckpointStore::new()), Some(o)).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    })
+    .await
+    .unwrap();
+}
+
+/// What a handler saw: events by owner, and the life of each partition.
+#[derive(Default)]
+struct Log {
+    events: Vec<(String, i64, String)>,
+    initialized: Vec<(String, String)>,
+    closed: Vec<(String, String, CloseReason)>,
+    errors: Vec<(Option<String>, ErrorKind)>,
+}
+
+struct Recorder {
+    owner: String,
+    log: Arc<Mutex<Log>>,
+}
+
+#[async_trait::async_trait]
+impl EventHandler for Recorder {
+    async fn initialize(&self, ctx: &PartitionContext) -> ehub::Result<()> {
+        self.log.lock().unwrap().initialized.push((ctx.partition_id().into(), self.owner.clone()));
+        Ok(())
+    }
+    async fn process_events(&self, events: Vec<ReceivedEventData>, ctx: &PartitionContext) -> ehub::Result<()> {
+        {
+            let mut log = self.log.lock().unwrap();
+            for e in &events {
+                log.events.push((ctx.partition_id().into(), e.sequence_number(), self.owner.clone()));
+            }
+        }
+        match events.last() {
+            Some(last) => ctx.update_checkpoint(last).await,
+            None => Ok(()),
+        }
+    }
+    async fn close(&self, ctx: &PartitionContext, reason: CloseReason) {
+        self.log.lock().unwrap().closed.push((ctx.partition_id().into(), self.owner.clone(), reason));
+    }
+    async fn process_error(&self, error: ehub::Error, ctx: Option<&PartitionContext>) {
+        self.log.lock().unwrap().errors.push((ctx.map(|c| c.partition_id().to_owned()), error.kind()));
+    }
+}
+
+async fn handler_processor(
+    cs: &str,
+    store: Arc<dyn CheckpointStore>,
+    owner: &str,
+    strategy: LoadBalancingStrategy,
+    log: Arc<Mutex<Log>>,
+) -> (EventProcessor, tokio::task::JoinHandle<ehub::Result<()>>) {
+    let consumer = ConsumerClient::from_connection_string(cs, Some("eh1"), None).await.unwrap();
+    let processor = EventProcessor::new(consumer, store, Some(options(owner, strategy))).unwrap();
+    let p = processor.clone();
+    let handler = Arc::new(Recorder { owner: owner.into(), log });
+    (processor, tokio::spawn(async move { p.run_with_handler(handler).await }))
+}
+
+/// The push shape: a stolen partition reaches its close handler with OwnershipLost, a stop with
+/// Shutdown, each after the partition's initialize; the new owner resumes after the checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_see_initialize_then_close_with_ownership_lost_on_a_steal_and_shutdown_on_a_stop() {
+    tokio::time::timeout(T, async {
+        let f = start().await;
+        let cs = f.broker.connection_string();
+        send_to_every_partition(&cs, 50).await;
+        let store: Arc<dyn CheckpointStore> = Arc::new(InMemoryCheckpointStore::new());
+        let log: Arc<Mutex<Log>> = Arc::default();
+        let (a, run_a) = handler_processor(&cs, store.clone(), "a", LoadBalancingStrategy::Greedy, log.clone()).await;
+        eventually("a read everything", || log.lock().unwrap().events.len() >= 200).await;
+        let (b, run_b) = handler_processor(&cs, store.clone(), "b", LoadBalancingStrategy::Balanced, log.clone()).await;
+        eventually("a 2/2 split", || a.owned_partitions().len() == 2 && b.owned_partitions().len() == 2).await;
+        eventually("a's close handlers ran for the stolen partitions", || {
+            log.lock().unwrap().closed.iter().filter(|(_, o, r)| o == "a" && *r == CloseReason::OwnershipLost).count()
+                == 2
+        })
+        .await;
+        send_to_every_partition(&cs, 50).await;
+        eventually("the second round", || {
+            let l = log.lock().unwrap();
+            (0..4).all(|p| l.events.iter().any(|(pp, s, _)| *pp == p.to_string() && *s == 99))
+        })
+        .await;
+        a.shutdown();
+        run_a.await.unwrap().unwrap();
+        b.shutdown();
+        run_b.await.unwrap().unwrap();
+
+        let l = log.lock().unwrap();
+        let stolen: Vec<&String> = l
+            .closed
+            .iter()
+            .filter(|(_, o, r)| o == "a" && *r == CloseReason::OwnershipLost)
+            .map(|(p, _, _)| p)
+            .collect();
+        for p in &stolen {
+            assert!(l.initialized.contains(&((*p).clone(), "b".into())), "b initialized partition {p}");
+            // b started after a's checkpoints: nothing a had read came to b.
+            let a_max = l.events.iter().filter(|(pp, _, o)| pp == *p && o == "a").map(|e| e.1).max().unwrap();
+            let b_min = l.events.iter().filter(|(pp, _, o)| pp == *p && o == "b").map(|e| e.1).min().unwrap();
+            assert_eq!(b_min, a_max + 1, "partition {p}: b resumed right after a's checkpoint");
+        }
+        let shutdowns = l.closed.iter().filter(|(_, _, r)| *r == CloseReason::Shutdown).count();
+        assert_eq!(shutdowns, 4, "each partition held at the stops closed with Shutdown: {:?}", l.closed);
+        assert_eq!(l.initialized.len(), l.closed.len(), "every initialize has its close");
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+    })
+    .await
+    .unwrap();
+}
+
+/// A partition whose receiver is taken by a higher owner level reports it, closes with
+/// OwnershipLost, and is opened again from its checkpoint once the other receiver is gone:
+/// the processor never sits on a partition it no longer reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_stolen_by_an_epoch_reader_is_reported_and_the_partition_is_read_again_after() {
+    tokio::time::timeout(T, async {
+        let f = start().await;
+        let cs = f.broker.connection_string();
+        send_to_every_partition(&cs, 10).await;
+        let store: Arc<dyn CheckpointStore> = Arc::new(InMemoryCheckpointStore::new());
+        let log: Arc<Mutex<Log>> = Arc::default();
+        let (a, run_a) = handler_processor(&cs, store.clone(), "a", LoadBalancingStrategy::Greedy, log.clone()).await;
+        eventually("a read everything", || log.lock().unwrap().events.len() >= 40).await;
+
+        let consumer = ConsumerClient::from_connection_string(&cs, Some("eh1"), None).await.unwrap();
+        let epoch = ehub::OpenReceiverOptions { owner_level: Some(5), ..Default::default() };
+        let thief = consumer.open_receiver_on_partition("1", Some(epoch)).await.unwrap();
+        eventually("the steal reported", || {
+            let l = log.lock().unwrap();
+            l.errors.contains(&(Some("1".into()), ErrorKind::ConsumerDisconnected))
+                && l.closed.contains(&("1".into(), "a".into(), CloseReason::OwnershipLost))
+        })
+        .await;
+        thief.close().await;
+        consumer.close().await;
+        send_to_every_partition(&cs, 10).await;
+        eventually("partition 1 read again after the thief left", || {
+            log.lock().unwrap().events.iter().any(|(p, s, _)| p == "1" && *s == 19)
+        })
+        .await;
+        let ones: Vec<i64> = log.lock().unwrap().events.iter().filter(|(p, _, _)| p == "1").map(|e| e.1).collect();
+        assert_eq!(ones, (0..20).collect::<Vec<_>>(), "resumed from the checkpoint: nothing lost or repeated");
+        a.shutdown();
+        run_a.await.unwrap().unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+/// The seed's shape: a factory makes one processor per partition, each with its own state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_factory_makes_one_partition_processor_per_partition() {
+    struct Counter {
+        partition: String,
+        count: usize,
+        totals: Arc<Mutex<HashMap<String, usize>>>,
+    }
+    #[async_trait::async_trait]
+    impl PartitionProcessor for Counter {
+        async fn process_events(&mut self, events: Vec<ReceivedEventData>, ctx: &PartitionContext) -> ehub::Result<()> {
+            assert_eq!(ctx.partition_id(), self.partition);
+            self.count += events.len();
+            self.totals.lock().unwrap().insert(self.partition.clone(), self.count);
+            Ok(())
+        }
+    }
+    tokio::time::timeout(T, async {
+        let f = start().await;
+        let cs = f.broker.connection_string();
+        send_to_every_partition(&cs, 25).await;
+        let consumer = ConsumerClient::from_connection_string(&cs, Some("eh1"), None).await.unwrap();
+        let store = Arc::new(InMemoryCheckpointStore::new());
+        let processor =
+            EventProcessor::new(consumer, store, Some(options("f", LoadBalancingStrategy::Greedy))).unwrap();
+        let totals: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let t = totals.clone();
+        let p = processor.clone();
+        let run = tokio::spawn(async move {
+            p.run_with_factory(move |ctx| Counter { partition: ctx.partition_id().into(), count: 0, totals: t.clone() })
+                .await
+        });
+        eventually("25 events in each partition's own counter", || {
+            let t = totals.lock().unwrap();
+            t.len() == 4 && t.values().all(|&n| n == 25)
+        })
+        .await;
+        processor.shutdown();
+        run.await.unwrap().unwrap();
     })
     .await
     .unwrap();

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 /// Options of an [`EventProcessor`].
@@ -41,6 +43,11 @@ pub struct EventProcessorOptions {
     /// JavaScript SDK leaves the port out, so to share a store with JavaScript processors there,
     /// set the host alone. Against Azure every SDK writes the plain host name.
     pub checkpoint_namespace: Option<String>,
+    /// Push shape: the most events handed to a handler at once (default 300).
+    pub max_batch_size: usize,
+    /// Push shape: how long to wait for events before handing over an empty batch; `None`
+    /// (default) never hands over empty batches.
+    pub max_wait_time: Option<Duration>,
 }
 
 impl Default for EventProcessorOptions {
@@ -55,6 +62,8 @@ impl Default for EventProcessorOptions {
             track_last_enqueued_event_properties: false,
             owner_id: None,
             checkpoint_namespace: None,
+            max_batch_size: 300,
+            max_wait_time: None,
         }
     }
 }
@@ -74,6 +83,41 @@ struct Shared {
     namespace: String,
     held: Mutex<HashMap<String, Held>>,
     stop: CancellationToken,
+    /// One token per partition client alive: a stop releases the partitions only once their
+    /// clients are done (so that their last checkpoints land before another processor reads them).
+    clients: TaskTracker,
+    /// Where cycle failures go besides the log (the push shape's `process_error`).
+    errors: Mutex<Option<mpsc::Sender<Error>>>,
+}
+
+/// How long a stop waits for partition clients to finish before it releases their partitions.
+const CLIENTS_GRACE: Duration = Duration::from_secs(30);
+
+impl Shared {
+    /// Gives a partition back (owner id `""`) if this instance still holds it, so that the next
+    /// cycle, here or elsewhere, opens it afresh from its checkpoint.
+    async fn give_back(&self, partition_id: &str) {
+        let record = match self.held.lock() {
+            Ok(mut held) => held.remove(partition_id),
+            Err(_) => None,
+        };
+        if let Some(h) = record {
+            h.lost.cancel();
+            let released = Ownership { owner_id: String::new(), ..h.record };
+            if let Err(e) = self.store.claim_ownerships(&[released]).await {
+                warn!(owner_id = %self.balancer.owner_id, partition_id, error = %e, "could not release the partition");
+            }
+        }
+    }
+
+    fn report(&self, e: Error) {
+        warn!(owner_id = %self.balancer.owner_id, error = %e, "load-balancing cycle failed");
+        if let Ok(sink) = self.errors.lock() {
+            if let Some(tx) = sink.as_ref() {
+                let _ = tx.try_send(e);
+            }
+        }
+    }
 }
 
 /// Reads every partition of a hub for a consumer group, sharing them with the other processors
@@ -122,6 +166,17 @@ impl std::fmt::Debug for EventProcessor {
 const HANDOFF: usize = 1024;
 
 impl EventProcessor {
+    /// Sends cycle failures to `tx` as well as to the log.
+    pub(crate) fn set_error_sink(&self, tx: mpsc::Sender<Error>) {
+        if let Ok(mut sink) = self.shared.errors.lock() {
+            *sink = Some(tx);
+        }
+    }
+
+    pub(crate) fn options(&self) -> &EventProcessorOptions {
+        &self.shared.options
+    }
+
     /// A processor reading `consumer`'s hub and consumer group, keeping ownership and
     /// checkpoints in `store`.
     pub fn new(
@@ -156,6 +211,8 @@ impl EventProcessor {
                 namespace,
                 held: Mutex::new(HashMap::new()),
                 stop: CancellationToken::new(),
+                clients: TaskTracker::new(),
+                errors: Mutex::new(None),
             }),
             clients: Arc::new(tokio::sync::Mutex::new(client_rx)),
             client_tx,
@@ -197,7 +254,7 @@ impl EventProcessor {
         info!(owner_id = %s.balancer.owner_id, entity = %s.consumer.eventhub_name(), consumer_group = %s.consumer.consumer_group(), "event processor started");
         loop {
             if let Err(e) = self.cycle().await {
-                warn!(owner_id = %s.balancer.owner_id, error = %e, "load-balancing cycle failed");
+                s.report(e);
             }
             let factor = rand::thread_rng().gen_range(0.8..1.3);
             let wait = s.options.load_balancing_interval.mul_f64(factor);
@@ -275,6 +332,8 @@ impl EventProcessor {
             let lost = s.stop.child_token();
             let client = PartitionClient {
                 partition_id: o.partition_id.clone(),
+                shared: Arc::clone(&self.shared),
+                _alive: s.clients.token(),
                 receiver,
                 store: Arc::clone(&s.store),
                 template: Checkpoint {
@@ -299,14 +358,16 @@ impl EventProcessor {
 
     async fn release_all(&self) -> Result<()> {
         let s = &self.shared;
+        // End every partition client, let them finish (their last checkpoints), then release.
+        if let Ok(held) = s.held.lock() {
+            held.values().for_each(|h| h.lost.cancel());
+        }
+        s.clients.close();
+        if tokio::time::timeout(CLIENTS_GRACE, s.clients.wait()).await.is_err() {
+            warn!(owner_id = %s.balancer.owner_id, "partition clients still open after {CLIENTS_GRACE:?}; releasing their partitions anyway");
+        }
         let records: Vec<Ownership> = match s.held.lock() {
-            Ok(mut held) => held
-                .drain()
-                .map(|(_, h)| {
-                    h.lost.cancel();
-                    Ownership { owner_id: String::new(), ..h.record }
-                })
-                .collect(),
+            Ok(mut held) => held.drain().map(|(_, h)| Ownership { owner_id: String::new(), ..h.record }).collect(),
             Err(_) => Vec::new(),
         };
         if !records.is_empty() {
@@ -340,6 +401,9 @@ fn start_position(
 /// one stops.
 pub struct PartitionClient {
     partition_id: String,
+    shared: Arc<Shared>,
+    /// Keeps a stop's release waiting until this client is done.
+    _alive: TaskTrackerToken,
     receiver: EventReceiver,
     store: Arc<dyn CheckpointStore>,
     template: Checkpoint,
@@ -390,8 +454,48 @@ impl PartitionClient {
         self.store.update_checkpoint(&c).await
     }
 
-    /// Closes the partition's receiver.
+    /// Whether the partition is no longer this processor's (taken by another, or this one is
+    /// stopping).
+    pub fn is_ownership_lost(&self) -> bool {
+        self.lost.is_cancelled()
+    }
+
+    /// Whether the store says another processor holds the partition now (its link was taken
+    /// by that processor's receiver before this one's cycle noticed the claim).
+    pub(crate) async fn taken_by_another(&self) -> bool {
+        let s = &self.shared;
+        let t = &self.template;
+        let Ok(ownerships) = s.store.list_ownerships(&t.namespace, &t.event_hub, &t.consumer_group).await else {
+            return false;
+        };
+        let now = SystemTime::now();
+        ownerships.iter().any(|o| {
+            o.partition_id == self.partition_id
+                && !o.is_released()
+                && o.owner_id != s.balancer.owner_id
+                && o.last_modified
+                    .is_some_and(|t| now.duration_since(t).unwrap_or_default() < s.options.ownership_expiry)
+        })
+    }
+
+    /// Whether this processor is stopping.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.shared.stop.is_cancelled()
+    }
+
+    /// A context for handlers: the partition's names and its checkpoint writer.
+    pub(crate) fn context(&self) -> super::PartitionContext {
+        super::PartitionContext { store: Arc::clone(&self.store), template: self.template.clone() }
+    }
+
+    /// Closes the partition's receiver. A partition this processor still holds is given back
+    /// (owner id `""`), so that the next load-balancing cycle, here or in another processor,
+    /// opens it afresh from its checkpoint: close a client whose `receive_batch` failed, and
+    /// the partition is read again rather than left owned and unread.
     pub async fn close(self) {
         self.receiver.close().await;
+        if !self.lost.is_cancelled() {
+            self.shared.give_back(&self.partition_id).await;
+        }
     }
 }
