@@ -1,4 +1,5 @@
-//! `ehub bench send|receive|e2e|idle-links`: throughput, latency and memory of the client library.
+//! `ehub bench send|receive|e2e|process|idle-links`: throughput, latency and memory of the client
+//! library.
 
 use crate::client::{consumer, generated_body, parse_position, producer, runtime, Progress};
 use crate::{Output, Target};
@@ -17,6 +18,8 @@ pub(crate) enum BenchCommand {
     Receive(BenchArgs),
     /// Producer to consumer latency at a fixed rate.
     E2e(BenchArgs),
+    /// The event processor end to end: every partition from the earliest, with checkpoints.
+    Process(ProcessBenchArgs),
     /// Client memory: the RSS a producer adds while holding idle partition links.
     IdleLinks(IdleLinksArgs),
 }
@@ -29,6 +32,32 @@ pub(crate) struct IdleLinksArgs {
     /// Seconds to stay idle before measuring.
     #[arg(long, default_value_t = 2.0)]
     idle: f64,
+}
+
+#[derive(clap::Args, Clone)]
+pub(crate) struct ProcessBenchArgs {
+    /// Events to process, over all partitions (the hub must hold them; send some first).
+    #[arg(long, default_value_t = 1_000_000)]
+    count: u64,
+    /// Where the processor keeps ownership and checkpoints: memory, sqlite:PATH, blob:CONTAINER.
+    /// Each run writes its records under a namespace of its own, so runs never resume each other.
+    #[arg(long, default_value = "memory", value_name = "STORE")]
+    checkpoint_store: String,
+    /// Checkpoint every K events per partition.
+    #[arg(long, default_value_t = 1000, value_name = "K")]
+    checkpoint_every: u64,
+    /// Consumer group.
+    #[arg(long, default_value = "$Default")]
+    consumer_group: String,
+    /// Receiver prefetch per partition (default: the processor's).
+    #[arg(long)]
+    prefetch: Option<u32>,
+    /// Most events handed to the handler at once.
+    #[arg(long, default_value_t = 300)]
+    batch: usize,
+    /// With blob:CONTAINER: the storage connection string (default: the development account).
+    #[arg(long, env = "AZURE_STORAGE_CONNECTION_STRING", hide_env_values = true)]
+    storage_connection_string: Option<String>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -81,6 +110,7 @@ pub(crate) fn run(t: &Target, cmd: &BenchCommand) -> Result<()> {
             BenchCommand::Send(a) => send(t, a).await,
             BenchCommand::Receive(a) => receive(t, a).await,
             BenchCommand::E2e(a) => e2e(t, a).await,
+            BenchCommand::Process(a) => process(t, a).await,
             BenchCommand::IdleLinks(a) => idle_links(t, a).await,
         }
     })
@@ -401,6 +431,156 @@ async fn e2e(t: &Target, a: &BenchArgs) -> Result<()> {
     }
     .print(t.output);
     Ok(())
+}
+
+/// What every partition's processor adds to: events, payload bytes, checkpoint write times.
+struct ProcessTally {
+    events: AtomicU64,
+    bytes: AtomicU64,
+    checkpoint_us: std::sync::Mutex<Vec<u64>>,
+    limit: u64,
+    done: tokio_util::sync::CancellationToken,
+}
+
+/// One partition: counts, and checkpoints every K events and at its end.
+struct BenchPartition {
+    tally: Arc<ProcessTally>,
+    every: u64,
+    since: u64,
+    last: Option<ehub::ReceivedEventData>,
+}
+
+impl BenchPartition {
+    async fn checkpoint(&mut self, ctx: &ehub::processor::PartitionContext) -> ehub::Result<()> {
+        if let Some(e) = self.last.take() {
+            let t0 = Instant::now();
+            ctx.update_checkpoint(&e).await?;
+            let us = t0.elapsed().as_micros() as u64;
+            if let Ok(mut v) = self.tally.checkpoint_us.lock() {
+                v.push(us);
+            }
+        }
+        self.since = 0;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ehub::processor::PartitionProcessor for BenchPartition {
+    async fn process_events(
+        &mut self,
+        events: Vec<ehub::ReceivedEventData>,
+        ctx: &ehub::processor::PartitionContext,
+    ) -> ehub::Result<()> {
+        let n = events.len() as u64;
+        let bytes: u64 = events.iter().map(|e| e.body().map_or(0, |b| b.len() as u64)).sum();
+        self.since += n;
+        self.last = events.into_iter().next_back();
+        if self.since >= self.every {
+            self.checkpoint(ctx).await?;
+        }
+        self.tally.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if self.tally.events.fetch_add(n, Ordering::Relaxed) + n >= self.tally.limit {
+            self.tally.done.cancel();
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self, ctx: &ehub::processor::PartitionContext, _reason: ehub::processor::CloseReason) {
+        if let Err(e) = self.checkpoint(ctx).await {
+            tracing::warn!(partition_id = %ctx.partition_id(), error = %e, "final checkpoint failed");
+        }
+    }
+
+    async fn process_error(&mut self, error: ehub::Error, ctx: &ehub::processor::PartitionContext) {
+        tracing::warn!(partition_id = %ctx.partition_id(), error = %error, "processing failed");
+    }
+}
+
+async fn process(t: &Target, a: &ProcessBenchArgs) -> Result<()> {
+    if a.count == 0 || a.checkpoint_every == 0 || a.batch == 0 {
+        bail!("--count, --checkpoint-every and --batch must be at least 1");
+    }
+    let p = producer(t).await?;
+    let (product, fsync) = broker_info(&p).await;
+    let mut available = 0u64;
+    let ids = p.get_partition_ids().await?;
+    for id in &ids {
+        let props = p.get_partition_properties(id).await?;
+        if !props.is_empty {
+            available += (props.last_enqueued_sequence_number - props.beginning_sequence_number + 1).max(0) as u64;
+        }
+    }
+    if available < a.count {
+        bail!("the hub holds {available} events, fewer than --count {}: send some first", a.count);
+    }
+    let store = crate::process::open_store(&a.checkpoint_store, a.storage_connection_string.as_deref()).await?;
+    let c = consumer(t, &a.consumer_group).await?;
+    let defaults = ehub::processor::EventProcessorOptions::default();
+    let options = ehub::processor::EventProcessorOptions {
+        strategy: ehub::LoadBalancingStrategy::Greedy,
+        load_balancing_interval: Duration::from_secs(1),
+        ownership_expiry: Duration::from_secs(10),
+        default_start_position: EventPosition::Earliest,
+        prefetch: a.prefetch.unwrap_or(defaults.prefetch),
+        max_batch_size: a.batch,
+        // A namespace of this run's own: earlier runs' checkpoints in the same store are not
+        // resumed from, and their ownerships do not get in the way.
+        checkpoint_namespace: Some(format!("bench-{}", uuid::Uuid::new_v4().simple())),
+        ..defaults
+    };
+    let processor = ehub::processor::EventProcessor::new(c.clone(), store, Some(options))?;
+    let tally = Arc::new(ProcessTally {
+        events: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        checkpoint_us: std::sync::Mutex::new(Vec::new()),
+        limit: a.count,
+        done: tokio_util::sync::CancellationToken::new(),
+    });
+    let started = Instant::now();
+    let run = {
+        let (p, tally, every) = (processor.clone(), tally.clone(), a.checkpoint_every);
+        tokio::spawn(async move {
+            p.run_with_factory(move |_| BenchPartition { tally: tally.clone(), every, since: 0, last: None }).await
+        })
+    };
+    let mut progress = Progress::new("processed", Some(a.count));
+    loop {
+        tokio::select! {
+            _ = tally.done.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => progress.update(tally.events.load(Ordering::Relaxed)),
+        }
+        if run.is_finished() {
+            break;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    progress.finish();
+    processor.shutdown();
+    run.await??;
+    c.close().await;
+    p.close().await;
+    let events = tally.events.load(Ordering::Relaxed);
+    let checkpoints = std::mem::take(&mut *tally.checkpoint_us.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    Report {
+        mode: "process",
+        settings: json!({"count": a.count, "checkpoint_store": a.checkpoint_store, "checkpoint_every": a.checkpoint_every,
+                         "partitions": ids.len(), "prefetch": a.prefetch.unwrap_or(defaults_prefetch()), "batch": a.batch,
+                         "checkpoints": checkpoints.len()}),
+        product,
+        fsync,
+        events,
+        bytes: tally.bytes.load(Ordering::Relaxed),
+        seconds,
+        latency_us: percentiles(checkpoints),
+        latency_label: "each checkpoint write",
+    }
+    .print(t.output);
+    Ok(())
+}
+
+fn defaults_prefetch() -> u32 {
+    ehub::processor::EventProcessorOptions::default().prefetch
 }
 
 /// Resident set size of this process in bytes (Linux: /proc/self/statm; 4 KiB pages).

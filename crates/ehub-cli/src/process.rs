@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Opens the store a `--checkpoint-store` value names.
-async fn open_store(spec: &str, storage: Option<&str>) -> Result<Arc<dyn CheckpointStore>> {
+pub(crate) async fn open_store(spec: &str, storage: Option<&str>) -> Result<Arc<dyn CheckpointStore>> {
     Ok(match spec.split_once(':') {
         None if spec == "memory" => Arc::new(InMemoryCheckpointStore::new()),
         Some(("sqlite", path)) if !path.is_empty() => Arc::new(

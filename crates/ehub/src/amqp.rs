@@ -63,6 +63,7 @@ pub(crate) struct ReceiverSpec {
     pub properties: Option<Map>,
     pub desired_capabilities: Vec<Symbol>,
     pub prefetch: u32,
+    pub prefetch_bytes: u64,
 }
 
 enum Cmd {
@@ -295,15 +296,44 @@ struct SenderState {
     queue: VecDeque<(u32, Bytes, oneshot::Sender<Result<()>>)>,
 }
 
-/// Returned credit is granted once it reaches `prefetch / CREDIT_STEP_DIVISOR`.
+/// Credit is topped up once it has fallen by `window / CREDIT_STEP_DIVISOR`.
 const CREDIT_STEP_DIVISOR: u32 = 2;
+/// The window before any event was seen (its size unknown): small, so that a first burst of
+/// large events stays small; one round trip later the window has its real size.
+const INITIAL_WINDOW: u32 = 32;
 
 struct ReceiverState {
     attach_reply: Option<(oneshot::Sender<Result<ReceiverLink>>, mpsc::UnboundedReceiver<RecvItem>)>,
     tx: mpsc::UnboundedSender<RecvItem>,
+    /// The most events in the window.
     prefetch: u32,
-    /// Credit the application gave back that is not yet granted to the peer.
-    returned: u32,
+    /// The most bytes in the window, by the average event size seen.
+    prefetch_bytes: u64,
+    /// Deliveries passed to the application's channel and not yet taken from it.
+    buffered: u32,
+    /// Running average event size in bytes; 0 until the first events.
+    avg_size: f64,
+}
+
+impl ReceiverState {
+    /// Events the receiver may have in flight or waiting: credit plus buffered.
+    fn window(&self) -> u32 {
+        if self.avg_size <= 0.0 {
+            return self.prefetch.min(INITIAL_WINDOW);
+        }
+        let by_bytes = (self.prefetch_bytes as f64 / self.avg_size) as u64;
+        by_bytes.clamp(1, u64::from(self.prefetch)) as u32
+    }
+
+    fn saw(&mut self, batch: &[Delivery]) {
+        let n = batch.len() as u32;
+        if n == 0 {
+            return;
+        }
+        self.buffered = self.buffered.saturating_add(n);
+        let avg = batch.iter().map(|d| d.size as f64).sum::<f64>() / f64::from(n);
+        self.avg_size = if self.avg_size <= 0.0 { avg } else { 0.75 * self.avg_size + 0.25 * avg };
+    }
 }
 
 /// A request-response node (`$cbs`, `$management`): a sender and a receiver link.
@@ -468,7 +498,9 @@ impl Actor {
                                 attach_reply: Some((reply, rx)),
                                 tx,
                                 prefetch: spec.prefetch.max(1),
-                                returned: 0,
+                                prefetch_bytes: spec.prefetch_bytes.max(1),
+                                buffered: 0,
+                                avg_size: 0.0,
                             },
                         );
                     }
@@ -485,14 +517,17 @@ impl Actor {
             Cmd::Credit { link, consumed } => {
                 if let Some(r) = self.receivers.get_mut(&link) {
                     if r.attach_reply.is_none() {
-                        // Granted in steps of a fraction of the prefetch: one flow frame per
-                        // small batch made the peer wake up and write for a few events each time.
-                        // When the peer has no credit left, everything returned goes at once.
-                        r.returned += consumed;
+                        // Credit tops the window up (credit + buffered = window), in steps of
+                        // half a window: one flow frame per small batch made the peer wake up
+                        // and write for a few events each time. When the peer has no credit
+                        // left, or the window shrank (larger events), it is set at once.
+                        r.buffered = r.buffered.saturating_sub(consumed);
+                        let window = r.window();
+                        let want = window.saturating_sub(r.buffered);
                         let now = self.conn.credit(link);
-                        if now == 0 || r.returned >= (r.prefetch / CREDIT_STEP_DIVISOR).max(1) {
-                            let credit = (now + std::mem::take(&mut r.returned)).min(r.prefetch);
-                            let _ = self.conn.flow(link, credit);
+                        let step = (window / CREDIT_STEP_DIVISOR).max(1);
+                        if (want > now && (now == 0 || want - now >= step)) || want < now {
+                            let _ = self.conn.flow(link, want);
                         }
                     }
                 }
@@ -600,7 +635,8 @@ impl Actor {
             }
         }
         for (link, batch) in batches {
-            if let Some(r) = self.receivers.get(&link) {
+            if let Some(r) = self.receivers.get_mut(&link) {
+                r.saw(&batch);
                 let _ = r.tx.send(RecvItem::Deliveries(batch));
             }
         }
@@ -728,9 +764,9 @@ impl Actor {
         if let Some(r) = self.receivers.get_mut(&link) {
             if attach.source.is_some() {
                 if let Some((reply, rx)) = r.attach_reply.take() {
-                    let prefetch = r.prefetch;
+                    let window = r.window();
                     let _ = reply.send(Ok(ReceiverLink { link, rx }));
-                    let _ = self.conn.flow(link, prefetch);
+                    let _ = self.conn.flow(link, window);
                 }
             }
         }
@@ -812,4 +848,49 @@ fn link_attach(name: String, role: Role, source: Source, target: Target) -> Atta
     a.source = Some(source);
     a.target = Some(target);
     a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receiver(prefetch: u32, prefetch_bytes: u64) -> ReceiverState {
+        let (tx, rx) = mpsc::unbounded_channel();
+        drop(rx);
+        ReceiverState { attach_reply: None, tx, prefetch, prefetch_bytes, buffered: 0, avg_size: 0.0 }
+    }
+
+    fn deliveries(n: usize, size: u64) -> Vec<Delivery> {
+        (0..n)
+            .map(|i| Delivery {
+                link: LinkId { channel: 0, handle: 0 },
+                delivery_id: i as u32,
+                tag: Default::default(),
+                message_format: 0,
+                settled: true,
+                payload: Bytes::new(),
+                size,
+                oversized: false,
+                aborted: false,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_window_starts_small_then_follows_the_event_size_within_both_bounds() {
+        let mut r = receiver(3000, 4 * 1024 * 1024);
+        assert_eq!(r.window(), INITIAL_WINDOW, "before any event: small");
+        r.saw(&deliveries(32, 150));
+        assert_eq!(r.window(), 3000, "small events: the count bound");
+        assert_eq!(r.buffered, 32);
+        // Events grow to 1 MiB: the window shrinks to what 4 MiB holds as the average follows.
+        for _ in 0..40 {
+            r.saw(&deliveries(4, 1024 * 1024));
+        }
+        assert_eq!(r.window(), 4);
+        r.saw(&deliveries(1, 64 * 1024 * 1024));
+        assert_eq!(r.window(), 1, "never below one event");
+        let tiny = receiver(10, 1 << 30);
+        assert_eq!(tiny.window(), 10, "the count bound holds before sizes are known too");
+    }
 }

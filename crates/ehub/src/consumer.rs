@@ -20,6 +20,13 @@ use tokio::time::Instant;
 /// The default consumer group.
 pub const DEFAULT_CONSUMER_GROUP: &str = "$Default";
 
+/// The default most events requested ahead of a receiver's application. The official SDKs use
+/// 300; with 100-byte events that window drains in about 150 µs here, less than a credit round
+/// trip, so reads stalled on credit. The byte bound keeps the deeper window cheap.
+pub const DEFAULT_PREFETCH: u32 = 3000;
+/// The default most bytes of events requested ahead of a receiver's application: 4 MiB.
+pub const DEFAULT_PREFETCH_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Options of [`ConsumerClient::open_receiver_on_partition`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenReceiverOptions {
@@ -27,8 +34,14 @@ pub struct OpenReceiverOptions {
     pub start_position: EventPosition,
     /// Owner level (epoch): an exclusive receiver that disconnects lower levels.
     pub owner_level: Option<i64>,
-    /// Events requested ahead of the application (link credit). At least 1.
+    /// The most events requested ahead of the application (link credit); at least 1. The
+    /// receiver keeps as deep a window as this and [`OpenReceiverOptions::prefetch_bytes`]
+    /// allow: small events stream without waiting for credit, large ones stay bounded in memory.
     pub prefetch: u32,
+    /// The most bytes of events requested ahead: the window is at most `prefetch_bytes` divided
+    /// by the average size of the events seen so far (and at least one event). Until the first
+    /// events arrive, the window is 32 events (or `prefetch`, if smaller).
+    pub prefetch_bytes: u64,
     /// Ask the service for the partition's last-enqueued metrics on every event.
     pub track_last_enqueued_event_properties: bool,
     /// Name shown in the service's error texts about this receiver.
@@ -40,7 +53,8 @@ impl Default for OpenReceiverOptions {
         OpenReceiverOptions {
             start_position: EventPosition::Latest,
             owner_level: None,
-            prefetch: 300,
+            prefetch: DEFAULT_PREFETCH,
+            prefetch_bytes: DEFAULT_PREFETCH_BYTES,
             track_last_enqueued_event_properties: false,
             identifier: None,
         }
@@ -382,6 +396,7 @@ impl EventReceiver {
             properties: (!properties.is_empty()).then_some(properties),
             desired_capabilities: caps,
             prefetch: self.options.prefetch.max(1),
+            prefetch_bytes: self.options.prefetch_bytes.max(1),
         };
         let r = async {
             self.core.authorize(&conn, &address).await?;

@@ -63,7 +63,7 @@ pub use batch::{EventDataBatch, EventDataBatchOptions};
 pub use checkpoint::{CheckpointStore, InMemoryCheckpointStore};
 pub use consumer::{
     ConsumerClient, ConsumerClientBuilder, EventBatches, EventReceiver, OpenReceiverOptions, ReceiveOptions,
-    DEFAULT_CONSUMER_GROUP,
+    DEFAULT_CONSUMER_GROUP, DEFAULT_PREFETCH, DEFAULT_PREFETCH_BYTES,
 };
 pub use credential::{Credential, SasKeyCredential, SasTokenCredential, EVENTHUBS_SCOPE};
 pub use ehub_amqp_codec::{Body as AmqpBody, Symbol, Timestamp, Value};

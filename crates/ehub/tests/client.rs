@@ -253,3 +253,42 @@ async fn the_active_trace_context_is_stamped_on_sent_events() {
     .await
     .unwrap();
 }
+
+/// Large events with a small byte bound: the window shrinks to one event and every event still
+/// arrives, in order; small events after them widen it again.
+#[tokio::test]
+async fn a_byte_bounded_window_still_delivers_large_and_small_events_in_order() {
+    tokio::time::timeout(T, async {
+        let f = start().await;
+        let cs = f.broker.connection_string();
+        let p = ProducerClient::from_connection_string(&cs, Some("eh1")).await.unwrap();
+        for i in 0..20u8 {
+            p.send_event(EventData::from(vec![i; 300 * 1024]), to("2")).await.unwrap();
+        }
+        p.send_events((0..500).map(|i| EventData::from(format!("small {i}"))).collect::<Vec<_>>(), to("2"))
+            .await
+            .unwrap();
+        let c = ConsumerClient::from_connection_string(&cs, Some("eh1"), None).await.unwrap();
+        let opts = OpenReceiverOptions {
+            start_position: EventPosition::Earliest,
+            prefetch_bytes: 256 * 1024,
+            ..Default::default()
+        };
+        let mut r = c.open_receiver_on_partition("2", Some(opts)).await.unwrap();
+        let mut seqs = Vec::new();
+        while seqs.len() < 520 {
+            for e in r.receive_batch(100, Duration::from_secs(5)).await.unwrap() {
+                if e.sequence_number() < 20 {
+                    assert_eq!(e.body().unwrap().len(), 300 * 1024);
+                }
+                seqs.push(e.sequence_number());
+            }
+        }
+        assert_eq!(seqs, (0..520).collect::<Vec<i64>>());
+        r.close().await;
+        c.close().await;
+        p.close().await;
+    })
+    .await
+    .unwrap();
+}

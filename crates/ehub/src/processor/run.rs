@@ -26,8 +26,12 @@ pub struct EventProcessorOptions {
     pub load_balancing_interval: Duration,
     /// How long an ownership lasts without renewal (default 60 s, at least 3 intervals).
     pub ownership_expiry: Duration,
-    /// Receiver prefetch per partition (default 300).
+    /// The most events requested ahead per partition (default
+    /// [`crate::DEFAULT_PREFETCH`]; see [`OpenReceiverOptions::prefetch`]).
     pub prefetch: u32,
+    /// The most bytes of events requested ahead per partition (default 4 MiB; see
+    /// [`OpenReceiverOptions::prefetch_bytes`]).
+    pub prefetch_bytes: u64,
     /// Where a partition without a checkpoint starts (default: the latest event, as the
     /// official SDKs do).
     pub default_start_position: EventPosition,
@@ -56,7 +60,8 @@ impl Default for EventProcessorOptions {
             strategy: LoadBalancingStrategy::Balanced,
             load_balancing_interval: Duration::from_secs(10),
             ownership_expiry: Duration::from_secs(60),
-            prefetch: 300,
+            prefetch: crate::consumer::DEFAULT_PREFETCH,
+            prefetch_bytes: crate::consumer::DEFAULT_PREFETCH_BYTES,
             default_start_position: EventPosition::Latest,
             start_positions: HashMap::new(),
             track_last_enqueued_event_properties: false,
@@ -316,6 +321,7 @@ impl EventProcessor {
                 start_position: start.clone(),
                 owner_level: Some(0),
                 prefetch: s.options.prefetch,
+                prefetch_bytes: s.options.prefetch_bytes,
                 track_last_enqueued_event_properties: s.options.track_last_enqueued_event_properties,
                 identifier: Some(s.balancer.owner_id.clone()),
             };

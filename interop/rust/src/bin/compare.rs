@@ -1,14 +1,19 @@
 //! Our client against the official Rust SDK, in the same run, on the same broker:
 //! - send: 100-byte events in batches of 100, acknowledged, 8 batches in flight (8 tasks, each
 //!   awaiting its own `send_batch`, since the SDK has one batch in flight per call);
-//! - receive: one partition from the earliest event.
+//! - receive: one partition from the earliest event;
+//! - process (`compare process ...`): each SDK's event processor (in-memory checkpoint store,
+//!   greedy, default prefetch) reads all 4 partitions from the earliest, checkpointing every
+//!   1,000 events per partition.
 //!
 //! Each measurement runs `rounds` times, the two clients taking turns and the one going first
 //! alternating, so a slow spell of the machine hits both about equally. The table gives each
 //! round's ratio and their median.
 //!
-//! `cargo run --release --bin compare -- [events] [fsync] [prefetch] [rounds]` from
-//! `interop/rust` (defaults: 200000 never 300 3; 300 is the prefetch both SDKs default to); add
+//! `cargo run --release --bin compare -- [events] [fsync] [prefetch] [rounds]` (or
+//! `compare process [events] [fsync] [rounds]`, events over all 4 partitions) from
+//! `interop/rust` (defaults: 200000 never default 3; `default` leaves each client's prefetch at its
+//! default, the official SDK's 300 and ours adaptive); add
 //! `--features mimalloc` to run both clients on mimalloc. Needs `target/release/ehub` at the
 //! workspace root.
 
@@ -90,9 +95,10 @@ async fn ours_send(port: u16, partition: &'static str, events: usize) -> f64 {
     rate
 }
 
-async fn sdk_receive(port: u16, partition: &str, events: usize, prefetch: u32) -> f64 {
+/// `prefetch: None` leaves each client at its defaults.
+async fn sdk_receive(port: u16, partition: &str, events: usize, prefetch: Option<u32>) -> f64 {
     let consumer = sdk_consumer(port).await;
-    let opts = sdk_from_earliest(Some(prefetch), None);
+    let opts = sdk_from_earliest(prefetch, None);
     let start = Instant::now();
     let rx = consumer.open_receiver_on_partition(partition.to_string(), Some(opts)).await.unwrap();
     let mut stream = Box::pin(rx.stream_events());
@@ -106,12 +112,16 @@ async fn sdk_receive(port: u16, partition: &str, events: usize, prefetch: u32) -
     rate
 }
 
-async fn ours_receive(port: u16, partition: &str, events: usize, prefetch: u32) -> f64 {
+async fn ours_receive(port: u16, partition: &str, events: usize, prefetch: Option<u32>) -> f64 {
     let consumer = ehub::ConsumerClient::from_connection_string(&emulator_connection_string(port), Some("eh1"), None)
         .await
         .unwrap();
-    let opts =
-        ehub::OpenReceiverOptions { start_position: ehub::EventPosition::Earliest, prefetch, ..Default::default() };
+    let defaults = ehub::OpenReceiverOptions::default();
+    let opts = ehub::OpenReceiverOptions {
+        start_position: ehub::EventPosition::Earliest,
+        prefetch: prefetch.unwrap_or(defaults.prefetch),
+        ..defaults
+    };
     let start = Instant::now();
     let mut rx = consumer.open_receiver_on_partition(partition, Some(opts)).await.unwrap();
     let mut n = 0;
@@ -122,6 +132,146 @@ async fn ours_receive(port: u16, partition: &str, events: usize, prefetch: u32) 
     rx.close().await;
     consumer.close().await;
     rate
+}
+
+/// Checkpoint every this many events per partition in the processor comparison.
+const CHECKPOINT_EVERY: usize = 1000;
+
+/// The official SDK's `EventProcessor` reads `events` over every partition from the earliest.
+async fn sdk_process(port: u16, events: usize) -> f64 {
+    use azure_messaging_eventhubs::{EventProcessor, InMemoryCheckpointStore, StartLocation, StartPosition};
+    let consumer = sdk_consumer(port).await;
+    let start = Instant::now();
+    let processor = EventProcessor::builder()
+        .with_update_interval(azure_core::time::Duration::milliseconds(500))
+        .with_load_balancing_strategy(azure_messaging_eventhubs::ProcessorStrategy::Greedy)
+        .with_start_positions(azure_messaging_eventhubs::models::StartPositions {
+            default: StartPosition { location: StartLocation::Earliest, inclusive: true },
+            ..Default::default()
+        })
+        .build(consumer, std::sync::Arc::new(InMemoryCheckpointStore::new()))
+        .await
+        .unwrap();
+    let running = tokio::spawn({
+        let p = processor.clone();
+        async move { p.run().await }
+    });
+    let total = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = tokio_util::sync::CancellationToken::new();
+    // The SDK's event streams are not `Send`: read the 4 partitions concurrently in this task
+    // (greedy: the first cycle claims all 4 at once).
+    let mut clients = Vec::new();
+    while clients.len() < 4 {
+        let client = processor.next_partition_client().await.unwrap();
+        if !clients.iter().any(|c: &std::sync::Arc<azure_messaging_eventhubs::processor::PartitionClient>| {
+            c.get_partition_id() == client.get_partition_id()
+        }) {
+            clients.push(client);
+        }
+    }
+    let readers = clients.iter().map(|client| {
+        let (total, done) = (total.clone(), done.clone());
+        async move {
+            let mut stream = Box::pin(client.stream_events());
+            let mut since = 0;
+            loop {
+                let event = tokio::select! {
+                    e = stream.next() => e,
+                    _ = done.cancelled() => break,
+                };
+                let Some(Ok(event)) = event else { break };
+                since += 1;
+                if since == CHECKPOINT_EVERY {
+                    client.update_checkpoint(&event).await.unwrap();
+                    since = 0;
+                }
+                if total.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= events {
+                    done.cancel();
+                }
+            }
+        }
+    });
+    futures::future::join_all(readers).await;
+    let rate = events as f64 / start.elapsed().as_secs_f64();
+    processor.shutdown().await.unwrap();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), running).await;
+    rate
+}
+
+/// Ours: `ehub::processor::EventProcessor` (push shape) over the same workload.
+async fn ours_process(port: u16, events: usize) -> f64 {
+    use ehub::processor::{EventProcessor, EventProcessorOptions, PartitionContext, PartitionProcessor};
+    struct Count {
+        total: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        events: usize,
+        since: usize,
+        done: tokio_util::sync::CancellationToken,
+    }
+    #[async_trait::async_trait]
+    impl PartitionProcessor for Count {
+        async fn process_events(
+            &mut self,
+            batch: Vec<ehub::ReceivedEventData>,
+            ctx: &PartitionContext,
+        ) -> ehub::Result<()> {
+            self.since += batch.len();
+            if self.since >= CHECKPOINT_EVERY {
+                if let Some(last) = batch.last() {
+                    ctx.update_checkpoint(last).await?;
+                }
+                self.since = 0;
+            }
+            if self.total.fetch_add(batch.len(), std::sync::atomic::Ordering::Relaxed) + batch.len() >= self.events {
+                self.done.cancel();
+            }
+            Ok(())
+        }
+    }
+    let consumer = ehub::ConsumerClient::from_connection_string(&emulator_connection_string(port), Some("eh1"), None)
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let options = EventProcessorOptions {
+        strategy: ehub::LoadBalancingStrategy::Greedy,
+        load_balancing_interval: std::time::Duration::from_millis(500),
+        ownership_expiry: std::time::Duration::from_secs(10),
+        default_start_position: ehub::EventPosition::Earliest,
+        ..Default::default()
+    };
+    let processor =
+        EventProcessor::new(consumer.clone(), std::sync::Arc::new(ehub::InMemoryCheckpointStore::new()), Some(options))
+            .unwrap();
+    let total = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn({
+        let (p, total, done) = (processor.clone(), total.clone(), done.clone());
+        async move {
+            p.run_with_factory(move |_| Count { total: total.clone(), events, since: 0, done: done.clone() }).await
+        }
+    });
+    done.cancelled().await;
+    let rate = events as f64 / start.elapsed().as_secs_f64();
+    processor.shutdown();
+    running.await.unwrap().unwrap();
+    consumer.close().await;
+    rate
+}
+
+/// Puts `per_partition` 100-byte events into each of the 4 partitions, with our producer.
+async fn fill_all(port: u16, per_partition: usize) {
+    let producer =
+        ehub::ProducerClient::from_connection_string(&emulator_connection_string(port), Some("eh1")).await.unwrap();
+    for p in 0..4 {
+        let mut left = per_partition;
+        while left > 0 {
+            let n = left.min(1000);
+            let events: Vec<_> = (0..n).map(|_| ehub::EventData::from(vec![b'x'; 100])).collect();
+            let opts = ehub::SendEventOptions { partition_id: Some(p.to_string()), ..Default::default() };
+            producer.send_events(events, Some(opts)).await.unwrap();
+            left -= n;
+        }
+    }
+    producer.close().await;
 }
 
 /// Runs one measurement with a time limit; returns its events/s and a line with the CPU time
@@ -222,10 +372,32 @@ async fn main() {
     install_crypto_provider();
     log_to_stderr_from("EHUB_COMPARE_LOG");
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("process") {
+        let events: usize = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(1_000_000);
+        let fsync = args.get(3).cloned().unwrap_or_else(|| "never".into());
+        let rounds: usize = args.get(4).map(|s| s.parse().unwrap()).unwrap_or(3).max(1);
+        let broker = Broker::start(&fsync);
+        let port = broker.port;
+        fill_all(port, events / 4).await;
+        eprintln!("event processors, official SDK against ehub:");
+        let turns = in_turns(rounds, broker.pid(), || sdk_process(port, events), || ours_process(port, events)).await;
+        let allocator = if cfg!(feature = "mimalloc") { "mimalloc" } else { "system" };
+        println!(
+            "broker fsync={fsync}, {events} events of 100 B over 4 partitions, in-memory stores, a checkpoint every {CHECKPOINT_EVERY} events per partition, default prefetch, 2 cores, loopback, {allocator} allocator, {rounds} rounds"
+        );
+        println!("| operation | official Rust SDK 0.16 (median) | ehub (median) | ratio per round | median ratio |");
+        println!("|---|---|---|---|---|");
+        println!("{}", row("event processor, 4 partitions from earliest", &turns));
+        return;
+    }
     let events: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(200_000);
     let fsync = args.get(2).cloned().unwrap_or_else(|| "never".into());
-    // Both SDKs default to 300.
-    let prefetch: u32 = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(300);
+    // A number for both clients, or `default`: each at its own default (the official SDK's
+    // 300; ours adapts its window to the event size).
+    let prefetch: Option<u32> = match args.get(3).map(String::as_str) {
+        None | Some("default") => None,
+        Some(n) => Some(n.parse().unwrap()),
+    };
     let rounds: usize = args.get(4).map(|s| s.parse().unwrap()).unwrap_or(3).max(1);
     let broker = Broker::start(&fsync);
     let port = broker.port;
@@ -242,7 +414,8 @@ async fn main() {
     .await;
     let allocator = if cfg!(feature = "mimalloc") { "mimalloc" } else { "system" };
     println!(
-        "broker fsync={fsync}, {events} events of 100 B, 2 cores, loopback, {allocator} allocator, prefetch {prefetch}, {rounds} rounds"
+        "broker fsync={fsync}, {events} events of 100 B, 2 cores, loopback, {allocator} allocator, prefetch {}, {rounds} rounds",
+        prefetch.map_or("each client's default".to_string(), |p| p.to_string())
     );
     println!("| operation | official Rust SDK 0.16 (median) | ehub (median) | ratio per round | median ratio |");
     println!("|---|---|---|---|---|");
