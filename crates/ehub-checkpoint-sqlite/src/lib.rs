@@ -68,6 +68,74 @@ INSERT OR IGNORE INTO etag (id, last) VALUES (0, 0);
 #[derive(Clone)]
 pub struct SqliteCheckpointStore {
     conn: Arc<Mutex<Connection>>,
+    /// Checkpoint updates wait here for the writer thread, which commits all that are waiting
+    /// in one durable transaction (group commit).
+    updates: std::sync::mpsc::SyncSender<PendingUpdate>,
+}
+
+/// One checkpoint update waiting for its commit.
+struct PendingUpdate {
+    checkpoint: Checkpoint,
+    done: tokio::sync::oneshot::Sender<Result<()>>,
+}
+
+/// Updates waiting at most; a caller beyond that waits for room (backpressure).
+const UPDATE_QUEUE: usize = 8192;
+
+/// Commits every waiting update in one transaction, then answers each; until the store's last
+/// clone is dropped.
+fn write_updates(conn: Arc<Mutex<Connection>>, updates: std::sync::mpsc::Receiver<PendingUpdate>) {
+    while let Ok(first) = updates.recv() {
+        let mut batch = vec![first];
+        while batch.len() < UPDATE_QUEUE {
+            match updates.try_recv() {
+                Ok(u) => batch.push(u),
+                Err(_) => break,
+            }
+        }
+        let result = match conn.lock() {
+            Ok(mut conn) => commit_updates(&mut conn, &batch),
+            Err(_) => Err(store_error("SQLite checkpoint store: a writer panicked")),
+        };
+        let failure = result.err().map(|e| e.to_string());
+        for u in batch {
+            let _ = u.done.send(match &failure {
+                None => Ok(()),
+                Some(why) => Err(store_error(why.clone())),
+            });
+        }
+    }
+}
+
+fn commit_updates(conn: &mut Connection, batch: &[PendingUpdate]) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| sql_error("starting a checkpoint commit", e))?;
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO checkpoint (namespace, event_hub, consumer_group, partition_id, offset, sequence_number)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (namespace, event_hub, consumer_group, partition_id)
+                 DO UPDATE SET offset = excluded.offset, sequence_number = excluded.sequence_number",
+            )
+            .map_err(|e| sql_error("writing a checkpoint", e))?;
+        // In arrival order: of several updates to one partition, the last one stays.
+        for u in batch {
+            let c = &u.checkpoint;
+            let scope = Scope::new(&c.namespace, &c.event_hub, &c.consumer_group);
+            stmt.execute(params![
+                scope.namespace,
+                scope.event_hub,
+                scope.consumer_group,
+                c.partition_id,
+                c.offset,
+                c.sequence_number
+            ])
+            .map_err(|e| sql_error("writing a checkpoint", e))?;
+        }
+    }
+    tx.commit().map_err(|e| sql_error("committing checkpoints", e))
 }
 
 impl std::fmt::Debug for SqliteCheckpointStore {
@@ -121,7 +189,14 @@ impl SqliteCheckpointStore {
         }
         conn.execute_batch("PRAGMA synchronous = FULL;").map_err(|e| sql_error("setting synchronous", e))?;
         conn.execute_batch(SCHEMA).map_err(|e| sql_error("creating the tables", e))?;
-        Ok(SqliteCheckpointStore { conn: Arc::new(Mutex::new(conn)) })
+        let conn = Arc::new(Mutex::new(conn));
+        let (updates, queue) = std::sync::mpsc::sync_channel(UPDATE_QUEUE);
+        let writer = Arc::clone(&conn);
+        std::thread::Builder::new()
+            .name("ehub-sqlite-checkpoints".into())
+            .spawn(move || write_updates(writer, queue))
+            .map_err(|e| store_error(format!("SQLite checkpoint store: starting the writer thread: {e}")))?;
+        Ok(SqliteCheckpointStore { conn, updates })
     }
 
     /// Runs `f` on the connection off the async reactor.
@@ -251,29 +326,24 @@ impl CheckpointStore for SqliteCheckpointStore {
         .await
     }
 
+    /// Returns once the update is committed durably. Updates from many callers (partitions,
+    /// processors sharing the store) that wait at the same time share one commit.
     async fn update_checkpoint(&self, c: &Checkpoint) -> Result<()> {
-        let c = c.clone();
-        self.with_conn(move |conn| {
-            conn.prepare_cached(
-                "INSERT INTO checkpoint (namespace, event_hub, consumer_group, partition_id, offset, sequence_number)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (namespace, event_hub, consumer_group, partition_id)
-                 DO UPDATE SET offset = excluded.offset, sequence_number = excluded.sequence_number",
-            )
-            .and_then(|mut s| {
-                let scope = Scope::new(&c.namespace, &c.event_hub, &c.consumer_group);
-                s.execute(params![
-                    scope.namespace,
-                    scope.event_hub,
-                    scope.consumer_group,
-                    c.partition_id,
-                    c.offset,
-                    c.sequence_number
-                ])
-            })
-            .map_err(|e| sql_error("writing a checkpoint", e))?;
-            Ok(())
-        })
-        .await
+        let (done, committed) = tokio::sync::oneshot::channel();
+        let pending = PendingUpdate { checkpoint: c.clone(), done };
+        let stopped = || store_error("SQLite checkpoint store: the writer thread stopped");
+        match self.updates.try_send(pending) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(pending)) => {
+                // A full queue: wait for room off the reactor.
+                let updates = self.updates.clone();
+                tokio::task::spawn_blocking(move || updates.send(pending).map_err(drop))
+                    .await
+                    .map_err(|e| store_error(format!("SQLite checkpoint store: a task failed: {e}")))?
+                    .map_err(|_| stopped())?;
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(stopped()),
+        }
+        committed.await.map_err(|_| stopped())?
     }
 }

@@ -126,3 +126,34 @@ async fn acknowledged_checkpoints_survive_sigkill() {
     assert!(seq >= acked, "checkpoint {seq} is behind the last acknowledged one, {acked}");
     assert_eq!(got[0].offset, Some(format!("{}", seq * 100)), "the row is whole");
 }
+
+/// Updates waiting at the same time share commits (group commit); each is acknowledged only
+/// once committed, and a later update of a partition replaces an earlier one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_share_commits_and_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteCheckpointStore::open(dir.path().join("cp.db")).await.unwrap();
+    tokio::time::timeout(T, async {
+        let update = |p: usize, seq: i64| Checkpoint {
+            namespace: "ns".into(),
+            event_hub: "hub".into(),
+            consumer_group: "$default".into(),
+            partition_id: p.to_string(),
+            offset: Some(seq.to_string()),
+            sequence_number: Some(seq),
+        };
+        let all: Vec<_> = (0..300).map(|p| update(p, p as i64)).collect();
+        futures_util::future::try_join_all(all.iter().map(|c| store.update_checkpoint(c))).await.unwrap();
+        for seq in 0..50 {
+            store.update_checkpoint(&update(7, 1000 + seq)).await.unwrap();
+        }
+        // Reopened, as another process would see it.
+        let again = SqliteCheckpointStore::open(dir.path().join("cp.db")).await.unwrap();
+        let cps = again.list_checkpoints("ns", "hub", "$default").await.unwrap();
+        assert_eq!(cps.len(), 300);
+        let seven = cps.iter().find(|c| c.partition_id == "7").unwrap();
+        assert_eq!(seven.sequence_number, Some(1049));
+    })
+    .await
+    .unwrap();
+}

@@ -362,3 +362,22 @@ fn a_blob_store_with_a_missing_container_or_a_wrong_key_fails_at_start_with_the_
     let err = run(&wrong, "nosuch");
     assert!(err.contains("403"), "{err}");
 }
+
+/// Greedy processors settle too: each claims its whole share in one cycle, so three started
+/// together reach 3/3/2 in a few cycles (compare the balanced test's time, printed beside).
+#[test]
+fn three_greedy_processor_processes_settle_at_three_three_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve_eight_partitions(dir.path());
+    let db = dir.path().join("cp.db");
+    let store = format!("sqlite:{}", db.display());
+    send_to_eight(&s, 10);
+    let ps = [processor(&s, &store, "greedy"), processor(&s, &store, "greedy"), processor(&s, &store, "greedy")];
+    let settled = wait_until("a 3/3/2 split", Duration::from_secs(30), || {
+        let mut n: Vec<usize> = owners(&db, &s).into_values().collect();
+        n.sort_unstable();
+        n == [2, 3, 3]
+    });
+    eprintln!("greedy: settled at 3/3/2 in {settled:?} (0.3 s cycles)");
+    wait_until("every event processed", Duration::from_secs(30), || seen_all(&[&ps[0], &ps[1], &ps[2]], 10));
+}
