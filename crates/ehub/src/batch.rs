@@ -52,7 +52,14 @@ impl EventDataBatch {
     /// would make the batch larger than its maximum size. An event too large for even an
     /// empty batch is an error of kind [`ErrorKind::MessageTooLarge`].
     pub fn try_add(&mut self, event: &EventData) -> Result<bool> {
-        let encoded = event.encode(self.partition_key.as_deref())?;
+        let key = self.partition_key.clone();
+        self.try_add_keyed(event, key.as_deref())
+    }
+
+    /// As [`EventDataBatch::try_add`], stamping `key` on this event alone (the buffered producer
+    /// hashes keys itself and sends keyed and unkeyed events of one partition together).
+    pub(crate) fn try_add_keyed(&mut self, event: &EventData, key: Option<&str>) -> Result<bool> {
+        let encoded = event.encode(key)?;
         let added = data_section_size(encoded.len()) as u64;
         if self.size_in_bytes() as u64 + added > self.max_size {
             if self.count == 0 {

@@ -47,6 +47,7 @@
 mod amqp;
 mod batch;
 pub mod blocking;
+pub mod buffered;
 pub mod checkpoint;
 mod client;
 mod consumer;
@@ -60,6 +61,7 @@ mod properties;
 mod transport;
 
 pub use batch::{EventDataBatch, EventDataBatchOptions};
+pub use buffered::{BufferedProducerClient, BufferedProducerOptions, EnqueueEventOptions};
 pub use checkpoint::{CheckpointStore, InMemoryCheckpointStore};
 pub use consumer::{
     ConsumerClient, ConsumerClientBuilder, EventBatches, EventReceiver, OpenReceiverOptions, ReceiveOptions,

@@ -1,0 +1,625 @@
+//! [`BufferedProducerClient`]: enqueue events and forget them; the client packs them into full
+//! batches per partition, sends them in the background and reports each event once, to
+//! `on_success` or `on_error`.
+//!
+//! The shape of the official Rust crate's `BufferedProducerClient` (0.16) and the option names
+//! of Python's `EventHubProducerClient(buffered_mode=True)`:
+//!
+//! - per partition, a buffer of at most `max_buffer_length` events; a batch goes out when the
+//!   buffer is full (by count, or by the link's message size), when `max_wait_time` has passed
+//!   since its oldest event, or on [`BufferedProducerClient::flush`] and
+//!   [`BufferedProducerClient::close`];
+//! - at most `max_concurrent_sends` batches in flight per partition (default 1, which keeps the
+//!   order of the partition's events);
+//! - routing: a partition id; else a partition key, hashed here with the service's own function
+//!   (the one the broker uses) and kept on the event; else the partition with the fewest events
+//!   waiting;
+//! - full buffers make `enqueue_event` wait (backpressure), up to `enqueue_timeout`.
+//!
+//! What "reported once" promises: every event accepted by `enqueue_event` reaches exactly one
+//! callback, after the client's retry policy has run. It does not promise the event is stored
+//! once: when an acknowledgement is lost and the retry sends the batch again, the hub can hold
+//! it twice, while the callback still sees it once. Errors a retry cannot fix (an event larger
+//! than the link allows, a refused credential, an unknown partition) go to `on_error` at once.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::EventData;
+use crate::producer::ProducerClient;
+use crate::EventDataBatchOptions;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Options of a [`BufferedProducerClient`] (Python's names where it has them).
+#[derive(Debug, Clone)]
+pub struct BufferedProducerOptions {
+    /// Events waiting per partition, at most (default 1500). A full buffer is sent at once.
+    pub max_buffer_length: usize,
+    /// How long an event may wait for its batch to fill (default 1 s).
+    pub max_wait_time: Duration,
+    /// Batches in flight per partition, at most (default 1: the partition's order holds).
+    pub max_concurrent_sends: usize,
+    /// How long `enqueue_event` waits for room in a full buffer before it fails with
+    /// [`ErrorKind::OperationTimeout`] (default 60 s).
+    pub enqueue_timeout: Duration,
+    /// How often the partition list is read again, so that added partitions are used
+    /// (default 60 s).
+    pub partition_refresh_interval: Duration,
+}
+
+impl Default for BufferedProducerOptions {
+    fn default() -> Self {
+        BufferedProducerOptions {
+            max_buffer_length: 1500,
+            max_wait_time: Duration::from_secs(1),
+            max_concurrent_sends: 1,
+            enqueue_timeout: Duration::from_secs(60),
+            partition_refresh_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Where an enqueued event goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnqueueEventOptions {
+    /// This partition.
+    pub partition_id: Option<String>,
+    /// The partition this key hashes to (ignored when `partition_id` is set); events with the
+    /// same key keep their order.
+    pub partition_key: Option<String>,
+}
+
+type OnSuccess = dyn Fn(Vec<EventData>, &str) + Send + Sync;
+type OnError = dyn Fn(Vec<EventData>, &str, Error) + Send + Sync;
+
+/// One partition's buffer and its bookkeeping.
+struct Partition {
+    id: String,
+    queue: Mutex<Queue>,
+    /// Room in the buffer: one permit per event that may still be enqueued.
+    room: Semaphore,
+    /// Wakes the partition's sender.
+    wake: Notify,
+    /// Events enqueued and not yet reported.
+    pending: AtomicUsize,
+    /// Every event below this index has been reported (the flush barrier).
+    reported_below: watch::Sender<u64>,
+    /// Reported ranges above `reported_below` (with concurrent sends, out of order).
+    reported_ranges: Mutex<BTreeMap<u64, u64>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    events: VecDeque<(EventData, Option<String>)>,
+    /// Index of the first event in `events` (events are numbered per partition).
+    first_index: u64,
+    /// Encoded-size estimate of what waits, to send before a batch would overflow.
+    bytes: usize,
+    /// When the oldest waiting event was enqueued.
+    oldest: Option<Instant>,
+    /// Send everything below this index now (flush, close).
+    urgent_below: u64,
+}
+
+impl Partition {
+    fn new(id: String, max_buffer_length: usize) -> Arc<Self> {
+        Arc::new(Partition {
+            id,
+            queue: Mutex::new(Queue::default()),
+            room: Semaphore::new(max_buffer_length.max(1)),
+            wake: Notify::new(),
+            pending: AtomicUsize::new(0),
+            reported_below: watch::Sender::new(0),
+            reported_ranges: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Marks events `[start, end)` as reported and moves the barrier past every complete prefix.
+    fn reported(&self, start: u64, end: u64) {
+        self.pending.fetch_sub((end - start) as usize, Ordering::AcqRel);
+        let mut ranges = self.reported_ranges.lock().unwrap_or_else(|p| p.into_inner());
+        ranges.insert(start, end);
+        let mut below = *self.reported_below.borrow();
+        while let Some(end) = ranges.remove(&below) {
+            below = end;
+        }
+        self.reported_below.send_replace(below);
+    }
+}
+
+/// What every handle and task shares.
+struct Inner {
+    producer: ProducerClient,
+    options: BufferedProducerOptions,
+    on_success: Arc<OnSuccess>,
+    on_error: Arc<OnError>,
+    partitions: RwLock<Arc<Vec<Arc<Partition>>>>,
+    /// The link's largest message, learned from the first batch of each sender.
+    max_message_size: AtomicU64,
+    next: AtomicUsize,
+    closed: AtomicBool,
+    /// Enqueues under way: close waits for them, so none lands after the senders have gone.
+    enqueuing: AtomicUsize,
+    /// Ends the senders (after a flush, or abandoning what waits).
+    stop: CancellationToken,
+    /// Abandon instead of sending on stop.
+    abandon: AtomicBool,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+/// A producer that buffers events per partition and sends them in full batches in the
+/// background. See the [module docs](self).
+///
+/// ```no_run
+/// # async fn demo() -> ehub::Result<()> {
+/// use ehub::buffered::{BufferedProducerClient, EnqueueEventOptions};
+///
+/// let cs = "Endpoint=sb://localhost;SharedAccessKeyName=RootManageSharedAccessKey;\
+///           SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;";
+/// let producer = BufferedProducerClient::builder()
+///     .with_on_send_succeeded(|events, partition_id| println!("{} events in {partition_id}", events.len()))
+///     .with_on_send_failed(|events, partition_id, error| eprintln!("{} events to {partition_id}: {error}", events.len()))
+///     .open_with_connection_string(cs, Some("eh1"))
+///     .await?;
+/// producer.enqueue_event("any partition", None).await?;
+/// let by_key = EnqueueEventOptions { partition_key: Some("device-7".into()), ..Default::default() };
+/// producer.enqueue_event("in order with device-7's other events", Some(by_key)).await?;
+/// producer.close(true, None).await?; // sends what waits, then reports it
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct BufferedProducerClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for BufferedProducerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufferedProducerClient")
+            .field("options", &self.inner.options)
+            .field("buffered", &self.total_buffered_event_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`BufferedProducerClient`]; both callbacks are required.
+#[derive(Default)]
+pub struct BufferedProducerClientBuilder {
+    client_options: crate::ClientOptions,
+    options: BufferedProducerOptions,
+    on_success: Option<Arc<OnSuccess>>,
+    on_error: Option<Arc<OnError>>,
+}
+
+impl BufferedProducerClientBuilder {
+    /// Connection options (retries, transport, TLS), as for [`ProducerClient`].
+    pub fn with_options(mut self, options: crate::ClientOptions) -> Self {
+        self.client_options = options;
+        self
+    }
+
+    /// Buffering options.
+    pub fn with_buffered_options(mut self, options: BufferedProducerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Called with each batch of events the hub acknowledged, and their partition.
+    pub fn with_on_send_succeeded(mut self, f: impl Fn(Vec<EventData>, &str) + Send + Sync + 'static) -> Self {
+        self.on_success = Some(Arc::new(f));
+        self
+    }
+
+    /// Called with events that could not be sent, their partition and why (required).
+    pub fn with_on_send_failed(mut self, f: impl Fn(Vec<EventData>, &str, Error) + Send + Sync + 'static) -> Self {
+        self.on_error = Some(Arc::new(f));
+        self
+    }
+
+    /// Opens the client on a connection string's namespace and `eventhub`.
+    pub async fn open_with_connection_string(
+        self,
+        connection_string: &str,
+        eventhub: Option<&str>,
+    ) -> Result<BufferedProducerClient> {
+        let producer = ProducerClient::builder()
+            .with_options(self.client_options.clone())
+            .open_with_connection_string(connection_string, eventhub)
+            .await?;
+        self.open_on(producer).await
+    }
+
+    /// Opens the client on an existing producer (its connection and options).
+    pub async fn open_on(self, producer: ProducerClient) -> Result<BufferedProducerClient> {
+        let on_success =
+            self.on_success.ok_or_else(|| Error::invalid("a buffered producer needs an on_send_succeeded callback"))?;
+        let on_error =
+            self.on_error.ok_or_else(|| Error::invalid("a buffered producer needs an on_send_failed callback"))?;
+        let o = &self.options;
+        if o.max_buffer_length == 0 || o.max_concurrent_sends == 0 || o.max_wait_time.is_zero() {
+            return Err(Error::invalid("max_buffer_length, max_concurrent_sends and max_wait_time must be above zero"));
+        }
+        let ids = producer.get_partition_ids().await?;
+        let partitions: Vec<Arc<Partition>> =
+            ids.into_iter().map(|id| Partition::new(id, self.options.max_buffer_length)).collect();
+        let inner = Arc::new(Inner {
+            producer,
+            options: self.options,
+            on_success,
+            on_error,
+            partitions: RwLock::new(Arc::new(partitions.clone())),
+            max_message_size: AtomicU64::new(0),
+            next: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            enqueuing: AtomicUsize::new(0),
+            stop: CancellationToken::new(),
+            abandon: AtomicBool::new(false),
+            tasks: tokio_util::task::TaskTracker::new(),
+        });
+        for p in partitions {
+            inner.tasks.spawn(send_partition(Arc::clone(&inner), p));
+        }
+        inner.tasks.spawn(refresh_partitions(Arc::clone(&inner)));
+        Ok(BufferedProducerClient { inner })
+    }
+}
+
+impl BufferedProducerClient {
+    /// A builder.
+    pub fn builder() -> BufferedProducerClientBuilder {
+        BufferedProducerClientBuilder::default()
+    }
+
+    fn partitions(&self) -> Arc<Vec<Arc<Partition>>> {
+        Arc::clone(&self.inner.partitions.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The partition an event goes to.
+    fn route(&self, partitions: &[Arc<Partition>], options: &EnqueueEventOptions) -> Result<usize> {
+        if let Some(id) = &options.partition_id {
+            return partitions
+                .iter()
+                .position(|p| &p.id == id)
+                .ok_or_else(|| Error::new(ErrorKind::ResourceNotFound, format!("the hub has no partition `{id}`")));
+        }
+        if let Some(key) = &options.partition_key {
+            // The service's rule: the key's hash over the partitions in the hub's order.
+            return Ok(ehub_model::partition_for_key(key, partitions.len() as u32) as usize);
+        }
+        // The shallowest buffer, starting the scan at a rotating place to break ties.
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let n = partitions.len();
+        let mut best = start % n;
+        let mut depth = usize::MAX;
+        for i in 0..n {
+            let at = (start + i) % n;
+            let d = partitions[at].pending.load(Ordering::Relaxed);
+            if d < depth {
+                best = at;
+                depth = d;
+                if d == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    /// Buffers `event`; returns as soon as it is buffered. Waits while the partition's buffer
+    /// is full, up to `enqueue_timeout`. The event is then reported to exactly one callback.
+    pub async fn enqueue_event(&self, event: impl Into<EventData>, options: Option<EnqueueEventOptions>) -> Result<()> {
+        self.inner.enqueuing.fetch_add(1, Ordering::AcqRel);
+        let r = self.enqueue(event.into(), options.unwrap_or_default()).await;
+        self.inner.enqueuing.fetch_sub(1, Ordering::AcqRel);
+        r
+    }
+
+    async fn enqueue(&self, event: EventData, options: EnqueueEventOptions) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::client_closed());
+        }
+        let partitions = self.partitions();
+        let p = &partitions[self.route(&partitions, &options)?];
+        match p.room.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(_) => {
+                let waited = tokio::time::timeout(self.inner.options.enqueue_timeout, p.room.acquire()).await;
+                match waited {
+                    Ok(Ok(permit)) => permit.forget(),
+                    Ok(Err(_)) => return Err(Error::client_closed()),
+                    Err(_) => {
+                        return Err(Error::new(
+                            ErrorKind::OperationTimeout,
+                            format!(
+                                "partition {}'s buffer stayed full for {:?}; the event was not enqueued",
+                                p.id, self.inner.options.enqueue_timeout
+                            ),
+                        ))
+                    }
+                }
+            }
+        }
+        let key = if options.partition_id.is_some() { None } else { options.partition_key };
+        self.push(p, event, key);
+        Ok(())
+    }
+
+    /// Buffers several events with the same routing, in order.
+    pub async fn enqueue_events(
+        &self,
+        events: impl IntoIterator<Item = EventData>,
+        options: Option<EnqueueEventOptions>,
+    ) -> Result<()> {
+        let options = options.unwrap_or_default();
+        for e in events {
+            self.enqueue_event(e, Some(options.clone())).await?;
+        }
+        Ok(())
+    }
+
+    fn push(&self, p: &Partition, event: EventData, key: Option<String>) {
+        let size = event.body().map_or(0, <[u8]>::len) + 64;
+        let wake = {
+            let mut q = p.queue.lock().unwrap_or_else(|p| p.into_inner());
+            p.pending.fetch_add(1, Ordering::AcqRel);
+            q.events.push_back((event, key));
+            q.bytes += size;
+            let first = q.oldest.is_none();
+            if first {
+                q.oldest = Some(Instant::now());
+            }
+            // The sender wants to hear of the first event (to time its wait) and of a full buffer.
+            first || q.events.len() >= self.inner.options.max_buffer_length || self.full_by_size(q.bytes)
+        };
+        if wake {
+            p.wake.notify_one();
+        }
+    }
+
+    fn full_by_size(&self, bytes: usize) -> bool {
+        let max = self.inner.max_message_size.load(Ordering::Relaxed);
+        max > 0 && bytes as u64 >= max
+    }
+
+    /// Events enqueued for `partition_id` and not yet reported.
+    pub fn get_buffered_event_count(&self, partition_id: &str) -> usize {
+        self.partitions().iter().find(|p| p.id == partition_id).map_or(0, |p| p.pending.load(Ordering::Acquire))
+    }
+
+    /// Events enqueued and not yet reported, over all partitions.
+    pub fn total_buffered_event_count(&self) -> usize {
+        self.partitions().iter().map(|p| p.pending.load(Ordering::Acquire)).sum()
+    }
+
+    /// A barrier: sends what waits now, and returns once every event enqueued before the call
+    /// has been reported (other tasks may go on enqueueing meanwhile). With a timeout, fails
+    /// with [`ErrorKind::OperationTimeout`] if that takes longer (the events are still sent).
+    pub async fn flush(&self, timeout: Option<Duration>) -> Result<()> {
+        let partitions = self.partitions();
+        let mut waits = Vec::with_capacity(partitions.len());
+        for p in partitions.iter() {
+            let target = {
+                let mut q = p.queue.lock().unwrap_or_else(|p| p.into_inner());
+                let end = q.first_index + q.events.len() as u64;
+                q.urgent_below = q.urgent_below.max(end);
+                end
+            };
+            p.wake.notify_one();
+            let mut rx = p.reported_below.subscribe();
+            waits.push(async move {
+                let _ = rx.wait_for(|below| *below >= target).await;
+            });
+        }
+        let all = futures_util::future::join_all(waits);
+        match timeout {
+            None => {
+                all.await;
+                Ok(())
+            }
+            Some(t) => match tokio::time::timeout(t, all).await {
+                Ok(_) => Ok(()),
+                Err(_) => Err(Error::timeout("flushing the buffered producer", t)),
+            },
+        }
+    }
+
+    /// Closes the client: with `flush`, sends and reports everything enqueued first; without,
+    /// reports what waits to `on_error` with [`ErrorKind::ClientClosed`] (batches already in
+    /// flight are still reported as they end). Then closes the links. Later enqueues fail with
+    /// [`ErrorKind::ClientClosed`].
+    pub async fn close(&self, flush: bool, timeout: Option<Duration>) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
+        // Enqueues waiting for room fail now; those already past their checks finish first.
+        for p in self.partitions().iter() {
+            p.room.close();
+        }
+        while self.inner.enqueuing.load(Ordering::Acquire) > 0 {
+            tokio::task::yield_now().await;
+        }
+        let flushed = if flush { self.flush(timeout).await } else { Ok(()) };
+        if !flush || flushed.is_err() {
+            self.inner.abandon.store(true, Ordering::Release);
+        }
+        self.inner.stop.cancel();
+        for p in self.partitions().iter() {
+            p.wake.notify_one();
+        }
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        self.inner.producer.close().await;
+        flushed
+    }
+}
+
+/// Reads the partition list every `partition_refresh_interval` and starts senders for
+/// partitions that were added.
+async fn refresh_partitions(inner: Arc<Inner>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(inner.options.partition_refresh_interval) => {}
+            _ = inner.stop.cancelled() => return,
+        }
+        let ids = match inner.producer.get_partition_ids().await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::debug!(error = %e, "buffered producer: reading the partition list failed");
+                continue;
+            }
+        };
+        let current = Arc::clone(&inner.partitions.read().unwrap_or_else(|p| p.into_inner()));
+        if ids.len() <= current.len() {
+            continue;
+        }
+        let mut grown: Vec<Arc<Partition>> = current.iter().cloned().collect();
+        for id in ids.into_iter().skip(current.len()) {
+            tracing::info!(partition_id = %id, "buffered producer: the hub has a new partition");
+            let p = Partition::new(id, inner.options.max_buffer_length);
+            inner.tasks.spawn(send_partition(Arc::clone(&inner), Arc::clone(&p)));
+            grown.push(p);
+        }
+        *inner.partitions.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(grown);
+    }
+}
+
+/// What one send takes from the buffer.
+struct Taken {
+    events: Vec<(EventData, Option<String>)>,
+    start: u64,
+}
+
+/// One partition's sender: waits until a batch is due, takes it, sends it, reports it.
+async fn send_partition(inner: Arc<Inner>, p: Arc<Partition>) {
+    let slots = Arc::new(Semaphore::new(inner.options.max_concurrent_sends));
+    let mut in_flight = tokio::task::JoinSet::new();
+    loop {
+        // A send slot first: while every slot is busy, events stay in the buffer (and count
+        // against its room), so a stuck partition holds enqueues back.
+        let slot = Arc::clone(&slots).acquire_owned().await.expect("never closed");
+        let stopping = inner.stop.is_cancelled();
+        let due = {
+            let mut q = p.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if q.events.is_empty() {
+                None
+            } else if inner.abandon.load(Ordering::Acquire) {
+                let start = q.first_index;
+                let events: Vec<_> = q.events.drain(..).collect();
+                q.first_index += events.len() as u64;
+                q.bytes = 0;
+                q.oldest = None;
+                Some(Err(Taken { events, start }))
+            } else {
+                let full = q.events.len() >= inner.options.max_buffer_length
+                    || (inner.max_message_size.load(Ordering::Relaxed) > 0
+                        && q.bytes as u64 >= inner.max_message_size.load(Ordering::Relaxed));
+                let urgent = q.urgent_below > q.first_index || stopping;
+                let waited = q.oldest.is_some_and(|t| t.elapsed() >= inner.options.max_wait_time);
+                if full || urgent || waited {
+                    let n = q.events.len().min(inner.options.max_buffer_length);
+                    let start = q.first_index;
+                    let events: Vec<_> = q.events.drain(..n).collect();
+                    q.first_index += n as u64;
+                    q.bytes = q.events.iter().map(|(e, _)| e.body().map_or(0, <[u8]>::len) + 64).sum();
+                    q.oldest = if q.events.is_empty() { None } else { Some(Instant::now()) };
+                    Some(Ok(Taken { events, start }))
+                } else {
+                    None
+                }
+            }
+        };
+        match due {
+            Some(Err(abandoned)) => {
+                let n = abandoned.events.len();
+                p.room.add_permits(n);
+                let events = abandoned.events.into_iter().map(|(e, _)| e).collect();
+                let e =
+                    Error::new(ErrorKind::ClientClosed, "the client closed without flushing: the event was not sent");
+                (inner.on_error)(events, &p.id, e);
+                p.reported(abandoned.start, abandoned.start + n as u64);
+                continue;
+            }
+            Some(Ok(taken)) => {
+                p.room.add_permits(taken.events.len());
+                let (inner2, p2) = (Arc::clone(&inner), Arc::clone(&p));
+                in_flight.spawn(async move {
+                    send_taken(&inner2, &p2, taken).await;
+                    drop(slot);
+                });
+                // Reap finished sends so the set stays small.
+                while in_flight.try_join_next().is_some() {}
+                continue;
+            }
+            None => drop(slot),
+        }
+        if stopping {
+            // Nothing waits and the client is closing: let the sends in flight end.
+            while in_flight.join_next().await.is_some() {}
+            let empty = p.queue.lock().map(|q| q.events.is_empty()).unwrap_or(true);
+            if empty {
+                return;
+            }
+            continue;
+        }
+        // Sleep until an event arrives, the buffer fills, the oldest event's wait runs out,
+        // a flush, or close.
+        let deadline = p.queue.lock().ok().and_then(|q| q.oldest).map(|t| t + inner.options.max_wait_time);
+        tokio::select! {
+            _ = p.wake.notified() => {}
+            _ = inner.stop.cancelled() => {}
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {}
+        }
+    }
+}
+
+/// Sends taken events as batches that fit the link, and reports each batch.
+async fn send_taken(inner: &Inner, p: &Partition, taken: Taken) {
+    let mut index = taken.start;
+    let mut rest = taken.events.into_iter().peekable();
+    while rest.peek().is_some() {
+        let mut batch = match inner
+            .producer
+            .create_batch(Some(EventDataBatchOptions { partition_id: Some(p.id.clone()), ..Default::default() }))
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                // No link: everything left fails with the reason (after the client's retries).
+                let events: Vec<EventData> = rest.map(|(e, _)| e).collect();
+                let n = events.len() as u64;
+                (inner.on_error)(events, &p.id, e);
+                p.reported(index, index + n);
+                return;
+            }
+        };
+        inner.max_message_size.store(batch.max_size_in_bytes(), Ordering::Relaxed);
+        let mut events = Vec::new();
+        while let Some((event, key)) = rest.peek() {
+            match batch.try_add_keyed(event, key.as_deref()) {
+                Ok(true) => events.push(rest.next().expect("peeked").0),
+                Ok(false) => break,
+                Err(e) => {
+                    // Too large for any batch (or not encodable): this event alone fails.
+                    if !events.is_empty() {
+                        break;
+                    }
+                    let (event, _) = rest.next().expect("peeked");
+                    (inner.on_error)(vec![event], &p.id, e);
+                    p.reported(index, index + 1);
+                    index += 1;
+                }
+            }
+        }
+        if events.is_empty() {
+            continue;
+        }
+        let n = events.len() as u64;
+        match inner.producer.send_batch(&batch).await {
+            Ok(()) => (inner.on_success)(events, &p.id),
+            Err(e) => (inner.on_error)(events, &p.id, e),
+        }
+        p.reported(index, index + n);
+        index += n;
+    }
+}
