@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What the callbacks saw: (partition, body) in callback order, and failures with their kind.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Reports {
     ok: Vec<(String, String)>,
     failed: Vec<(String, String, ErrorKind)>,
@@ -44,6 +44,11 @@ async fn open(
         .await
         .unwrap();
     (producer, reports)
+}
+
+/// A copy of what the callbacks reported so far.
+fn snapshot(reports: &Mutex<Reports>) -> Reports {
+    reports.lock().unwrap().clone()
 }
 
 fn body(e: &EventData) -> String {
@@ -113,7 +118,7 @@ async fn every_event_is_reported_once_and_keys_and_partitions_keep_their_order()
         producer.close(true, None).await.unwrap();
         assert_eq!(producer.total_buffered_event_count(), 0);
 
-        let r = reports.lock().unwrap();
+        let r = snapshot(&reports);
         assert!(r.failed.is_empty(), "{:?}", &r.failed[..r.failed.len().min(3)]);
         assert_eq!(r.ok.len(), 10_000);
         let mut seen = std::collections::HashSet::new();
@@ -200,11 +205,10 @@ async fn close_without_flush_reports_what_waits_as_failed_and_later_enqueues_fai
         }
         assert_eq!(producer.total_buffered_event_count(), 50);
         producer.close(false, None).await.unwrap();
-        let r = reports.lock().unwrap();
+        let r = snapshot(&reports);
         assert!(r.ok.is_empty(), "nothing was due before the close");
         assert_eq!(r.failed.len(), 50);
         assert!(r.failed.iter().all(|(_, _, k)| *k == ErrorKind::ClientClosed));
-        drop(r);
         let e = producer.enqueue_event("late", None).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ClientClosed);
         assert!(stored(&cs).await.values().all(Vec::is_empty), "abandoned events were not sent");
@@ -267,13 +271,12 @@ async fn a_full_buffer_makes_enqueue_wait_then_time_out() {
         let broker = TestBroker::start_at(dir.path(), &addr.to_string()).await;
         producer.enqueue_event("e40", to("0")).await.unwrap();
         producer.close(true, None).await.unwrap();
-        let r = reports.lock().unwrap();
+        let r = snapshot(&reports);
         assert!(r.failed.is_empty(), "{:?}", r.failed);
         assert_eq!(
             r.ok.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(),
             (0..41).map(|i| format!("e{i}")).collect::<Vec<_>>()
         );
-        drop(r);
         broker.stop().await;
     })
     .await
@@ -315,7 +318,7 @@ async fn a_broker_restart_mid_stream_loses_no_report_and_no_acknowledged_event()
         feeder.await.unwrap();
         producer.close(true, None).await.unwrap();
 
-        let r = reports.lock().unwrap();
+        let r = snapshot(&reports);
         let mut counts: HashMap<&str, usize> = HashMap::new();
         for (_, b) in &r.ok {
             *counts.entry(b).or_default() += 1;
@@ -327,7 +330,6 @@ async fn a_broker_restart_mid_stream_loses_no_report_and_no_acknowledged_event()
         assert!(counts.values().all(|&n| n == 1), "each exactly once");
         eprintln!("after a broker restart: {} reported sent, {} failed", r.ok.len(), r.failed.len());
         let ok = r.ok.clone();
-        drop(r);
         let store = stored(&cs).await;
         for (p, events) in &store {
             // Stored twice is possible (a lost acknowledgement, then a resend); keep first copies.
