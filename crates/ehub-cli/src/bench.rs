@@ -95,6 +95,13 @@ pub(crate) struct BenchArgs {
     /// Receiver prefetch (link credit).
     #[arg(long, default_value_t = 3000)]
     prefetch: u32,
+    /// send: through the buffered producer, events enqueued one by one from --tasks tasks;
+    /// events/s from the first enqueue to the last success callback.
+    #[arg(long)]
+    buffered: bool,
+    /// Tasks enqueueing, with --buffered.
+    #[arg(long, default_value_t = 8)]
+    tasks: usize,
 }
 
 impl BenchArgs {
@@ -198,6 +205,9 @@ impl Report {
 }
 
 async fn send(t: &Target, a: &BenchArgs) -> Result<()> {
+    if a.buffered {
+        return send_buffered(t, a).await;
+    }
     if a.batch == 0 || a.in_flight == 0 {
         bail!("--batch and --in-flight must be at least 1");
     }
@@ -428,6 +438,92 @@ async fn e2e(t: &Target, a: &BenchArgs) -> Result<()> {
         seconds,
         latency_us: percentiles(lat),
         latency_label: "producer to consumer",
+    }
+    .print(t.output);
+    Ok(())
+}
+
+/// `bench send --buffered`: --tasks tasks enqueue single events, spread over the chosen
+/// partitions by event number; the clock runs from the first enqueue to the last success.
+async fn send_buffered(t: &Target, a: &BenchArgs) -> Result<()> {
+    use ehub::buffered::{BufferedProducerClient, EnqueueEventOptions};
+    if a.tasks == 0 {
+        bail!("--tasks must be at least 1");
+    }
+    let p = producer(t).await?;
+    let (product, fsync) = broker_info(&p).await;
+    let parts = Arc::new(partitions(&p, a, true).await?);
+    let (limit, duration) = a.limit();
+    if limit == u64::MAX {
+        bail!("bench send --buffered needs --count");
+    }
+    let _ = duration;
+    let reported = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let all_reported = Arc::new(tokio::sync::Notify::new());
+    let (r, f, n) = (reported.clone(), failed.clone(), all_reported.clone());
+    let (r2, n2) = (reported.clone(), all_reported.clone());
+    let buffered = BufferedProducerClient::builder()
+        .with_on_send_succeeded(move |events, _| {
+            if r.fetch_add(events.len() as u64, Ordering::Relaxed) + events.len() as u64 >= limit {
+                n.notify_one();
+            }
+        })
+        .with_on_send_failed(move |events, _, error| {
+            tracing::warn!(error = %error, events = events.len(), "buffered send failed");
+            f.fetch_add(events.len() as u64, Ordering::Relaxed);
+            if r2.fetch_add(events.len() as u64, Ordering::Relaxed) + events.len() as u64 >= limit {
+                n2.notify_one();
+            }
+        })
+        .open_on(p.clone())
+        .await?;
+    let body = bytes::Bytes::from(generated_body(0, a.size));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..a.tasks as u64 {
+        let (buffered, parts, body) = (buffered.clone(), parts.clone(), body.clone());
+        let share = limit / a.tasks as u64 + u64::from(task < limit % a.tasks as u64);
+        tasks.spawn(async move {
+            let routes: Vec<EnqueueEventOptions> = parts
+                .iter()
+                .map(|id| EnqueueEventOptions { partition_id: Some(id.clone()), ..Default::default() })
+                .collect();
+            for i in 0..share {
+                let route = routes[((task + i) % routes.len() as u64) as usize].clone();
+                buffered.enqueue_event(EventData::from(body.clone()), Some(route)).await?;
+            }
+            Ok::<_, ehub::Error>(())
+        });
+    }
+    let mut progress = Progress::new("reported", Some(limit));
+    while let Some(r) = tasks.join_next().await {
+        r??;
+        progress.update(reported.load(Ordering::Relaxed));
+    }
+    while reported.load(Ordering::Relaxed) < limit {
+        tokio::select! {
+            _ = all_reported.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => progress.update(reported.load(Ordering::Relaxed)),
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    progress.finish();
+    buffered.close(true, None).await?;
+    let failures = failed.load(Ordering::Relaxed);
+    if failures > 0 {
+        bail!("{failures} of {limit} events went to on_error (see the log with --log warn)");
+    }
+    Report {
+        mode: "send-buffered",
+        settings: json!({"count": limit, "size": a.size, "partitions": parts.as_slice(), "tasks": a.tasks}),
+        product,
+        fsync,
+        events: limit,
+        bytes: limit * a.size as u64,
+        seconds,
+        latency_us: serde_json::Value::Null,
+        latency_label: "",
     }
     .print(t.output);
     Ok(())

@@ -163,6 +163,10 @@ pub(crate) fn send(t: &Target, a: &SendArgs) -> Result<()> {
             Box::new(std::io::stdin().lock().lines().map(|l| l.context("reading stdin").map(String::into_bytes)))
         };
     let total_hint = a.count;
+    let streamed = a.count.is_some() || (a.bodies.is_empty() && a.files.is_empty());
+    if streamed && a.batch.is_none() {
+        return send_buffered(t, a, &props, events);
+    }
     runtime()?.block_on(async {
         let p = producer(t).await?;
         let started = Instant::now();
@@ -238,6 +242,79 @@ pub(crate) fn send(t: &Target, a: &SendArgs) -> Result<()> {
             }
         }
         Ok(())
+    })
+}
+
+/// Streams generated events or stdin through the buffered producer: full batches per
+/// partition, each partition's events in order, and a line typed at a terminal goes out within
+/// a second rather than when a batch fills.
+fn send_buffered(
+    t: &Target,
+    a: &SendArgs,
+    props: &[(String, String)],
+    events: Box<dyn Iterator<Item = Result<Vec<u8>>>>,
+) -> Result<()> {
+    use ehub::buffered::{BufferedProducerClient, BufferedProducerOptions, EnqueueEventOptions};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    runtime()?.block_on(async {
+        let p = producer(t).await?;
+        let (sent, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let failed: Arc<Mutex<(u64, Option<ehub::Error>)>> = Arc::default();
+        let (s, b, f) = (sent.clone(), bytes.clone(), failed.clone());
+        let options = BufferedProducerOptions {
+            // Batches fill to the message size rather than to a count.
+            max_buffer_length: 20_000,
+            ..Default::default()
+        };
+        let buffered = BufferedProducerClient::builder()
+            .with_buffered_options(options)
+            .with_on_send_succeeded(move |events, _| {
+                s.fetch_add(events.len() as u64, Ordering::Relaxed);
+                b.fetch_add(events.iter().map(|e| e.body().map_or(0, |x| x.len() as u64)).sum(), Ordering::Relaxed);
+            })
+            .with_on_send_failed(move |events, _, error| {
+                let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+                f.0 += events.len() as u64;
+                f.1.get_or_insert(error);
+            })
+            .open_on(p.clone())
+            .await?;
+        let route = EnqueueEventOptions { partition_id: a.partition.clone(), partition_key: a.partition_key.clone() };
+        let started = Instant::now();
+        let mut progress = Progress::new("sent", a.count);
+        for body in events {
+            let mut e = EventData::from(body?);
+            for (k, v) in props {
+                e.set_property(k.clone(), v.as_str());
+            }
+            buffered.enqueue_event(e, Some(route.clone())).await?;
+            progress.update(sent.load(Ordering::Relaxed));
+        }
+        buffered.close(true, None).await?;
+        progress.finish();
+        let secs = started.elapsed().as_secs_f64();
+        let (sent, bytes) = (sent.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
+        let (failures, first) = std::mem::take(&mut *failed.lock().unwrap_or_else(|p| p.into_inner()));
+        let target = match (&a.partition, &a.partition_key) {
+            (Some(p), _) => format!("partition {p}"),
+            (None, Some(k)) => format!("partition key '{k}'"),
+            _ => "the hub (spread over its partitions)".into(),
+        };
+        match t.output {
+            Output::Json => println!(
+                "{}",
+                json!({"sent": sent, "failed": failures, "bytes": bytes, "seconds": secs, "hub": p.eventhub_name(),
+                       "partition": a.partition, "partition_key": a.partition_key})
+            ),
+            Output::Text => {
+                println!("sent {sent} events ({bytes} bytes) to {} {target} in {secs:.3} s", p.eventhub_name())
+            }
+        }
+        match first {
+            Some(e) => Err(anyhow::Error::new(e).context(format!("{failures} events could not be sent"))),
+            None => Ok(()),
+        }
     })
 }
 

@@ -29,6 +29,8 @@ pub struct EventDataBatch {
     envelope: Bytes,
     body: BytesMut,
     count: usize,
+    /// Where each event is encoded before it is copied into `body`.
+    scratch: BytesMut,
 }
 
 impl EventDataBatch {
@@ -45,7 +47,15 @@ impl EventDataBatch {
         if envelope.len() as u64 > max_size {
             return Err(Error::invalid(format!("max_size_in_bytes {max_size} is too small for any batch")));
         }
-        Ok(EventDataBatch { partition_id, partition_key, max_size, envelope, body: BytesMut::new(), count: 0 })
+        Ok(EventDataBatch {
+            partition_id,
+            partition_key,
+            max_size,
+            envelope,
+            body: BytesMut::new(),
+            count: 0,
+            scratch: BytesMut::new(),
+        })
     }
 
     /// Adds `event` when it fits. Returns `Ok(false)`, leaving the batch unchanged, when it
@@ -59,7 +69,15 @@ impl EventDataBatch {
     /// As [`EventDataBatch::try_add`], stamping `key` on this event alone (the buffered producer
     /// hashes keys itself and sends keyed and unkeyed events of one partition together).
     pub(crate) fn try_add_keyed(&mut self, event: &EventData, key: Option<&str>) -> Result<bool> {
-        let encoded = event.encode(key)?;
+        // Encoded into a reused buffer: no allocation per event.
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let r = event.encode_into(key, &mut scratch).and_then(|()| self.add_encoded(&scratch));
+        self.scratch = scratch;
+        r
+    }
+
+    fn add_encoded(&mut self, encoded: &[u8]) -> Result<bool> {
         let added = data_section_size(encoded.len()) as u64;
         if self.size_in_bytes() as u64 + added > self.max_size {
             if self.count == 0 {
@@ -73,7 +91,7 @@ impl EventDataBatch {
             }
             return Ok(false);
         }
-        put_data_section(&mut self.body, &encoded)
+        put_data_section(&mut self.body, encoded)
             .map_err(|e| Error::new(ErrorKind::EventData, format!("encoding the event: {e}")))?;
         self.count += 1;
         Ok(true)

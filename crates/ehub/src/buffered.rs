@@ -26,9 +26,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::event::EventData;
 use crate::producer::ProducerClient;
 use crate::EventDataBatchOptions;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
@@ -94,7 +94,11 @@ struct Partition {
 
 #[derive(Default)]
 struct Queue {
-    events: VecDeque<(EventData, Option<String>)>,
+    /// Never more than `max_buffer_length` (the room semaphore sees to it), so a send takes
+    /// all of it at once, swapping in an empty vector: events are not moved one by one.
+    events: Vec<EventData>,
+    /// Each event's partition key, beside it.
+    keys: Vec<Option<String>>,
     /// Index of the first event in `events` (events are numbered per partition).
     first_index: u64,
     /// Encoded-size estimate of what waits, to send before a batch would overflow.
@@ -103,6 +107,8 @@ struct Queue {
     oldest: Option<Instant>,
     /// Send everything below this index now (flush, close).
     urgent_below: u64,
+    /// The client is closing: no more events.
+    closed: bool,
 }
 
 impl Partition {
@@ -131,19 +137,72 @@ impl Partition {
     }
 }
 
+/// Partitions a hub may have, at most (Event Hubs allows up to 2,000 on dedicated clusters).
+const MAX_PARTITIONS: usize = 4096;
+
+/// The hub's partitions. They only ever grow, so the enqueue path reads them without a lock or
+/// a shared counter to bump: a load of `len` and a slot each.
+struct PartitionTable {
+    slots: Box<[std::sync::OnceLock<Arc<Partition>>]>,
+    len: AtomicUsize,
+}
+
+impl PartitionTable {
+    fn new(partitions: Vec<Arc<Partition>>) -> Self {
+        let slots: Box<[std::sync::OnceLock<Arc<Partition>>]> =
+            (0..MAX_PARTITIONS.max(partitions.len())).map(|_| std::sync::OnceLock::new()).collect();
+        let len = partitions.len();
+        for (slot, p) in slots.iter().zip(partitions) {
+            let _ = slot.set(p);
+        }
+        PartitionTable { slots, len: AtomicUsize::new(len) }
+    }
+
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    fn get(&self, i: usize) -> &Arc<Partition> {
+        self.slots[i].get().expect("slots below len are set")
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<Partition>> {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    /// Adds a partition (the refresh task alone calls this); false when the table is full.
+    fn push(&self, p: Arc<Partition>) -> bool {
+        let at = self.len();
+        if at >= self.slots.len() || self.slots[at].set(p).is_err() {
+            return false;
+        }
+        self.len.store(at + 1, Ordering::Release);
+        true
+    }
+
+    /// The index of a partition id: ids are `0..n` on Event Hubs, so look there first.
+    fn find(&self, id: &str) -> Option<usize> {
+        let n = self.len();
+        if let Ok(i) = id.parse::<usize>() {
+            if i < n && self.get(i).id == id {
+                return Some(i);
+            }
+        }
+        (0..n).find(|&i| self.get(i).id == id)
+    }
+}
+
 /// What every handle and task shares.
 struct Inner {
     producer: ProducerClient,
     options: BufferedProducerOptions,
     on_success: Arc<OnSuccess>,
     on_error: Arc<OnError>,
-    partitions: RwLock<Arc<Vec<Arc<Partition>>>>,
+    partitions: PartitionTable,
     /// The link's largest message, learned from the first batch of each sender.
     max_message_size: AtomicU64,
     next: AtomicUsize,
     closed: AtomicBool,
-    /// Enqueues under way: close waits for them, so none lands after the senders have gone.
-    enqueuing: AtomicUsize,
     /// Ends the senders (after a flush, or abandoning what waits).
     stop: CancellationToken,
     /// Abandon instead of sending on stop.
@@ -250,11 +309,10 @@ impl BufferedProducerClientBuilder {
             options: self.options,
             on_success,
             on_error,
-            partitions: RwLock::new(Arc::new(partitions.clone())),
+            partitions: PartitionTable::new(partitions.clone()),
             max_message_size: AtomicU64::new(0),
             next: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
-            enqueuing: AtomicUsize::new(0),
             stop: CancellationToken::new(),
             abandon: AtomicBool::new(false),
             tasks: tokio_util::task::TaskTracker::new(),
@@ -273,30 +331,31 @@ impl BufferedProducerClient {
         BufferedProducerClientBuilder::default()
     }
 
-    fn partitions(&self) -> Arc<Vec<Arc<Partition>>> {
-        Arc::clone(&self.inner.partitions.read().unwrap_or_else(|p| p.into_inner()))
+    fn partitions(&self) -> impl Iterator<Item = &Arc<Partition>> {
+        self.inner.partitions.iter()
     }
 
     /// The partition an event goes to.
-    fn route(&self, partitions: &[Arc<Partition>], options: &EnqueueEventOptions) -> Result<usize> {
+    fn route(&self, options: &EnqueueEventOptions) -> Result<&Arc<Partition>> {
+        let table = &self.inner.partitions;
         if let Some(id) = &options.partition_id {
-            return partitions
-                .iter()
-                .position(|p| &p.id == id)
+            return table
+                .find(id)
+                .map(|i| table.get(i))
                 .ok_or_else(|| Error::new(ErrorKind::ResourceNotFound, format!("the hub has no partition `{id}`")));
         }
         if let Some(key) = &options.partition_key {
             // The service's rule: the key's hash over the partitions in the hub's order.
-            return Ok(ehub_model::partition_for_key(key, partitions.len() as u32) as usize);
+            return Ok(table.get(ehub_model::partition_for_key(key, table.len() as u32) as usize));
         }
         // The shallowest buffer, starting the scan at a rotating place to break ties.
         let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        let n = partitions.len();
+        let n = table.len();
         let mut best = start % n;
         let mut depth = usize::MAX;
         for i in 0..n {
             let at = (start + i) % n;
-            let d = partitions[at].pending.load(Ordering::Relaxed);
+            let d = table.get(at).pending.load(Ordering::Relaxed);
             if d < depth {
                 best = at;
                 depth = d;
@@ -305,24 +364,17 @@ impl BufferedProducerClient {
                 }
             }
         }
-        Ok(best)
+        Ok(table.get(best))
     }
 
     /// Buffers `event`; returns as soon as it is buffered. Waits while the partition's buffer
     /// is full, up to `enqueue_timeout`. The event is then reported to exactly one callback.
     pub async fn enqueue_event(&self, event: impl Into<EventData>, options: Option<EnqueueEventOptions>) -> Result<()> {
-        self.inner.enqueuing.fetch_add(1, Ordering::AcqRel);
-        let r = self.enqueue(event.into(), options.unwrap_or_default()).await;
-        self.inner.enqueuing.fetch_sub(1, Ordering::AcqRel);
-        r
-    }
-
-    async fn enqueue(&self, event: EventData, options: EnqueueEventOptions) -> Result<()> {
+        let options = options.unwrap_or_default();
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::client_closed());
         }
-        let partitions = self.partitions();
-        let p = &partitions[self.route(&partitions, &options)?];
+        let p = self.route(&options)?;
         match p.room.try_acquire() {
             Ok(permit) => permit.forget(),
             Err(_) => {
@@ -343,8 +395,7 @@ impl BufferedProducerClient {
             }
         }
         let key = if options.partition_id.is_some() { None } else { options.partition_key };
-        self.push(p, event, key);
-        Ok(())
+        self.push(p, event.into(), key)
     }
 
     /// Buffers several events with the same routing, in order.
@@ -360,12 +411,18 @@ impl BufferedProducerClient {
         Ok(())
     }
 
-    fn push(&self, p: &Partition, event: EventData, key: Option<String>) {
+    fn push(&self, p: &Partition, event: EventData, key: Option<String>) -> Result<()> {
         let size = event.body().map_or(0, <[u8]>::len) + 64;
         let wake = {
             let mut q = p.queue.lock().unwrap_or_else(|p| p.into_inner());
+            // Checked under the buffer's lock, which close takes too: nothing lands after.
+            if q.closed {
+                p.room.add_permits(1);
+                return Err(Error::client_closed());
+            }
             p.pending.fetch_add(1, Ordering::AcqRel);
-            q.events.push_back((event, key));
+            q.events.push(event);
+            q.keys.push(key);
             q.bytes += size;
             let first = q.oldest.is_none();
             if first {
@@ -377,6 +434,7 @@ impl BufferedProducerClient {
         if wake {
             p.wake.notify_one();
         }
+        Ok(())
     }
 
     fn full_by_size(&self, bytes: usize) -> bool {
@@ -386,21 +444,20 @@ impl BufferedProducerClient {
 
     /// Events enqueued for `partition_id` and not yet reported.
     pub fn get_buffered_event_count(&self, partition_id: &str) -> usize {
-        self.partitions().iter().find(|p| p.id == partition_id).map_or(0, |p| p.pending.load(Ordering::Acquire))
+        self.partitions().find(|p| p.id == partition_id).map_or(0, |p| p.pending.load(Ordering::Acquire))
     }
 
     /// Events enqueued and not yet reported, over all partitions.
     pub fn total_buffered_event_count(&self) -> usize {
-        self.partitions().iter().map(|p| p.pending.load(Ordering::Acquire)).sum()
+        self.partitions().map(|p| p.pending.load(Ordering::Acquire)).sum()
     }
 
     /// A barrier: sends what waits now, and returns once every event enqueued before the call
     /// has been reported (other tasks may go on enqueueing meanwhile). With a timeout, fails
     /// with [`ErrorKind::OperationTimeout`] if that takes longer (the events are still sent).
     pub async fn flush(&self, timeout: Option<Duration>) -> Result<()> {
-        let partitions = self.partitions();
-        let mut waits = Vec::with_capacity(partitions.len());
-        for p in partitions.iter() {
+        let mut waits = Vec::new();
+        for p in self.partitions() {
             let target = {
                 let mut q = p.queue.lock().unwrap_or_else(|p| p.into_inner());
                 let end = q.first_index + q.events.len() as u64;
@@ -432,19 +489,17 @@ impl BufferedProducerClient {
     /// [`ErrorKind::ClientClosed`].
     pub async fn close(&self, flush: bool, timeout: Option<Duration>) -> Result<()> {
         self.inner.closed.store(true, Ordering::Release);
-        // Enqueues waiting for room fail now; those already past their checks finish first.
-        for p in self.partitions().iter() {
+        // Enqueues waiting for room fail now, and no event lands in a buffer after this.
+        for p in self.partitions() {
             p.room.close();
-        }
-        while self.inner.enqueuing.load(Ordering::Acquire) > 0 {
-            tokio::task::yield_now().await;
+            p.queue.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
         }
         let flushed = if flush { self.flush(timeout).await } else { Ok(()) };
         if !flush || flushed.is_err() {
             self.inner.abandon.store(true, Ordering::Release);
         }
         self.inner.stop.cancel();
-        for p in self.partitions().iter() {
+        for p in self.partitions() {
             p.wake.notify_one();
         }
         self.inner.tasks.close();
@@ -469,25 +524,36 @@ async fn refresh_partitions(inner: Arc<Inner>) {
                 continue;
             }
         };
-        let current = Arc::clone(&inner.partitions.read().unwrap_or_else(|p| p.into_inner()));
-        if ids.len() <= current.len() {
-            continue;
-        }
-        let mut grown: Vec<Arc<Partition>> = current.iter().cloned().collect();
-        for id in ids.into_iter().skip(current.len()) {
+        let known = inner.partitions.len();
+        for id in ids.into_iter().skip(known) {
             tracing::info!(partition_id = %id, "buffered producer: the hub has a new partition");
             let p = Partition::new(id, inner.options.max_buffer_length);
-            inner.tasks.spawn(send_partition(Arc::clone(&inner), Arc::clone(&p)));
-            grown.push(p);
+            if !inner.partitions.push(Arc::clone(&p)) {
+                break;
+            }
+            inner.tasks.spawn(send_partition(Arc::clone(&inner), p));
         }
-        *inner.partitions.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(grown);
     }
 }
 
 /// What one send takes from the buffer.
 struct Taken {
-    events: Vec<(EventData, Option<String>)>,
+    events: Vec<EventData>,
+    keys: Vec<Option<String>>,
     start: u64,
+}
+
+/// Takes everything waiting (the buffer never holds more than one send's worth).
+fn take_all(q: &mut Queue) -> Taken {
+    let start = q.first_index;
+    // The next fill gets room for as many again: no regrowth (and moving) as it fills.
+    let room = q.events.len();
+    let events = std::mem::replace(&mut q.events, Vec::with_capacity(room));
+    let keys = std::mem::replace(&mut q.keys, Vec::with_capacity(room));
+    q.first_index += events.len() as u64;
+    q.bytes = 0;
+    q.oldest = None;
+    Taken { events, keys, start }
 }
 
 /// One partition's sender: waits until a batch is due, takes it, sends it, reports it.
@@ -504,12 +570,7 @@ async fn send_partition(inner: Arc<Inner>, p: Arc<Partition>) {
             if q.events.is_empty() {
                 None
             } else if inner.abandon.load(Ordering::Acquire) {
-                let start = q.first_index;
-                let events: Vec<_> = q.events.drain(..).collect();
-                q.first_index += events.len() as u64;
-                q.bytes = 0;
-                q.oldest = None;
-                Some(Err(Taken { events, start }))
+                Some(Err(take_all(&mut q)))
             } else {
                 let full = q.events.len() >= inner.options.max_buffer_length
                     || (inner.max_message_size.load(Ordering::Relaxed) > 0
@@ -517,13 +578,7 @@ async fn send_partition(inner: Arc<Inner>, p: Arc<Partition>) {
                 let urgent = q.urgent_below > q.first_index || stopping;
                 let waited = q.oldest.is_some_and(|t| t.elapsed() >= inner.options.max_wait_time);
                 if full || urgent || waited {
-                    let n = q.events.len().min(inner.options.max_buffer_length);
-                    let start = q.first_index;
-                    let events: Vec<_> = q.events.drain(..n).collect();
-                    q.first_index += n as u64;
-                    q.bytes = q.events.iter().map(|(e, _)| e.body().map_or(0, <[u8]>::len) + 64).sum();
-                    q.oldest = if q.events.is_empty() { None } else { Some(Instant::now()) };
-                    Some(Ok(Taken { events, start }))
+                    Some(Ok(take_all(&mut q)))
                 } else {
                     None
                 }
@@ -533,7 +588,7 @@ async fn send_partition(inner: Arc<Inner>, p: Arc<Partition>) {
             Some(Err(abandoned)) => {
                 let n = abandoned.events.len();
                 p.room.add_permits(n);
-                let events = abandoned.events.into_iter().map(|(e, _)| e).collect();
+                let events = abandoned.events;
                 let e =
                     Error::new(ErrorKind::ClientClosed, "the client closed without flushing: the event was not sent");
                 (inner.on_error)(events, &p.id, e);
@@ -575,9 +630,10 @@ async fn send_partition(inner: Arc<Inner>, p: Arc<Partition>) {
 
 /// Sends taken events as batches that fit the link, and reports each batch.
 async fn send_taken(inner: &Inner, p: &Partition, taken: Taken) {
-    let mut index = taken.start;
-    let mut rest = taken.events.into_iter().peekable();
-    while rest.peek().is_some() {
+    let Taken { mut events, keys, start } = taken;
+    // `events` loses its front as batches go; `keys[index - start..]` stays beside it.
+    let mut index = start;
+    while !events.is_empty() {
         let mut batch = match inner
             .producer
             .create_batch(Some(EventDataBatchOptions { partition_id: Some(p.id.clone()), ..Default::default() }))
@@ -586,7 +642,6 @@ async fn send_taken(inner: &Inner, p: &Partition, taken: Taken) {
             Ok(b) => b,
             Err(e) => {
                 // No link: everything left fails with the reason (after the client's retries).
-                let events: Vec<EventData> = rest.map(|(e, _)| e).collect();
                 let n = events.len() as u64;
                 (inner.on_error)(events, &p.id, e);
                 p.reported(index, index + n);
@@ -594,32 +649,40 @@ async fn send_taken(inner: &Inner, p: &Partition, taken: Taken) {
             }
         };
         inner.max_message_size.store(batch.max_size_in_bytes(), Ordering::Relaxed);
-        let mut events = Vec::new();
-        while let Some((event, key)) = rest.peek() {
+        // How many of the events, from the front, go into this batch.
+        let mut fit = 0;
+        let mut too_large = None;
+        let first_key = (index - start) as usize;
+        for (event, key) in events.iter().zip(&keys[first_key..]) {
             match batch.try_add_keyed(event, key.as_deref()) {
-                Ok(true) => events.push(rest.next().expect("peeked").0),
+                Ok(true) => fit += 1,
                 Ok(false) => break,
                 Err(e) => {
-                    // Too large for any batch (or not encodable): this event alone fails.
-                    if !events.is_empty() {
-                        break;
-                    }
-                    let (event, _) = rest.next().expect("peeked");
-                    (inner.on_error)(vec![event], &p.id, e);
-                    p.reported(index, index + 1);
-                    index += 1;
+                    // Too large for any batch (or not encodable): this event fails alone,
+                    // after the ones before it are sent.
+                    too_large = Some(e);
+                    break;
                 }
             }
         }
-        if events.is_empty() {
-            continue;
+        if fit > 0 {
+            // All of them (the usual case) go to the callback without being moved one by one.
+            let rest = if fit < events.len() { events.split_off(fit) } else { Vec::new() };
+            let sent = std::mem::replace(&mut events, rest);
+            let n = fit as u64;
+            match inner.producer.send_batch(&batch).await {
+                Ok(()) => (inner.on_success)(sent, &p.id),
+                Err(e) => (inner.on_error)(sent, &p.id, e),
+            }
+            p.reported(index, index + n);
+            index += n;
         }
-        let n = events.len() as u64;
-        match inner.producer.send_batch(&batch).await {
-            Ok(()) => (inner.on_success)(events, &p.id),
-            Err(e) => (inner.on_error)(events, &p.id, e),
+        if let Some(e) = too_large {
+            let rest = events.split_off(1);
+            let failed = std::mem::replace(&mut events, rest);
+            (inner.on_error)(failed, &p.id, e);
+            p.reported(index, index + 1);
+            index += 1;
         }
-        p.reported(index, index + n);
-        index += n;
     }
 }

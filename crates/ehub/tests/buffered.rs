@@ -346,3 +346,40 @@ async fn a_broker_restart_mid_stream_loses_no_report_and_no_acknowledged_event()
     .await
     .unwrap();
 }
+
+/// A buffer larger than one message goes out as several batches, each event keeping its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffer_larger_than_a_message_is_split_and_keys_stay_with_their_events() {
+    tokio::time::timeout(T, async {
+        let f = start().await;
+        let cs = f.broker.connection_string();
+        let options = BufferedProducerOptions { max_wait_time: Duration::from_secs(60), ..Default::default() };
+        let (producer, reports) = open(&cs, options, ClientOptions::default()).await;
+        // Two keys that hash to one partition, interleaved: 1200 events of 2 KB, about 2.4 MB.
+        let (a, b) = (
+            "k1",
+            (0..1000)
+                .map(|i| format!("other{i}"))
+                .find(|k| ehub_model::partition_for_key(k, 4) == ehub_model::partition_for_key("k1", 4))
+                .unwrap(),
+        );
+        for i in 0..1200 {
+            let key = if i % 2 == 0 { a.to_string() } else { b.clone() };
+            let mut body = format!("{key}:{i:04}:").into_bytes();
+            body.resize(2048, b'.');
+            producer.enqueue_event(EventData::from(body), by_key(&key)).await.unwrap();
+        }
+        producer.close(true, None).await.unwrap();
+        assert_eq!(snapshot(&reports).ok.len(), 1200);
+        let partition = ehub_model::partition_for_key("k1", 4).to_string();
+        let events = &stored(&cs).await[&partition];
+        assert_eq!(events.len(), 1200);
+        for (i, (body, key)) in events.iter().enumerate() {
+            let expected = if i % 2 == 0 { a.to_string() } else { b.clone() };
+            assert!(body.starts_with(&format!("{expected}:{i:04}:")), "{i}: {}", &body[..20]);
+            assert_eq!(key.as_deref(), Some(expected.as_str()), "event {i} kept its key");
+        }
+    })
+    .await
+    .unwrap();
+}
