@@ -342,3 +342,76 @@ impl EventProcessor {
         self.inner.owned_partitions()
     }
 }
+
+/// Blocking [`crate::buffered::BufferedProducerClient`]: `enqueue_event` blocks only while the
+/// partition's buffer is full; sends and callbacks run on the client's background runtime.
+///
+/// ```no_run
+/// use ehub::blocking::BufferedProducerClient;
+/// let cs = "Endpoint=sb://localhost;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;";
+/// let producer = BufferedProducerClient::from_connection_string(
+///     cs,
+///     Some("eh1"),
+///     |events, partition| println!("{} sent to {partition}", events.len()),
+///     |events, partition, error| eprintln!("{} failed in {partition}: {error}", events.len()),
+///     None,
+/// )?;
+/// producer.enqueue_event("hello", None)?;
+/// producer.close(true, None)?;
+/// # Ok::<(), ehub::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct BufferedProducerClient {
+    inner: crate::buffered::BufferedProducerClient,
+    rt: Arc<Runtime>,
+}
+
+impl BufferedProducerClient {
+    /// Opens a buffered producer; both callbacks are required.
+    pub fn from_connection_string(
+        connection_string: &str,
+        eventhub: Option<&str>,
+        on_success: impl Fn(Vec<EventData>, &str) + Send + Sync + 'static,
+        on_error: impl Fn(Vec<EventData>, &str, Error) + Send + Sync + 'static,
+        options: Option<crate::buffered::BufferedProducerOptions>,
+    ) -> Result<Self> {
+        let rt = runtime()?;
+        let inner = rt.block_on(
+            crate::buffered::BufferedProducerClient::builder()
+                .with_buffered_options(options.unwrap_or_default())
+                .with_on_send_succeeded(on_success)
+                .with_on_send_failed(on_error)
+                .open_with_connection_string(connection_string, eventhub),
+        )?;
+        Ok(BufferedProducerClient { inner, rt })
+    }
+
+    /// Buffers an event, as [`crate::buffered::BufferedProducerClient::enqueue_event`].
+    pub fn enqueue_event(
+        &self,
+        event: impl Into<EventData>,
+        options: Option<crate::buffered::EnqueueEventOptions>,
+    ) -> Result<()> {
+        self.rt.block_on(self.inner.enqueue_event(event, options))
+    }
+
+    /// Waits until everything enqueued before the call has been reported.
+    pub fn flush(&self, timeout: Option<Duration>) -> Result<()> {
+        self.rt.block_on(self.inner.flush(timeout))
+    }
+
+    /// Closes, flushing first or abandoning what waits.
+    pub fn close(&self, flush: bool, timeout: Option<Duration>) -> Result<()> {
+        self.rt.block_on(self.inner.close(flush, timeout))
+    }
+
+    /// Events enqueued for a partition and not yet reported.
+    pub fn get_buffered_event_count(&self, partition_id: &str) -> usize {
+        self.inner.get_buffered_event_count(partition_id)
+    }
+
+    /// Events enqueued and not yet reported.
+    pub fn total_buffered_event_count(&self) -> usize {
+        self.inner.total_buffered_event_count()
+    }
+}

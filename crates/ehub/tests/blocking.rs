@@ -110,3 +110,39 @@ fn blocking_processor_runs_a_plain_handler_until_another_thread_stops_it() {
     worker.join().unwrap();
     rt.block_on(f.broker.stop());
 }
+
+/// The blocking buffered producer: enqueue from a plain thread, close with a flush, every event
+/// reported as sent.
+#[test]
+fn blocking_buffered_producer_reports_every_event() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let f = rt.block_on(common::start());
+    let cs = f.broker.connection_string();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (o, e) = (ok.clone(), failed.clone());
+        let producer = ehub::blocking::BufferedProducerClient::from_connection_string(
+            &cs,
+            Some("eh1"),
+            move |events, _| drop(o.fetch_add(events.len(), Ordering::SeqCst)),
+            move |events, _, _| drop(e.fetch_add(events.len(), Ordering::SeqCst)),
+            None,
+        )
+        .unwrap();
+        for i in 0..1000 {
+            producer.enqueue_event(format!("e{i}"), None).unwrap();
+        }
+        producer.flush(Some(Duration::from_secs(30))).unwrap();
+        assert_eq!(ok.load(Ordering::SeqCst), 1000);
+        producer.close(true, None).unwrap();
+        assert_eq!(failed.load(Ordering::SeqCst), 0);
+        assert_eq!(producer.total_buffered_event_count(), 0);
+        done_tx.send(()).unwrap();
+    });
+    done_rx.recv_timeout(common::T).expect("the blocking scenario timed out");
+    worker.join().unwrap();
+    rt.block_on(f.broker.stop());
+}

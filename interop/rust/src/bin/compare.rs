@@ -4,7 +4,10 @@
 //! - receive: one partition from the earliest event;
 //! - process (`compare process ...`): each SDK's event processor (in-memory checkpoint store,
 //!   greedy, default prefetch) reads all 4 partitions from the earliest, checkpointing every
-//!   1,000 events per partition.
+//!   1,000 events per partition;
+//! - buffered (`compare buffered ...`): each SDK's buffered producer, 8 tasks enqueueing
+//!   100-byte events one by one over 4 partitions by id, from the first enqueue to the last
+//!   success callback.
 //!
 //! Each measurement runs `rounds` times, the two clients taking turns and the one going first
 //! alternating, so a slow spell of the machine hits both about equally. The table gives each
@@ -257,6 +260,93 @@ async fn ours_process(port: u16, events: usize) -> f64 {
     rate
 }
 
+/// Tasks enqueueing in the buffered comparison.
+const ENQUEUERS: usize = 8;
+
+/// The official SDK's `BufferedProducerClient`: `events` enqueued from `ENQUEUERS` tasks.
+async fn sdk_buffered(port: u16, events: usize) -> f64 {
+    use azure_messaging_eventhubs::{BufferedProducerClient, EnqueueEventOptions};
+    let reported = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (r, d) = (reported.clone(), done.clone());
+    let producer = BufferedProducerClient::builder()
+        .with_custom_endpoint(custom_endpoint(port))
+        .with_on_send_succeeded(move |ctx| {
+            let (r, d) = (r.clone(), d.clone());
+            async move {
+                if r.fetch_add(ctx.events.len(), std::sync::atomic::Ordering::SeqCst) + ctx.events.len() >= events {
+                    d.notify_one();
+                }
+            }
+        })
+        .with_on_send_failed(|ctx| async move { panic!("official buffered send failed: {}", ctx.error) })
+        .open_with_connection_string(&emulator_connection_string(port), Some("eh1"))
+        .await
+        .unwrap();
+    let producer = std::sync::Arc::new(producer);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..ENQUEUERS)
+        .map(|t| {
+            let producer = producer.clone();
+            tokio::spawn(async move {
+                for i in (t..events).step_by(ENQUEUERS) {
+                    let o = EnqueueEventOptions { partition_id: Some((i % 4).to_string()), ..Default::default() };
+                    producer.enqueue_event(vec![b'x'; 100], Some(o)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    while reported.load(std::sync::atomic::Ordering::SeqCst) < events {
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(100), done.notified()).await;
+    }
+    let rate = events as f64 / start.elapsed().as_secs_f64();
+    producer.close().await.unwrap();
+    rate
+}
+
+/// Ours: `ehub::BufferedProducerClient`, the same workload.
+async fn ours_buffered(port: u16, events: usize) -> f64 {
+    use ehub::buffered::{BufferedProducerClient, EnqueueEventOptions};
+    let reported = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (r, d) = (reported.clone(), done.clone());
+    let producer = BufferedProducerClient::builder()
+        .with_on_send_succeeded(move |sent, _| {
+            if r.fetch_add(sent.len(), std::sync::atomic::Ordering::SeqCst) + sent.len() >= events {
+                d.notify_one();
+            }
+        })
+        .with_on_send_failed(|_, _, e| panic!("buffered send failed: {e}"))
+        .open_with_connection_string(&emulator_connection_string(port), Some("eh1"))
+        .await
+        .unwrap();
+    let body = bytes::Bytes::from(vec![b'x'; 100]);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..ENQUEUERS)
+        .map(|t| {
+            let (producer, body) = (producer.clone(), body.clone());
+            tokio::spawn(async move {
+                for i in (t..events).step_by(ENQUEUERS) {
+                    let o = EnqueueEventOptions { partition_id: Some((i % 4).to_string()), ..Default::default() };
+                    producer.enqueue_event(ehub::EventData::from(body.clone()), Some(o)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    while reported.load(std::sync::atomic::Ordering::SeqCst) < events {
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(100), done.notified()).await;
+    }
+    let rate = events as f64 / start.elapsed().as_secs_f64();
+    producer.close(true, None).await.unwrap();
+    rate
+}
+
 /// Puts `per_partition` 100-byte events into each of the 4 partitions, with our producer.
 async fn fill_all(port: u16, per_partition: usize) {
     let producer =
@@ -372,6 +462,22 @@ async fn main() {
     install_crypto_provider();
     log_to_stderr_from("EHUB_COMPARE_LOG");
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("buffered") {
+        let events: usize = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(1_000_000);
+        let fsync = args.get(3).cloned().unwrap_or_else(|| "never".into());
+        let rounds: usize = args.get(4).map(|s| s.parse().unwrap()).unwrap_or(3).max(1);
+        let broker = Broker::start(&fsync);
+        let port = broker.port;
+        eprintln!("buffered producers, official SDK against ehub:");
+        let turns = in_turns(rounds, broker.pid(), || sdk_buffered(port, events), || ours_buffered(port, events)).await;
+        println!(
+            "broker fsync={fsync}, {events} events of 100 B over 4 partitions, {ENQUEUERS} tasks enqueueing, default buffered options, 2 cores, loopback, {rounds} rounds"
+        );
+        println!("| operation | official Rust SDK 0.16 (median) | ehub (median) | ratio per round | median ratio |");
+        println!("|---|---|---|---|---|");
+        println!("{}", row("buffered producer, enqueue to last success", &turns));
+        return;
+    }
     if args.get(1).map(String::as_str) == Some("process") {
         let events: usize = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(1_000_000);
         let fsync = args.get(3).cloned().unwrap_or_else(|| "never".into());
