@@ -127,8 +127,12 @@ fn blocking_buffered_producer_reports_every_event() {
         let producer = ehub::blocking::BufferedProducerClient::from_connection_string(
             &cs,
             Some("eh1"),
-            move |events, _| drop(o.fetch_add(events.len(), Ordering::SeqCst)),
-            move |events, _, _| drop(e.fetch_add(events.len(), Ordering::SeqCst)),
+            move |events, _| {
+                o.fetch_add(events.len(), Ordering::SeqCst);
+            },
+            move |events, _, _| {
+                e.fetch_add(events.len(), Ordering::SeqCst);
+            },
             None,
         )
         .unwrap();
