@@ -6,7 +6,7 @@ const { test, before, after } = require("node:test");
 const assert = require("node:assert");
 const { spawn, execFile } = require("node:child_process");
 const fs = require("node:fs");
-const net = require("node:net");
+const { freePort, waitListening } = require("./net.js");
 const os = require("node:os");
 const path = require("node:path");
 const readline = require("node:readline");
@@ -19,24 +19,6 @@ const AZURITE = process.env.EHUB_AZURITE || path.join(__dirname, "..", "azurite"
 const DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 let broker, azurite, port, storage, dataDir;
 
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer();
-    s.listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => resolve(p)); });
-  });
-}
-
-async function waitListening(p) {
-  for (let i = 0; i < 200; i++) {
-    const ok = await new Promise((r) => {
-      const c = net.connect(p, "127.0.0.1", () => { c.end(); r(true); });
-      c.on("error", () => r(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  throw new Error("broker did not start");
-}
 
 before(async () => {
   assert.ok(fs.existsSync(AZURITE), `Azurite missing at ${AZURITE}: run npm ci --prefix interop/azurite`);

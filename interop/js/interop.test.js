@@ -4,7 +4,7 @@ const { test, before, after } = require("node:test");
 const assert = require("node:assert");
 const { spawn } = require("node:child_process");
 const fs = require("node:fs");
-const net = require("node:net");
+const { freePort, waitListening } = require("./net.js");
 const os = require("node:os");
 const path = require("node:path");
 const { EventHubProducerClient, EventHubConsumerClient, earliestEventPosition } = require("@azure/event-hubs");
@@ -12,24 +12,6 @@ const { EventHubProducerClient, EventHubConsumerClient, earliestEventPosition } 
 const EHUB = process.env.EHUB_BIN || path.join(__dirname, "..", "..", "target", "release", "ehub");
 let broker, port, dataDir;
 
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer();
-    s.listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => resolve(p)); });
-  });
-}
-
-async function waitListening(p) {
-  for (let i = 0; i < 200; i++) {
-    const ok = await new Promise((r) => {
-      const c = net.connect(p, "127.0.0.1", () => { c.end(); r(true); });
-      c.on("error", () => r(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  throw new Error("broker did not start");
-}
 
 before(async () => {
   port = await freePort();

@@ -106,10 +106,9 @@ impl EventData {
         &mut self.message
     }
 
-    /// Encodes the event, with `partition_key` set as `x-opt-partition-key` when given and the
-    /// active trace context (feature `opentelemetry`) in its application properties.
-    /// As [`EventData::encode`], appending to `out` (no allocation when no key or trace
-    /// context has to be added).
+    /// Encodes the event into `out`, with `partition_key` set as `x-opt-partition-key` when
+    /// given and the active trace context (feature `opentelemetry`) in its application
+    /// properties. Appends without allocating when neither has to be added.
     pub(crate) fn encode_into(&self, partition_key: Option<&str>, out: &mut bytes::BytesMut) -> Result<()> {
         let trace = trace_context();
         let r = if partition_key.is_none() && trace.is_none() {
@@ -127,22 +126,11 @@ impl EventData {
         r.map_err(|e| Error::new(ErrorKind::EventData, format!("the event cannot be encoded: {e}")).with_source(e))
     }
 
+    /// As [`EventData::encode_into`], into bytes of their own.
     pub(crate) fn encode(&self, partition_key: Option<&str>) -> Result<Bytes> {
-        let trace = trace_context();
-        let encoded = if partition_key.is_none() && trace.is_none() {
-            self.message.to_bytes()
-        } else {
-            let mut m = self.message.clone();
-            if let Some(key) = partition_key {
-                set_partition_key(&mut m, key);
-            }
-            if let Some(trace) = trace {
-                stamp_trace_context(&mut m, trace);
-            }
-            m.to_bytes()
-        };
-        encoded
-            .map_err(|e| Error::new(ErrorKind::EventData, format!("the event cannot be encoded: {e}")).with_source(e))
+        let mut out = bytes::BytesMut::with_capacity(128);
+        self.encode_into(partition_key, &mut out)?;
+        Ok(out.freeze())
     }
 }
 

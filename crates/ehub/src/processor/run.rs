@@ -452,12 +452,7 @@ impl PartitionClient {
 
     /// Records `event` as processed: a restarted or another processor continues after it.
     pub async fn update_checkpoint(&self, event: &ReceivedEventData) -> Result<()> {
-        let c = Checkpoint {
-            offset: Some(event.offset().to_string()),
-            sequence_number: Some(event.sequence_number()),
-            ..self.template.clone()
-        };
-        self.store.update_checkpoint(&c).await
+        self.context().update_checkpoint(event).await
     }
 
     /// Whether the partition is no longer this processor's (taken by another, or this one is
