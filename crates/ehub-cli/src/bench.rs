@@ -453,11 +453,10 @@ async fn send_buffered(t: &Target, a: &BenchArgs) -> Result<()> {
     let p = producer(t).await?;
     let (product, fsync) = broker_info(&p).await;
     let parts = Arc::new(partitions(&p, a, true).await?);
-    let (limit, duration) = a.limit();
-    if limit == u64::MAX {
-        bail!("bench send --buffered needs --count");
+    if a.duration.is_some() || a.count.is_none() {
+        bail!("bench send --buffered measures a fixed number of events: give --count, not --duration");
     }
-    let _ = duration;
+    let limit = a.limit().0;
     let reported = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let all_reported = Arc::new(tokio::sync::Notify::new());
@@ -613,12 +612,13 @@ async fn process(t: &Target, a: &ProcessBenchArgs) -> Result<()> {
     let store = crate::process::open_store(&a.checkpoint_store, a.storage_connection_string.as_deref()).await?;
     let c = consumer(t, &a.consumer_group).await?;
     let defaults = ehub::processor::EventProcessorOptions::default();
+    let prefetch = a.prefetch.unwrap_or(defaults.prefetch);
     let options = ehub::processor::EventProcessorOptions {
         strategy: ehub::LoadBalancingStrategy::Greedy,
         load_balancing_interval: Duration::from_secs(1),
         ownership_expiry: Duration::from_secs(10),
         default_start_position: EventPosition::Earliest,
-        prefetch: a.prefetch.unwrap_or(defaults.prefetch),
+        prefetch,
         max_batch_size: a.batch,
         // A namespace of this run's own: earlier runs' checkpoints in the same store are not
         // resumed from, and their ownerships do not get in the way.
@@ -661,7 +661,7 @@ async fn process(t: &Target, a: &ProcessBenchArgs) -> Result<()> {
     Report {
         mode: "process",
         settings: json!({"count": a.count, "checkpoint_store": a.checkpoint_store, "checkpoint_every": a.checkpoint_every,
-                         "partitions": ids.len(), "prefetch": a.prefetch.unwrap_or(defaults_prefetch()), "batch": a.batch,
+                         "partitions": ids.len(), "prefetch": prefetch, "batch": a.batch,
                          "checkpoints": checkpoints.len()}),
         product,
         fsync,
@@ -673,10 +673,6 @@ async fn process(t: &Target, a: &ProcessBenchArgs) -> Result<()> {
     }
     .print(t.output);
     Ok(())
-}
-
-fn defaults_prefetch() -> u32 {
-    ehub::processor::EventProcessorOptions::default().prefetch
 }
 
 /// Resident set size of this process in bytes (Linux: /proc/self/statm; 4 KiB pages).

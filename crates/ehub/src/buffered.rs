@@ -210,6 +210,15 @@ struct Inner {
     tasks: tokio_util::task::TaskTracker,
 }
 
+impl Inner {
+    /// Whether a buffer is due as full: by count, or by its size estimate against the link's
+    /// largest message (once a batch has told it).
+    fn is_full(&self, q: &Queue) -> bool {
+        let max = self.max_message_size.load(Ordering::Relaxed);
+        q.events.len() >= self.options.max_buffer_length || (max > 0 && q.bytes as u64 >= max)
+    }
+}
+
 /// A producer that buffers events per partition and sends them in full batches in the
 /// background. See the [module docs](self).
 ///
@@ -395,7 +404,10 @@ impl BufferedProducerClient {
             }
         }
         let key = if options.partition_id.is_some() { None } else { options.partition_key };
-        self.push(p, event.into(), key)
+        // The caller's span is current here, not in the sender task that encodes the event.
+        let mut event = event.into();
+        event.stamp_current_trace_context();
+        self.push(p, event, key)
     }
 
     /// Buffers several events with the same routing, in order.
@@ -429,17 +441,12 @@ impl BufferedProducerClient {
                 q.oldest = Some(Instant::now());
             }
             // The sender wants to hear of the first event (to time its wait) and of a full buffer.
-            first || q.events.len() >= self.inner.options.max_buffer_length || self.full_by_size(q.bytes)
+            first || self.inner.is_full(&q)
         };
         if wake {
             p.wake.notify_one();
         }
         Ok(())
-    }
-
-    fn full_by_size(&self, bytes: usize) -> bool {
-        let max = self.inner.max_message_size.load(Ordering::Relaxed);
-        max > 0 && bytes as u64 >= max
     }
 
     /// Events enqueued for `partition_id` and not yet reported.
@@ -572,9 +579,7 @@ async fn send_partition(inner: Arc<Inner>, p: Arc<Partition>) {
             } else if inner.abandon.load(Ordering::Acquire) {
                 Some(Err(take_all(&mut q)))
             } else {
-                let full = q.events.len() >= inner.options.max_buffer_length
-                    || (inner.max_message_size.load(Ordering::Relaxed) > 0
-                        && q.bytes as u64 >= inner.max_message_size.load(Ordering::Relaxed));
+                let full = inner.is_full(&q);
                 let urgent = q.urgent_below > q.first_index || stopping;
                 let waited = q.oldest.is_some_and(|t| t.elapsed() >= inner.options.max_wait_time);
                 if full || urgent || waited {

@@ -126,6 +126,15 @@ impl EventData {
         r.map_err(|e| Error::new(ErrorKind::EventData, format!("the event cannot be encoded: {e}")).with_source(e))
     }
 
+    /// Adds the active trace context now (feature `opentelemetry`), for an event that is
+    /// encoded later on another task (the buffered producer), where the caller's span is not
+    /// current any more.
+    pub(crate) fn stamp_current_trace_context(&mut self) {
+        if let Some(trace) = trace_context() {
+            stamp_trace_context(&mut self.message, trace);
+        }
+    }
+
     /// As [`EventData::encode_into`], into bytes of their own.
     pub(crate) fn encode(&self, partition_key: Option<&str>) -> Result<Bytes> {
         let mut out = bytes::BytesMut::with_capacity(128);

@@ -383,3 +383,40 @@ async fn a_buffer_larger_than_a_message_is_split_and_keys_stay_with_their_events
     .await
     .unwrap();
 }
+
+/// The trace context is the enqueuer's: the event is encoded later on a sender task, where the
+/// caller's span is no longer current, so it is stamped at enqueue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_carry_the_trace_context_active_when_they_were_enqueued() {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState};
+    tokio::time::timeout(T, async {
+        let f = start().await;
+        let cs = f.broker.connection_string();
+        let (producer, _) = open(&cs, BufferedProducerOptions::default(), ClientOptions::default()).await;
+        let sc = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        {
+            let _active = opentelemetry::Context::new().with_remote_span_context(sc).attach();
+            // Enqueueing does not yield when there is room: the guard covers it.
+            producer.enqueue_event("traced", to("3")).await.unwrap();
+        }
+        producer.enqueue_event("untraced", to("3")).await.unwrap();
+        producer.close(true, None).await.unwrap();
+        let c = ConsumerClient::from_connection_string(&cs, Some("eh1"), None).await.unwrap();
+        let o = OpenReceiverOptions { start_position: EventPosition::Earliest, ..Default::default() };
+        let mut r = c.open_receiver_on_partition("3", Some(o)).await.unwrap();
+        let got = r.receive_batch(2, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(got.len(), 2);
+        let parent = ehub::Value::from("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(got[0].property(ehub::DIAGNOSTIC_ID_PROPERTY), Some(&parent));
+        assert!(got[1].properties().is_empty(), "{:?}", got[1].properties());
+        c.close().await;
+    })
+    .await
+    .unwrap();
+}
