@@ -25,8 +25,17 @@ pub(crate) const SERVICE_VERSION: &str = "2021-12-02";
 /// Per-attempt limit: a request that takes longer is retried (or fails) rather than hanging a
 /// load-balancing cycle.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Attempts for a request that fails transiently (connection errors, 408, 429, 5xx).
-const ATTEMPTS: u32 = 3;
+/// The default retries of a request that fails transiently (connection errors, 408, 429,
+/// 5xx): two, after 200 and 400 ms. Shorter than the client's AMQP default (three, from 800 ms):
+/// a failed load-balancing cycle is retried at the next interval anyway.
+pub(crate) fn default_retry() -> ehub::RetryOptions {
+    ehub::RetryOptions {
+        max_retries: 2,
+        backoff_factor: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(5),
+        mode: ehub::RetryMode::Exponential,
+    }
+}
 
 /// Characters left as they are in a path segment or query value: RFC 3986's unreserved set.
 const ENCODE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
@@ -83,6 +92,8 @@ pub(crate) struct ContainerClient {
     credential: Credential,
     /// `maxresults` of a listing page; the service's default (5000) when `None`.
     pub page_size: Option<u32>,
+    /// Retries of transient failures, with the client's policy type.
+    pub retry: ehub::RetryOptions,
 }
 
 impl ContainerClient {
@@ -99,7 +110,14 @@ impl ContainerClient {
             return Err(Error::new(ErrorKind::InvalidArgument, format!("`{container}` is not a container name")));
         }
         let url = format!("{}/{}", endpoint.trim_end_matches('/'), utf8_percent_encode(container, ENCODE));
-        Ok(ContainerClient { http, url: url.into(), container: container.into(), credential, page_size: None })
+        Ok(ContainerClient {
+            http,
+            url: url.into(),
+            container: container.into(),
+            credential,
+            page_size: None,
+            retry: default_retry(),
+        })
     }
 
     pub fn container(&self) -> &str {
@@ -139,31 +157,30 @@ impl ContainerClient {
             uri.push(sep);
             uri.push_str(sas);
         }
-        let mut last_error = None;
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-            }
+        let mut retried = 0;
+        loop {
             let request = self.request(&method, &uri, headers)?;
-            match tokio::time::timeout(ATTEMPT_TIMEOUT, self.exchange(request)).await {
-                Ok(Ok(r)) if is_transient_status(r.status) && attempt + 1 < ATTEMPTS => {
-                    tracing::debug!(status = r.status.as_u16(), uri = %uri, "blob request failed transiently; retrying");
-                    last_error = Some(status_error(&method, &uri, &r));
+            let outcome = match tokio::time::timeout(ATTEMPT_TIMEOUT, self.exchange(request)).await {
+                // A transient status is returned as it is once the retries are spent.
+                Ok(Ok(r)) if is_transient_status(r.status) && retried < self.retry.max_retries => {
+                    Err(status_error(&method, &uri, &r))
                 }
-                Ok(Ok(r)) => return Ok(r),
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, uri = %uri, "blob request failed; retrying");
-                    last_error = Some(e);
+                Ok(result) => result,
+                Err(_) => Err(Error::new(
+                    ErrorKind::OperationTimeout,
+                    format!("checkpoint store: {method} {uri} did not complete within {ATTEMPT_TIMEOUT:?}"),
+                )),
+            };
+            match outcome {
+                Err(e) if e.is_transient() && retried < self.retry.max_retries => {
+                    let delay = self.retry.delay(retried);
+                    tracing::debug!(error = %e, delay_ms = delay.as_millis() as u64, "blob request failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    retried += 1;
                 }
-                Err(_) => {
-                    last_error = Some(Error::new(
-                        ErrorKind::OperationTimeout,
-                        format!("checkpoint store: {method} {uri} did not complete within {ATTEMPT_TIMEOUT:?}"),
-                    ))
-                }
+                other => return other,
             }
         }
-        Err(last_error.expect("at least one attempt"))
     }
 
     fn request(&self, method: &Method, uri: &str, headers: &[(HeaderName, String)]) -> Result<Request<Full<Bytes>>> {

@@ -87,6 +87,13 @@ impl BlobCheckpointStore {
         Self::new(endpoint, container, sas)
     }
 
+    /// Retries transient failures (connection errors, timeouts, 408, 429, 5xx) by this policy
+    /// (default: twice, after 200 and 400 ms).
+    pub fn with_retry_options(mut self, retry: ehub::RetryOptions) -> Self {
+        self.container.retry = retry;
+        self
+    }
+
     /// Lists in pages of at most `n` blobs (`maxresults`; the service's default is 5000).
     pub fn with_list_page_size(mut self, n: u32) -> Self {
         self.container.page_size = Some(n.max(1));

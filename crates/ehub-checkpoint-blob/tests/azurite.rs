@@ -182,3 +182,56 @@ fn claim(partition: &str) -> Ownership {
         last_modified: None,
     }
 }
+
+/// A service that keeps answering 503 is asked `max_retries + 1` times, by the retry policy
+/// given, and the error is then `ServerBusy` (transient); with no retries, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_statuses_are_retried_by_the_policy_given_then_reported() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(T, async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut chunk).await {
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            let reply = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nx-ms-error-code: ServerBusy\r\n\r\n";
+                            s.write_all(reply.as_bytes()).await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        let endpoint = format!("http://127.0.0.1:{port}/devstoreaccount1");
+        let retry = ehub::RetryOptions {
+            max_retries: 3,
+            backoff_factor: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(20),
+            ..Default::default()
+        };
+        let store = BlobCheckpointStore::new(&endpoint, "c", Credential::Anonymous).unwrap().with_retry_options(retry);
+        let e = store.list_checkpoints("ns", "hub", "$default").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ServerBusy, "{e}");
+        assert!(e.is_transient());
+        assert_eq!(requests.swap(0, Ordering::SeqCst), 4, "one try and three retries");
+        let once = store.with_retry_options(ehub::RetryOptions { max_retries: 0, ..Default::default() });
+        once.list_checkpoints("ns", "hub", "$default").await.unwrap_err();
+        assert_eq!(requests.load(Ordering::SeqCst), 1, "no retries");
+    })
+    .await
+    .unwrap();
+}
