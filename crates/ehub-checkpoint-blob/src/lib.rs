@@ -135,15 +135,7 @@ impl BlobCheckpointStore {
             StatusCode::OK | StatusCode::CREATED => {
                 let (etag, time) = r.etag_and_time()?;
                 let scope = Scope::new(&o.namespace, &o.event_hub, &o.consumer_group);
-                Ok(Some(Ownership {
-                    namespace: scope.namespace,
-                    event_hub: scope.event_hub,
-                    consumer_group: scope.consumer_group,
-                    partition_id: o.partition_id.clone(),
-                    owner_id: o.owner_id.clone(),
-                    etag: Some(etag),
-                    last_modified: Some(time),
-                }))
+                Ok(Some(scope.ownership(&o.partition_id, &o.owner_id, Some(etag), Some(time))))
             }
             // Another processor wrote the record first: the claim lost.
             StatusCode::PRECONDITION_FAILED | StatusCode::CONFLICT => Ok(None),
@@ -179,18 +171,11 @@ impl CheckpointStore for BlobCheckpointStore {
         Ok(blobs
             .into_iter()
             .filter_map(|b| {
-                let partition_id = partition_of(&b.name, &prefix)?.to_owned();
-                Some(Ownership {
-                    namespace: scope.namespace.clone(),
-                    event_hub: scope.event_hub.clone(),
-                    consumer_group: scope.consumer_group.clone(),
-                    partition_id,
-                    // A record without `ownerid` (its metadata wiped by hand or by a buggy
-                    // client) is read as released, so it can be claimed again.
-                    owner_id: meta(&b.metadata, "ownerid").unwrap_or_default().to_owned(),
-                    etag: Some(quoted(&b.etag)),
-                    last_modified: b.last_modified,
-                })
+                let partition_id = partition_of(&b.name, &prefix)?;
+                // A record without `ownerid` (its metadata wiped by hand or by a buggy client)
+                // is read as released, so it can be claimed again.
+                let owner_id = meta(&b.metadata, "ownerid").unwrap_or_default();
+                Some(scope.ownership(partition_id, owner_id, Some(quoted(&b.etag)), b.last_modified))
             })
             .collect())
     }
@@ -225,14 +210,8 @@ impl CheckpointStore for BlobCheckpointStore {
                     )
                 })?),
             };
-            checkpoints.push(Checkpoint {
-                namespace: scope.namespace.clone(),
-                event_hub: scope.event_hub.clone(),
-                consumer_group: scope.consumer_group.clone(),
-                partition_id: partition_id.to_owned(),
-                offset: meta(&b.metadata, "offset").filter(|s| !s.is_empty()).map(str::to_owned),
-                sequence_number,
-            });
+            let offset = meta(&b.metadata, "offset").filter(|s| !s.is_empty()).map(str::to_owned);
+            checkpoints.push(scope.checkpoint(partition_id, offset, sequence_number));
         }
         Ok(checkpoints)
     }

@@ -227,15 +227,12 @@ impl CheckpointStore for SqliteCheckpointStore {
                 .map_err(|e| sql_error("listing ownerships", e))?;
             let rows = stmt
                 .query_map(params![scope.namespace, scope.event_hub, scope.consumer_group], |r| {
-                    Ok(Ownership {
-                        namespace: scope.namespace.clone(),
-                        event_hub: scope.event_hub.clone(),
-                        consumer_group: scope.consumer_group.clone(),
-                        partition_id: r.get(0)?,
-                        owner_id: r.get(1)?,
-                        etag: Some(etag_text(r.get(2)?)),
-                        last_modified: Some(UNIX_EPOCH + Duration::from_millis(r.get::<_, i64>(3)?.max(0) as u64)),
-                    })
+                    Ok(scope.ownership(
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        Some(etag_text(r.get(2)?)),
+                        Some(UNIX_EPOCH + Duration::from_millis(r.get::<_, i64>(3)?.max(0) as u64)),
+                    ))
                 })
                 .map_err(|e| sql_error("listing ownerships", e))?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| sql_error("reading ownerships", e))
@@ -311,14 +308,7 @@ impl CheckpointStore for SqliteCheckpointStore {
                 .map_err(|e| sql_error("listing checkpoints", e))?;
             let rows = stmt
                 .query_map(params![scope.namespace, scope.event_hub, scope.consumer_group], |r| {
-                    Ok(Checkpoint {
-                        namespace: scope.namespace.clone(),
-                        event_hub: scope.event_hub.clone(),
-                        consumer_group: scope.consumer_group.clone(),
-                        partition_id: r.get(0)?,
-                        offset: r.get(1)?,
-                        sequence_number: r.get(2)?,
-                    })
+                    Ok(scope.checkpoint(r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
                 })
                 .map_err(|e| sql_error("listing checkpoints", e))?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| sql_error("reading checkpoints", e))

@@ -115,16 +115,44 @@ impl Scope {
         format!("{}/{}/{}", self.namespace, self.event_hub, self.consumer_group)
     }
 
-    fn ownership(&self, partition_id: &str, r: &Record) -> Ownership {
+    /// An ownership record of this scope, as a store reads it back.
+    pub fn ownership(
+        &self,
+        partition_id: impl Into<String>,
+        owner_id: impl Into<String>,
+        etag: Option<String>,
+        last_modified: Option<SystemTime>,
+    ) -> Ownership {
         Ownership {
             namespace: self.namespace.clone(),
             event_hub: self.event_hub.clone(),
             consumer_group: self.consumer_group.clone(),
-            partition_id: partition_id.to_owned(),
-            owner_id: r.owner_id.clone(),
-            etag: Some(etag_text(r.etag)),
-            last_modified: Some(r.last_modified),
+            partition_id: partition_id.into(),
+            owner_id: owner_id.into(),
+            etag,
+            last_modified,
         }
+    }
+
+    /// A checkpoint of this scope, as a store reads it back.
+    pub fn checkpoint(
+        &self,
+        partition_id: impl Into<String>,
+        offset: Option<String>,
+        sequence_number: Option<i64>,
+    ) -> Checkpoint {
+        Checkpoint {
+            namespace: self.namespace.clone(),
+            event_hub: self.event_hub.clone(),
+            consumer_group: self.consumer_group.clone(),
+            partition_id: partition_id.into(),
+            offset,
+            sequence_number,
+        }
+    }
+
+    fn ownership_of(&self, partition_id: &str, r: &Record) -> Ownership {
+        self.ownership(partition_id, r.owner_id.clone(), Some(etag_text(r.etag)), Some(r.last_modified))
     }
 }
 
@@ -195,7 +223,7 @@ impl CheckpointStore for InMemoryCheckpointStore {
             .ownerships
             .iter()
             .filter(|((s, _), _)| *s == scope)
-            .map(|((s, partition), r)| s.ownership(partition, r))
+            .map(|((s, partition), r)| s.ownership_of(partition, r))
             .collect())
     }
 
@@ -209,7 +237,7 @@ impl CheckpointStore for InMemoryCheckpointStore {
             }
             inner.etags += 1;
             let record = Record { owner_id: o.owner_id.clone(), etag: inner.etags, last_modified: SystemTime::now() };
-            won.push(key.0.ownership(&key.1, &record));
+            won.push(key.0.ownership_of(&key.1, &record));
             inner.ownerships.insert(key, record);
         }
         Ok(won)
@@ -227,14 +255,7 @@ impl CheckpointStore for InMemoryCheckpointStore {
             .checkpoints
             .iter()
             .filter(|((s, _), _)| *s == scope)
-            .map(|((s, partition), (offset, seq))| Checkpoint {
-                namespace: s.namespace.clone(),
-                event_hub: s.event_hub.clone(),
-                consumer_group: s.consumer_group.clone(),
-                partition_id: partition.clone(),
-                offset: offset.clone(),
-                sequence_number: *seq,
-            })
+            .map(|((s, partition), (offset, seq))| s.checkpoint(partition.clone(), offset.clone(), *seq))
             .collect())
     }
 
