@@ -284,14 +284,38 @@ async fn sdk_buffered(port: u16, events: usize) -> f64 {
         .await
         .unwrap();
     let producer = std::sync::Arc::new(producer);
+    let p = producer.clone();
+    let rate = enqueue_and_wait(events, &reported, &done, move |i| {
+        let p = p.clone();
+        async move {
+            let o = EnqueueEventOptions { partition_id: Some((i % 4).to_string()), ..Default::default() };
+            p.enqueue_event(vec![b'x'; 100], Some(o)).await.unwrap();
+        }
+    })
+    .await;
+    producer.close().await.unwrap();
+    rate
+}
+
+/// Runs `ENQUEUERS` tasks, task `t` enqueueing events `t`, `t + ENQUEUERS`, ... through
+/// `enqueue(i)`, then waits until `reported` reaches `events`; returns events/s from the start.
+async fn enqueue_and_wait<F, Fut>(
+    events: usize,
+    reported: &std::sync::atomic::AtomicUsize,
+    done: &tokio::sync::Notify,
+    enqueue: F,
+) -> f64
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let start = Instant::now();
     let tasks: Vec<_> = (0..ENQUEUERS)
         .map(|t| {
-            let producer = producer.clone();
+            let enqueue = enqueue.clone();
             tokio::spawn(async move {
                 for i in (t..events).step_by(ENQUEUERS) {
-                    let o = EnqueueEventOptions { partition_id: Some((i % 4).to_string()), ..Default::default() };
-                    producer.enqueue_event(vec![b'x'; 100], Some(o)).await.unwrap();
+                    enqueue(i).await;
                 }
             })
         })
@@ -302,9 +326,7 @@ async fn sdk_buffered(port: u16, events: usize) -> f64 {
     while reported.load(std::sync::atomic::Ordering::SeqCst) < events {
         let _ = tokio::time::timeout(std::time::Duration::from_millis(100), done.notified()).await;
     }
-    let rate = events as f64 / start.elapsed().as_secs_f64();
-    producer.close().await.unwrap();
-    rate
+    events as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Ours: `ehub::BufferedProducerClient`, the same workload.
@@ -324,25 +346,15 @@ async fn ours_buffered(port: u16, events: usize) -> f64 {
         .await
         .unwrap();
     let body = bytes::Bytes::from(vec![b'x'; 100]);
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..ENQUEUERS)
-        .map(|t| {
-            let (producer, body) = (producer.clone(), body.clone());
-            tokio::spawn(async move {
-                for i in (t..events).step_by(ENQUEUERS) {
-                    let o = EnqueueEventOptions { partition_id: Some((i % 4).to_string()), ..Default::default() };
-                    producer.enqueue_event(ehub::EventData::from(body.clone()), Some(o)).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    while reported.load(std::sync::atomic::Ordering::SeqCst) < events {
-        let _ = tokio::time::timeout(std::time::Duration::from_millis(100), done.notified()).await;
-    }
-    let rate = events as f64 / start.elapsed().as_secs_f64();
+    let p = producer.clone();
+    let rate = enqueue_and_wait(events, &reported, &done, move |i| {
+        let (p, body) = (p.clone(), body.clone());
+        async move {
+            let o = EnqueueEventOptions { partition_id: Some((i % 4).to_string()), ..Default::default() };
+            p.enqueue_event(ehub::EventData::from(body), Some(o)).await.unwrap();
+        }
+    })
+    .await;
     producer.close(true, None).await.unwrap();
     rate
 }
