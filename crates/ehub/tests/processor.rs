@@ -413,3 +413,31 @@ async fn a_factory_makes_one_partition_processor_per_partition() {
     .await
     .unwrap();
 }
+
+/// Partitions won but never taken with `next_partition_client` (a claim just before a stop, as
+/// when a CLI reader gives its partition back while stopping and the next cycle claims it
+/// again) do not hold the stop back: it releases them at once rather than after the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_with_partitions_never_taken_releases_them_without_waiting() {
+    tokio::time::timeout(T, async {
+        let f = start().await;
+        let cs = f.broker.connection_string();
+        let consumer = ConsumerClient::from_connection_string(&cs, Some("eh1"), None).await.unwrap();
+        let store: Arc<dyn CheckpointStore> = Arc::new(InMemoryCheckpointStore::new());
+        let processor =
+            EventProcessor::new(consumer, store.clone(), Some(options("idle", LoadBalancingStrategy::Greedy))).unwrap();
+        let run = {
+            let p = processor.clone();
+            tokio::spawn(async move { p.run().await })
+        };
+        eventually("all 4 claimed", || processor.owned_partitions().len() == 4).await;
+        processor.shutdown();
+        // Well below the 30 s the stop gives clients that were handed out.
+        tokio::time::timeout(Duration::from_secs(5), run).await.expect("the stop did not wait").unwrap().unwrap();
+        let ns = format!("127.0.0.1:{}", f.broker.addr.port());
+        let listed = store.list_ownerships(&ns, "eh1", "$default").await.unwrap();
+        assert!(listed.iter().all(|o| o.is_released()), "{listed:?}");
+    })
+    .await
+    .unwrap();
+}

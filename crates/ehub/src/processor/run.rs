@@ -368,6 +368,12 @@ impl EventProcessor {
         if let Ok(held) = s.held.lock() {
             held.values().for_each(|h| h.lost.cancel());
         }
+        // Clients won but never taken (a claim just before the stop, nobody left to take it)
+        // would hold the wait below: drop them.
+        {
+            let mut unclaimed = self.clients.lock().await;
+            while unclaimed.try_recv().is_ok() {}
+        }
         s.clients.close();
         if tokio::time::timeout(CLIENTS_GRACE, s.clients.wait()).await.is_err() {
             warn!(owner_id = %s.balancer.owner_id, "partition clients still open after {CLIENTS_GRACE:?}; releasing their partitions anyway");
