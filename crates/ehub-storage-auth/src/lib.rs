@@ -28,7 +28,9 @@
 //! ```
 #![warn(missing_docs)]
 
-use base64::engine::general_purpose::STANDARD as BASE64;
+pub mod sas;
+
+pub(crate) use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, Method, Uri};
@@ -236,16 +238,42 @@ impl SharedKey {
 
     /// Whether `authorization` (an `Authorization` header value) is this account's valid
     /// SharedKey signature of the request. The comparison takes constant time.
+    ///
+    /// The `x-ms-*` headers are tried in ordinal order first, then in the service's collation
+    /// order, which Python, .NET and newer Go sign with (they differ only for names with `_` or
+    /// `-` after `x-ms-`).
     pub fn verify(&self, method: &Method, uri: &Uri, headers: &HeaderMap, authorization: &str) -> bool {
         let Some((account, signature)) = parse_authorization(authorization) else { return false };
         if account != self.account {
             return false;
         }
         let Ok(signature) = BASE64.decode(signature) else { return false };
-        let mut mac = self.mac();
-        mac.update(string_to_sign(&self.account, method, uri, headers).as_bytes());
-        mac.verify_slice(&signature).is_ok()
+        [HeaderOrder::Ordinal, HeaderOrder::Collation].into_iter().any(|order| {
+            let sts = string_to_sign_ordered(&self.account, method, uri, headers, order);
+            self.verify_signature(&sts, &signature)
+        })
     }
+
+    /// Whether `signature` is the HMAC of `string_to_sign` under the key (constant time).
+    pub fn verify_signature(&self, string_to_sign: &str, signature: &[u8]) -> bool {
+        let mut mac = self.mac();
+        mac.update(string_to_sign.as_bytes());
+        mac.verify_slice(signature).is_ok()
+    }
+}
+
+/// How the `x-ms-*` headers are ordered in a string to sign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderOrder {
+    /// Byte order (JavaScript, older Go, Azurite).
+    Ordinal,
+    /// The service's collation, as Python, .NET and newer Go sort: `-` is ignored and `_` sorts
+    /// before digits and letters; ties fall back to byte order.
+    Collation,
+}
+
+fn collation_key(name: &str) -> Vec<u8> {
+    name.bytes().filter(|&b| b != b'-').map(|b| if b == b'_' { 1 } else { b }).collect()
 }
 
 /// The account and signature of a `SharedKey account:signature` header value.
@@ -290,6 +318,17 @@ fn header_value(headers: &HeaderMap, name: &str) -> String {
 /// The path is the raw one from the request line, never a re-encoding: `%24` and `$` sign
 /// differently, as they do for the service.
 pub fn string_to_sign(account: &str, method: &Method, uri: &Uri, headers: &HeaderMap) -> String {
+    string_to_sign_ordered(account, method, uri, headers, HeaderOrder::Ordinal)
+}
+
+/// [`string_to_sign`] with the `x-ms-*` headers in the given order.
+pub fn string_to_sign_ordered(
+    account: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    order: HeaderOrder,
+) -> String {
     let mut s = String::with_capacity(256);
     s.push_str(method.as_str());
     s.push('\n');
@@ -308,6 +347,9 @@ pub fn string_to_sign(account: &str, method: &Method, uri: &Uri, headers: &Heade
         .collect();
     ms.sort();
     ms.dedup();
+    if order == HeaderOrder::Collation {
+        ms.sort_by(|a, b| collation_key(&a.0).cmp(&collation_key(&b.0)).then_with(|| a.0.cmp(&b.0)));
+    }
     for (k, v) in ms {
         s.push_str(&k);
         s.push(':');
@@ -402,6 +444,21 @@ mod tests {
         assert!(!wrong.verify(r.method(), r.uri(), r.headers(), &auth));
         assert!(!key.verify(r.method(), r.uri(), r.headers(), "SharedKey otheraccount:abc="));
         assert!(!key.verify(r.method(), r.uri(), r.headers(), "Bearer xyz"));
+    }
+
+    #[test]
+    fn collation_order_puts_underscore_before_digits_and_ignores_hyphens() {
+        let key = SharedKey::new(DEV_ACCOUNT, DEV_ACCOUNT_KEY).unwrap();
+        let r = request(Method::PUT, "http://h/a/c/b?comp=metadata", &[("x-ms-meta-a1", "1"), ("x-ms-meta-a_b", "2")]);
+        let ordinal = string_to_sign_ordered(DEV_ACCOUNT, r.method(), r.uri(), r.headers(), HeaderOrder::Ordinal);
+        let collated = string_to_sign_ordered(DEV_ACCOUNT, r.method(), r.uri(), r.headers(), HeaderOrder::Collation);
+        assert!(ordinal.contains("x-ms-meta-a1:1\nx-ms-meta-a_b:2"));
+        assert!(collated.contains("x-ms-meta-a_b:2\nx-ms-meta-a1:1"));
+        // A request signed in either order verifies.
+        for sts in [ordinal, collated] {
+            let auth = format!("SharedKey {DEV_ACCOUNT}:{}", key.sign(&sts));
+            assert!(key.verify(r.method(), r.uri(), r.headers(), &auth));
+        }
     }
 
     /// A signature computed independently (Python's `hmac` and `base64` over the same string)
