@@ -23,12 +23,15 @@ class Broker:
         self.port = port or free_port()
         # AMQP over WebSockets (plain), served beside AMQP.
         self.ws_port = free_port()
+        # The Blob endpoint (checkpoint stores), on its own free port.
+        self.blob_port = free_port()
         self.fsync = fsync
         self.config = config
         self.proc = None
 
     def start(self):
         args = [EHUB, "serve", "--listen", f"127.0.0.1:{self.port}", "--listen-ws", f"127.0.0.1:{self.ws_port}",
+                "--listen-blob", f"127.0.0.1:{self.blob_port}",
                 "--data-dir", self.data_dir, "--fsync", self.fsync]
         if self.config:
             args += ["--config", self.config]

@@ -124,6 +124,9 @@ pub enum StoreError {
     /// A condition (`If-Match`, `If-None-Match`, `If-(Un)Modified-Since`) did not hold.
     #[error("the condition specified using HTTP conditional header(s) is not met")]
     ConditionNotMet,
+    /// Put Blob's `Content-MD5` is not the MD5 of the body.
+    #[error("the MD5 value specified in the request did not match the MD5 value calculated by the server")]
+    Md5Mismatch,
     /// A container or blob name the service refuses.
     #[error("the specified resource name is not valid: {0}")]
     InvalidResourceName(String),
@@ -162,7 +165,7 @@ impl StoreError {
             StoreError::ContainerNotFound | StoreError::BlobNotFound => ErrorKind::NotFound,
             StoreError::ContainerAlreadyExists | StoreError::BlobAlreadyExists => ErrorKind::Conflict,
             StoreError::ConditionNotMet => ErrorKind::PreconditionFailed,
-            StoreError::InvalidResourceName(_) => ErrorKind::InvalidInput,
+            StoreError::InvalidResourceName(_) | StoreError::Md5Mismatch => ErrorKind::InvalidInput,
             StoreError::Storage { .. } => ErrorKind::Storage,
         }
     }
@@ -182,6 +185,7 @@ impl StoreError {
             StoreError::BlobAlreadyExists => "BlobAlreadyExists",
             StoreError::ConditionNotMet => "ConditionNotMet",
             StoreError::InvalidResourceName(_) => "InvalidResourceName",
+            StoreError::Md5Mismatch => "Md5Mismatch",
             StoreError::Storage { .. } => "InternalError",
         }
     }
@@ -191,7 +195,7 @@ type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Write conditions, as the request's headers give them. Dates are in seconds since the epoch
 /// (HTTP dates have second precision; the comparison truncates stored milliseconds).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Conditions {
     /// `If-Match`: `*` (exists) or an ETag, quoted or not.
     pub if_match: Option<String>,
@@ -290,6 +294,8 @@ pub struct PutBlob {
     pub body: Bytes,
     /// `Content-Type`; `application/octet-stream` when `None`.
     pub content_type: Option<String>,
+    /// The MD5 the client computed (`Content-MD5`): the write fails unless the body has it.
+    pub content_md5: Option<[u8; 16]>,
     /// The metadata, replacing any the blob had.
     pub metadata: Metadata,
 }
@@ -523,6 +529,9 @@ impl BlobStore {
     ) -> Result<BlobEntry> {
         validate_blob_name(name)?;
         let content_md5: [u8; 16] = Md5::digest(&blob.body).into();
+        if blob.content_md5.is_some_and(|m| m != content_md5) {
+            return Err(StoreError::Md5Mismatch);
+        }
         let (entry, seq) = {
             let mut state = self.lock();
             let c = state.container(account, container)?;

@@ -198,7 +198,7 @@ async fn answered_writes_survive_reopen_and_compaction() {
                             A,
                             C,
                             &format!("b{p}"),
-                            PutBlob { body, metadata: meta("round", &round.to_string()), content_type: None },
+                            PutBlob { body, metadata: meta("round", &round.to_string()), ..PutBlob::default() },
                             &Conditions::default(),
                         )
                         .await

@@ -1,5 +1,6 @@
 //! Broker configuration: our TOML file, or Microsoft's emulator Config.json unchanged.
 
+use ehub_broker_blob::{BlobAuth, BlobConfig, StorageAccount};
 use ehub_partition_log::FsyncPolicy;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -137,6 +138,12 @@ pub struct BrokerConfig {
     pub policies: Vec<Policy>,
     /// Hubs.
     pub hubs: Vec<HubConfig>,
+    /// Where the Azure Blob endpoint listens (path-style `/<account>/<container>/<blob>`),
+    /// if anywhere. Default 127.0.0.1:10000, Azurite's port, which the SDKs treat as
+    /// path-style.
+    pub listen_blob: Option<SocketAddr>,
+    /// The Blob endpoint's accounts, auth mode and containers created at start.
+    pub blob: BlobConfig,
 }
 
 impl Default for BrokerConfig {
@@ -163,6 +170,8 @@ impl Default for BrokerConfig {
                 rights: Rights::ALL,
             }],
             hubs: vec![HubConfig { name: "eh1".into(), partitions: 4, consumer_groups: vec!["cg1".into()] }],
+            listen_blob: Some("127.0.0.1:10000".parse().expect("valid address")),
+            blob: BlobConfig::default(),
         }
     }
 }
@@ -182,6 +191,8 @@ struct TomlFile {
     auth: TomlAuth,
     policies: Option<Vec<TomlPolicy>>,
     hubs: Option<Vec<TomlHub>>,
+    #[serde(default)]
+    blob: TomlBlob,
 }
 
 #[derive(Deserialize, Default)]
@@ -250,6 +261,24 @@ pub fn parse_fsync(s: &str, interval_ms: u64) -> Option<FsyncPolicy> {
         "never" => Some(FsyncPolicy::Never),
         _ => None,
     }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TomlBlob {
+    listen: Option<String>,
+    auth: Option<String>,
+    containers: Option<Vec<String>>,
+    max_blob_bytes: Option<usize>,
+    accounts: Option<Vec<TomlAccount>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlAccount {
+    name: String,
+    key: String,
+    key2: Option<String>,
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
@@ -339,6 +368,31 @@ impl BrokerConfig {
                 })
                 .collect::<Result<_, _>>()?;
         }
+        if let Some(l) = f.blob.listen {
+            c.listen_blob = match l.as_str() {
+                "" | "off" => None,
+                _ => Some(l.parse().map_err(|_| invalid("blob.listen", format!("'{l}' is not HOST:PORT")))?),
+            };
+        }
+        if let Some(a) = f.blob.auth {
+            c.blob.auth = match a.as_str() {
+                "key" => BlobAuth::Key,
+                "none" => BlobAuth::None,
+                other => return Err(invalid("blob.auth", format!("'{other}' is not key or none"))),
+            };
+        }
+        if let Some(cs) = f.blob.containers {
+            c.blob.containers = cs;
+        }
+        if let Some(m) = f.blob.max_blob_bytes {
+            c.blob.max_blob_bytes = m;
+        }
+        if let Some(accounts) = f.blob.accounts {
+            c.blob.accounts = accounts
+                .into_iter()
+                .map(|a| StorageAccount { name: a.name, keys: std::iter::once(a.key).chain(a.key2).collect() })
+                .collect();
+        }
         if let Some(hs) = f.hubs {
             c.hubs = hs
                 .into_iter()
@@ -404,6 +458,24 @@ impl BrokerConfig {
         if self.segment_bytes < 4096 {
             return Err(invalid("storage.segment_bytes", "must be at least 4096"));
         }
+        for c in &self.blob.containers {
+            ehub_blob_store::validate_container_name(c).map_err(|e| invalid("blob.containers", e.to_string()))?;
+        }
+        for a in &self.blob.accounts {
+            if a.name.is_empty() || !a.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+                return Err(invalid(
+                    "blob.accounts.name",
+                    format!("'{}' is not a storage account name (lower-case letters and digits)", a.name),
+                ));
+            }
+            for k in &a.keys {
+                ehub_storage_auth::SharedKey::new(&a.name, k)
+                    .map_err(|e| invalid("blob.accounts.key", e.to_string()))?;
+            }
+        }
+        if self.blob.auth == BlobAuth::Key && self.blob.accounts.is_empty() {
+            return Err(invalid("blob.accounts", "with auth = \"key\" at least one account is needed"));
+        }
         Ok(())
     }
 }
@@ -421,6 +493,8 @@ mod tests {
         assert_eq!(c.hubs.len(), 1);
         assert_eq!(c.hubs[0].partitions, 4);
         assert_eq!(c.policies[0].key, "SAS_KEY_VALUE");
+        assert_eq!(c.listen_blob, d.listen_blob);
+        assert_eq!(c.blob, d.blob);
         c.validate().unwrap();
     }
 
@@ -434,6 +508,31 @@ mod tests {
         assert_eq!(c.hubs[0].consumer_groups, vec!["cg1"]);
         assert_eq!(c.hubs[1].partitions, 32);
         assert!(!c.verify_sas);
+    }
+
+    #[test]
+    fn the_blob_section() {
+        let c = BrokerConfig::from_toml(
+            "[blob]\nlisten = \"off\"\nauth = \"none\"\ncontainers = [\"a-b\", \"ckpt\"]\n\
+             [[blob.accounts]]\nname = \"acct\"\nkey = \"QUJD\"\nkey2 = \"REVG\"",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.listen_blob, None);
+        assert_eq!(c.blob.auth, BlobAuth::None);
+        assert_eq!(c.blob.containers, vec!["a-b", "ckpt"]);
+        assert_eq!(c.blob.accounts[0].keys, vec!["QUJD", "REVG"]);
+        let d = BrokerConfig::default();
+        assert_eq!(d.listen_blob, Some("127.0.0.1:10000".parse().unwrap()));
+        assert_eq!(d.blob.containers, vec!["checkpoints"]);
+        let e = BrokerConfig::from_toml("[blob]\ncontainers = [\"Bad_Name\"]").unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("blob.containers"), "{e}");
+        let e = BrokerConfig::from_toml("[[blob.accounts]]\nname = \"a\"\nkey = \"not base64!\"")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("blob.accounts.key"), "{e}");
+        assert!(BrokerConfig::from_toml("[blob]\nauth = \"maybe\"").is_err());
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub(crate) struct ServeArgs {
     /// Also serve AMQP over WebSockets (path /$servicebus/websocket, no TLS) on HOST:PORT.
     #[arg(long)]
     listen_ws: Option<String>,
+    /// Serve the Azure Blob endpoint (for checkpoint stores) on HOST:PORT, or `off`.
+    /// Default 127.0.0.1:10000.
+    #[arg(long)]
+    listen_blob: Option<String>,
     /// Data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,

@@ -2,7 +2,10 @@
 
 use crate::ServeArgs;
 use anyhow::{bail, Context, Result};
+use ehub_blob_store::{BlobStore, BlobStoreConfig, Durability};
 use ehub_broker::{parse_fsync, Broker, BrokerConfig, Listener, Protocol};
+use ehub_broker_blob::Endpoint;
+use ehub_partition_log::FsyncPolicy;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +24,12 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
     }
     if let Some(l) = &args.listen_ws {
         cfg.listen_websocket = Some(l.parse().with_context(|| format!("--listen-ws '{l}' is not HOST:PORT"))?);
+    }
+    if let Some(l) = &args.listen_blob {
+        cfg.listen_blob = match l.as_str() {
+            "off" | "" => None,
+            _ => Some(l.parse().with_context(|| format!("--listen-blob '{l}' is not HOST:PORT or off"))?),
+        };
     }
     if let Some(d) = &args.data_dir {
         cfg.data_dir = d.clone();
@@ -48,17 +57,37 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
             ws_addr = l.socket.local_addr()?.to_string();
             listeners.push(l);
         }
+        let shutdown = CancellationToken::new();
+        let mut blob_addr = "off".to_owned();
+        let mut blob = None;
+        if let Some(addr) = cfg.listen_blob {
+            let durability = match cfg.fsync {
+                FsyncPolicy::Always => Durability::Always,
+                FsyncPolicy::Interval(d) => Durability::Interval(d),
+                FsyncPolicy::Never => Durability::Never,
+            };
+            let dir = cfg.data_dir.join("_blob");
+            let store = BlobStore::open(BlobStoreConfig { durability, ..BlobStoreConfig::new(&dir) })
+                .with_context(|| format!("opening the Blob store in {}", dir.display()))?;
+            let endpoint = Endpoint::new(std::sync::Arc::clone(&store), cfg.blob.clone())?;
+            endpoint.create_configured_containers().await?;
+            let socket = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the Blob endpoint to {addr} (--listen-blob HOST:PORT or off)"))?;
+            blob_addr = socket.local_addr()?.to_string();
+            blob = Some((tokio::spawn(endpoint.serve(socket, shutdown.clone())), store));
+        }
         let hubs: Vec<String> = cfg.hubs.iter().map(|h| format!("{}({})", h.name, h.partitions)).collect();
         tracing::info!(
             listen = %addr,
             listen_websocket = %ws_addr,
+            listen_blob = %blob_addr,
             data_dir = %cfg.data_dir.display(),
             fsync = %cfg.fsync,
             hubs = %hubs.join(","),
             startup_ms = started.elapsed().as_secs_f64() * 1000.0,
             "ehub broker listening"
         );
-        let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -66,6 +95,10 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
             stop.cancel();
         });
         ehub_broker::serve_listeners(broker, listeners, shutdown).await?;
+        if let Some((task, store)) = blob {
+            task.await??;
+            tokio::task::spawn_blocking(move || store.shutdown()).await?;
+        }
         Ok(())
     })
 }

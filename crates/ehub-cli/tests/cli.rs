@@ -30,7 +30,7 @@ fn serve_with(extra: &[&std::ffi::OsStr]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("ehub"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--listen-blob", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .args(extra)
         .env("EHUB_LOG", "info")
