@@ -198,3 +198,68 @@ def test_ehub_and_python_processors_share_partitions_and_checkpoints_in_one_cont
     finally:
         for p in procs:
             p.kill()
+
+
+def ehub_storage(broker):
+    """The storage connection string of the broker's own Blob endpoint (the development account)."""
+    return (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DEV_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{broker.blob_port}/devstoreaccount1;")
+
+
+def test_two_python_processors_keep_checkpoints_in_ehub_serve_alone(broker8):
+    """No Azurite: the official Python processors keep ownership and checkpoints in the broker's
+    Blob endpoint (its `checkpoints` container exists from the start), split the partitions,
+    and after a restart of the broker resume from their checkpoints."""
+    storage = ehub_storage(broker8)
+    container = "checkpoints"
+
+    def python_on_ehub():
+        script = os.path.join(os.path.dirname(__file__), "processor_blob.py")
+        return Proc("python", [sys.executable, script, broker8.conn_str(), HUB, storage, container, INTERVAL, EXPIRY])
+
+    def owners():
+        async def read():
+            async with ContainerClient.from_connection_string(storage, container) as cc:
+                got = collections.Counter()
+                async for b in cc.list_blobs(name_starts_with=f"localhost:{broker8.port}/{HUB}/$default/ownership/",
+                                             include=["metadata"]):
+                    if b.metadata.get("ownerid") and time.time() - b.last_modified.timestamp() < float(EXPIRY):
+                        got[b.metadata["ownerid"]] += 1
+                return got
+        return asyncio.run(read())
+
+    send(broker8, 20)
+    a, b = python_on_ehub(), python_on_ehub()
+    procs = [a, b]
+    try:
+        wait_until("a 4/4 split", 60, lambda: sorted(owners().values()) == [4, 4])
+        wait_until("every event read", 60, lambda: seen(procs, 20))
+        assert a.events and b.events, "both processors read events"
+        b.stop()
+        wait_until("one processor owning all 8", float(EXPIRY), lambda: list(owners().values()) == [8])
+        send(broker8, 10)
+        wait_until("the second round", 60, lambda: seen(procs, 30))
+        time.sleep(1)
+        a.stop()
+
+        # The broker restarts: events and checkpoints come back from one data directory.
+        broker8.stop()
+        broker8.start()
+        send(broker8, 10)
+        c = python_on_ehub()
+        procs.append(c)
+        wait_until("the restarted processor reading the third round", 60, lambda: seen(procs, 40))
+        time.sleep(1)
+        c.stop()
+        assert c.events and all(s >= 30 for _, s in c.events), sorted(c.events)[:5]
+
+        async def checkpoints():
+            store = BlobCheckpointStore.from_connection_string(storage, container)
+            async with store:
+                return await store.list_checkpoints(f"localhost:{broker8.port}", HUB, "$Default")
+        cps = asyncio.run(checkpoints())
+        assert sorted(cp["partition_id"] for cp in cps) == [str(p) for p in range(8)]
+        assert all(cp["sequence_number"] == 39 for cp in cps), cps
+    finally:
+        for p in procs:
+            p.kill()
