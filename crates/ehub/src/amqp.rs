@@ -336,6 +336,9 @@ impl ReceiverState {
     }
 }
 
+/// Credit the reply link of a request-response node keeps.
+const NODE_CREDIT: u32 = 16;
+
 /// A request-response node (`$cbs`, `$management`): a sender and a receiver link.
 struct NodeState {
     sender: LinkId,
@@ -741,7 +744,7 @@ impl Actor {
             if let Some(n) = self.nodes.get_mut(node) {
                 if link == n.receiver {
                     n.receiver_ready = attach.source.is_some();
-                    let _ = self.conn.flow(link, 16);
+                    let _ = self.conn.flow(link, NODE_CREDIT);
                 } else {
                     n.sender_ready = attach.target.is_some();
                 }
@@ -813,6 +816,9 @@ impl Actor {
     }
 
     fn response(&mut self, node: &'static str, d: Delivery) {
+        // Every response uses a credit: grant more, or the node falls silent after
+        // NODE_CREDIT requests on one connection.
+        let _ = self.conn.top_up_credit(d.link, NODE_CREDIT);
         let m = match Message::decode(&d.payload) {
             Ok(m) => m,
             Err(e) => {

@@ -70,6 +70,31 @@ async fn properties_send_and_receive_round_trip() {
     .unwrap();
 }
 
+/// The management node's reply link gets credit back with every response: once it granted
+/// only its first 16, and the 17th request on a connection never got an answer.
+#[tokio::test]
+async fn many_management_requests_on_one_connection_all_get_answers() {
+    tokio::time::timeout(T, async {
+        let f = start().await;
+        let producer = ProducerClient::from_connection_string(&f.broker.connection_string(), Some("eh1")).await.unwrap();
+        for i in 0..200 {
+            let p = producer.get_partition_properties(&(i % 4).to_string()).await.unwrap();
+            assert_eq!(p.id, (i % 4).to_string());
+        }
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let producer = producer.clone();
+                tokio::spawn(async move { producer.get_eventhub_properties().await.map(|p| p.partition_ids.len()) })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), 4);
+        }
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn keys_route_like_the_service_and_batches_fill_exactly() {
     tokio::time::timeout(T, async {
