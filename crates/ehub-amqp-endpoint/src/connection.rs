@@ -348,6 +348,7 @@ struct Session {
     next_incoming_id: u32,
     remote_incoming_window: u32,
     remote_outgoing_window: u32,
+    /// Our outgoing delivery-id sequence (the peer's incoming ones are its own).
     next_delivery_id: u32,
     links: IdMap<u32, Link>,
     remote_handles: IdMap<u32, u32>,
@@ -1087,7 +1088,6 @@ impl Connection {
         s.incoming_window -= 1;
         s.next_incoming_id = s.next_incoming_id.wrapping_add(1);
         let replenish = s.incoming_window < window / 2;
-        let next_delivery = &mut s.next_delivery_id;
         let l = s.links.get_mut(&h).expect("mapped link exists");
         if l.role != Role::Receiver {
             return Err(Self::protocol(condition::NOT_ALLOWED, "transfer on a link where we are the sender"));
@@ -1105,7 +1105,9 @@ impl Connection {
                 })?;
                 l.credit -= 1;
                 l.delivery_count = l.delivery_count.wrapping_add(1);
-                *next_delivery = id.wrapping_add(1);
+                // `id` is from the peer's delivery-id sequence; ours (`next_delivery_id`) is
+                // separate and must not follow it, or our sends would reuse ids still awaiting
+                // their outcomes.
                 let (format, settled) = (t.message_format.unwrap_or(0), t.settled.unwrap_or(false));
                 if !t.more && !t.aborted {
                     // A whole delivery in one frame, the usual case: no partial state to build.

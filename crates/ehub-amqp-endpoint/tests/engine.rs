@@ -159,6 +159,51 @@ fn open_begin_attach_and_settled_transfer_round_trip() {
     assert_eq!(p.client.link(c).unwrap().delivery_count, 1);
 }
 
+/// Delivery ids are per direction: what the peer numbers its transfers must not move our own
+/// sequence. Once it did, and a client that sent, then received a reply (a management
+/// response), reused the id of a send still awaiting its outcome.
+#[test]
+fn incoming_delivery_ids_do_not_move_our_outgoing_sequence() {
+    let mut p = Pair::plain();
+    let ch = p.client.begin().unwrap();
+    p.pump();
+    let mut links = Vec::new();
+    for (name, role) in [("out", Role::Sender), ("in", Role::Receiver)] {
+        let mut a = Attach::new(name.to_string(), 0, role);
+        a.source = Some(Source { address: Some("src".into()), ..Default::default() });
+        a.target = Some(Target { address: Some("dst".into()), ..Default::default() });
+        let c = p.client.attach(ch, a).unwrap();
+        p.pump();
+        let (s, attach) = p
+            .server_events
+            .drain(..)
+            .find_map(|e| match e {
+                Event::AttachRequested { link, attach } => Some((link, attach)),
+                _ => None,
+            })
+            .expect("attach requested");
+        let reply = AttachReply { source: attach.source.clone(), target: attach.target.clone(), ..Default::default() };
+        p.server.accept_link(s, reply).unwrap();
+        p.pump();
+        links.push((c, s));
+    }
+    let [(client_out, server_in), (client_in, server_out)] = links[..] else { unreachable!() };
+    p.server.flow(server_in, 10).unwrap();
+    p.client.flow(client_in, 10).unwrap();
+    p.pump();
+    let ours: Vec<u32> = (0..3).map(|i| send(&mut p.client, client_out, i, b"send").unwrap()).collect();
+    assert_eq!(ours, vec![0, 1, 2]);
+    p.pump();
+    // The peer's first transfer on this session carries its delivery-id 0.
+    assert_eq!(send(&mut p.server, server_out, 9, b"reply").unwrap(), 0);
+    p.pump();
+    assert_eq!(Pair::deliveries(&mut p.client_events).len(), 1);
+    assert_eq!(send(&mut p.client, client_out, 3, b"send").unwrap(), 3, "our sequence continues");
+    p.pump();
+    let ids: Vec<u32> = Pair::deliveries(&mut p.server_events).iter().map(|d| d.delivery_id).collect();
+    assert_eq!(ids, vec![0, 1, 2, 3]);
+}
+
 #[test]
 fn a_burst_sends_in_a_row_until_credit_runs_out_and_only_on_an_attached_sender() {
     let mut p = Pair::plain();
