@@ -262,6 +262,7 @@ impl ClientCore {
     pub(crate) async fn settle_failure<T>(&self, conn: &Conn, r: Result<T>) -> Result<T> {
         if let Err(e) = &r {
             if matches!(e.kind(), ErrorKind::ConnectionLost | ErrorKind::OperationTimeout) || conn.amqp.is_closed() {
+                tracing::debug!(connection_id = conn.amqp.id, error = %e, "dropping the connection after a failure");
                 self.discard(conn).await;
             }
         }
@@ -278,8 +279,10 @@ impl ClientCore {
         loop {
             match op().await {
                 Ok(v) => return Ok(v),
+                // ClientClosed while the client is open: another operation dropped the shared
+                // connection after a failure; this one gets a new connection on the next try.
                 Err(e)
-                    if e.is_transient()
+                    if (e.is_transient() || e.kind() == ErrorKind::ClientClosed)
                         && retried < self.options.retry.max_retries
                         && !self.closed.load(Ordering::Acquire) =>
                 {
