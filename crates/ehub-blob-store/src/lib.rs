@@ -388,6 +388,17 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// How many leading bytes of `bytes` are whole, valid journal records, and how many records
+/// they hold: what [`BlobStore::open`] keeps of a journal file. For tools and fuzzing.
+pub fn journal_valid_prefix(bytes: &[u8]) -> (usize, usize) {
+    let (mut at, mut records) = (0, 0);
+    while let Some((_, n)) = Record::decode(&bytes[at..]) {
+        at += n;
+        records += 1;
+    }
+    (at, records)
+}
+
 /// Checks a container name as the service does: 3–63 lower-case letters, digits and single
 /// hyphens, starting and ending with a letter or digit; `$root` and `$logs` are also valid.
 pub fn validate_container_name(name: &str) -> Result<()> {

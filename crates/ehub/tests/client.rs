@@ -76,7 +76,8 @@ async fn properties_send_and_receive_round_trip() {
 async fn many_management_requests_on_one_connection_all_get_answers() {
     tokio::time::timeout(T, async {
         let f = start().await;
-        let producer = ProducerClient::from_connection_string(&f.broker.connection_string(), Some("eh1")).await.unwrap();
+        let producer =
+            ProducerClient::from_connection_string(&f.broker.connection_string(), Some("eh1")).await.unwrap();
         for i in 0..200 {
             let p = producer.get_partition_properties(&(i % 4).to_string()).await.unwrap();
             assert_eq!(p.id, (i % 4).to_string());
