@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod bench;
+mod checkpoints;
 mod client;
 mod process;
 mod serve;
@@ -62,6 +63,9 @@ enum Command {
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Inspect what event processors keep in a checkpoint store.
+    #[command(subcommand)]
+    Checkpoints(checkpoints::CheckpointsCommand),
 }
 
 #[derive(clap::Args)]
@@ -185,6 +189,7 @@ fn main() -> ExitCode {
         Command::Send(args) => Target::from(&cli).and_then(|t| client::send(&t, args)),
         Command::Receive(args) => Target::from(&cli).and_then(|t| client::receive(&t, args)),
         Command::Bench(b) => Target::from(&cli).and_then(|t| bench::run(&t, b)),
+        Command::Checkpoints(c) => Target::from(&cli).and_then(|t| checkpoints::run(&t, c)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,8 @@ const T: Duration = Duration::from_secs(60);
 struct Server {
     child: Child,
     cs: String,
+    /// The development account's connection string for the broker's Blob endpoint.
+    storage: String,
     _dir: tempfile::TempDir,
 }
 
@@ -38,18 +40,23 @@ fn serve_with(extra: &[&std::ffi::OsStr]) -> Server {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    loop {
+    let blob = loop {
         let line = lines.next().expect("ehub serve exited before listening").unwrap();
         if line.contains("ehub broker listening") {
-            break;
+            let addr = line.split("listen_blob=").nth(1).and_then(|r| r.split_whitespace().next()).unwrap();
+            break addr.to_owned();
         }
-    }
+    };
     // Keep draining the log so the broker never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     let cs = format!(
         "Endpoint=sb://127.0.0.1:{port};SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;"
     );
-    Server { child, cs, _dir: dir }
+    let storage = format!(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={};BlobEndpoint=http://{blob}/devstoreaccount1;",
+        ehub_storage_auth::DEV_ACCOUNT_KEY
+    );
+    Server { child, cs, storage, _dir: dir }
 }
 
 fn ehub(s: &Server) -> Command {
@@ -101,6 +108,45 @@ fn fixed_forms_send_then_receive_json() {
     let last = &events[50];
     assert_eq!(last["body"], "the body");
     assert_eq!(last["properties"], serde_json::json!({"k": "v", "n": "1"}));
+}
+
+/// A processor keeps its checkpoints in the broker's own Blob endpoint (its `checkpoints`
+/// container exists from the start), and `ehub checkpoints list` shows them with the lag.
+#[test]
+fn a_processor_checkpoints_in_ehub_serve_and_checkpoints_list_shows_owner_checkpoint_and_lag() {
+    let s = serve();
+    ehub(&s).args(["send", "--partition", "0", "--count", "10"]).assert().success();
+    ehub(&s).args(["send", "--partition", "1", "--count", "5"]).assert().success();
+    ehub(&s)
+        .env("AZURE_STORAGE_CONNECTION_STRING", &s.storage)
+        .args(["receive", "--checkpoint-store", "blob:checkpoints", "--checkpoint-every", "1", "--count", "15"])
+        .args(["--from", "earliest", "--timeout", "20", "--balance-interval", "0.2", "--ownership-expiry", "1"])
+        .assert()
+        .success();
+    ehub(&s).args(["send", "--partition", "1", "--count", "3"]).assert().success();
+    let out = ehub(&s)
+        .env("AZURE_STORAGE_CONNECTION_STRING", &s.storage)
+        .args(["--output", "json", "checkpoints", "list"])
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let parts = v["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 4);
+    assert_eq!(parts[0]["checkpoint_sequence_number"], 9);
+    assert_eq!(parts[0]["lag"], 0);
+    assert_eq!(parts[1]["checkpoint_sequence_number"], 4);
+    assert_eq!(parts[1]["last_enqueued_sequence_number"], 7);
+    assert_eq!(parts[1]["lag"], 3);
+    assert_eq!(parts[2]["lag"], 0);
+    assert_eq!(v["total_lag"], 3);
+    assert_eq!(parts[0]["owner_id"], "", "released when the processor stopped");
+    let out = ehub(&s)
+        .env("AZURE_STORAGE_CONNECTION_STRING", &s.storage)
+        .args(["checkpoints", "list", "--consumer-group", "$Default"])
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(text.contains("(released)") && text.contains("total lag: 3"), "{text}");
 }
 
 #[test]
