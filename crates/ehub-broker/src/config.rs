@@ -1,6 +1,7 @@
 //! Broker configuration: our TOML file, or Microsoft's emulator Config.json unchanged.
 
 use ehub_broker_blob::{BlobAuth, BlobConfig, StorageAccount};
+use ehub_broker_core::{CoreConfig, HubConfig, Policy, Rights};
 use ehub_partition_log::FsyncPolicy;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -54,53 +55,8 @@ impl ConfigError {
     }
 }
 
-/// Rights a policy grants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Rights {
-    /// May send.
-    pub send: bool,
-    /// May receive.
-    pub listen: bool,
-    /// May manage (implies both).
-    pub manage: bool,
-}
-
-impl Rights {
-    /// Everything.
-    pub const ALL: Rights = Rights { send: true, listen: true, manage: true };
-    /// May send.
-    pub fn can_send(&self) -> bool {
-        self.send || self.manage
-    }
-    /// May receive.
-    pub fn can_listen(&self) -> bool {
-        self.listen || self.manage
-    }
-}
-
-/// A shared access policy.
-#[derive(Debug, Clone)]
-pub struct Policy {
-    /// Policy (key) name.
-    pub name: String,
-    /// The key.
-    pub key: String,
-    /// Rights.
-    pub rights: Rights,
-}
-
-/// One Event Hub.
-#[derive(Debug, Clone)]
-pub struct HubConfig {
-    /// Name (case-insensitive).
-    pub name: String,
-    /// Partition count (1..=1024).
-    pub partitions: u32,
-    /// Consumer groups besides `$Default`.
-    pub consumer_groups: Vec<String>,
-}
-
-/// Everything the broker needs.
+/// Everything the broker needs: the core's settings and the fronts'. [`CoreConfig`] is the
+/// core's share (`config.into()`).
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     /// Listen address (plain AMQP).
@@ -146,30 +102,50 @@ pub struct BrokerConfig {
     pub blob: BlobConfig,
 }
 
+impl From<BrokerConfig> for CoreConfig {
+    fn from(c: BrokerConfig) -> CoreConfig {
+        CoreConfig {
+            max_connections: c.max_connections,
+            data_dir: c.data_dir,
+            fsync: c.fsync,
+            segment_bytes: c.segment_bytes,
+            cache_bytes_per_partition: c.cache_bytes_per_partition,
+            writer_threads: c.writer_threads,
+            preallocate_bytes: c.preallocate_bytes,
+            retention: c.retention,
+            retention_bytes: c.retention_bytes,
+            max_message_size: c.max_message_size,
+            max_receivers_per_partition: c.max_receivers_per_partition,
+            verify_sas: c.verify_sas,
+            accept_jwt: c.accept_jwt,
+            policies: c.policies,
+            hubs: c.hubs,
+        }
+    }
+}
+
 impl Default for BrokerConfig {
+    /// The core's defaults, AMQP on 127.0.0.1:5672 and Blob on 127.0.0.1:10000.
     fn default() -> Self {
+        let c = CoreConfig::default();
         BrokerConfig {
             listen: "127.0.0.1:5672".parse().expect("valid address"),
             listen_websocket: None,
-            max_connections: 10_000,
-            data_dir: PathBuf::from("./ehub-data"),
-            fsync: FsyncPolicy::Always,
-            segment_bytes: 128 << 20,
-            cache_bytes_per_partition: 8 << 20,
-            writer_threads: 1,
-            preallocate_bytes: 1 << 20,
-            retention: None,
-            retention_bytes: None,
-            max_message_size: 1 << 20,
-            max_receivers_per_partition: 5,
-            verify_sas: true,
-            accept_jwt: true,
-            policies: vec![Policy {
-                name: "RootManageSharedAccessKey".into(),
-                key: "SAS_KEY_VALUE".into(),
-                rights: Rights::ALL,
-            }],
-            hubs: vec![HubConfig { name: "eh1".into(), partitions: 4, consumer_groups: vec!["cg1".into()] }],
+            max_connections: c.max_connections,
+            data_dir: c.data_dir,
+            fsync: c.fsync,
+            segment_bytes: c.segment_bytes,
+            cache_bytes_per_partition: c.cache_bytes_per_partition,
+            writer_threads: c.writer_threads,
+            preallocate_bytes: c.preallocate_bytes,
+            retention: c.retention,
+            retention_bytes: c.retention_bytes,
+            max_message_size: c.max_message_size,
+            max_receivers_per_partition: c.max_receivers_per_partition,
+            verify_sas: c.verify_sas,
+            accept_jwt: c.accept_jwt,
+            policies: c.policies,
+            hubs: c.hubs,
             listen_blob: Some("127.0.0.1:10000".parse().expect("valid address")),
             blob: BlobConfig::default(),
         }

@@ -1,7 +1,7 @@
 //! The `$management` node: READ of hub and partition properties (reference §8).
 
-use crate::state::Broker;
 use ehub_amqp_codec::{map_get, Array, Message, Symbol, Timestamp, Value};
+use ehub_broker_core::Broker;
 use ehub_model::{conditions, nodes, CE_ZERO_MILLIS};
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -1,7 +1,7 @@
 //! The listeners: accept connections, cap their number, and shut down cleanly.
 
 use crate::connection::ConnTask;
-use crate::state::Broker;
+use ehub_broker_core::Broker;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -44,7 +44,7 @@ pub async fn serve_listeners(
     listeners: Vec<Listener>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let limit = Arc::new(Semaphore::new(broker.config.max_connections));
+    let limit = Arc::new(Semaphore::new(broker.config().max_connections));
     let tracker = TaskTracker::new();
     let acceptors: Vec<_> = listeners
         .into_iter()

@@ -4,7 +4,8 @@ use bytes::{Bytes, BytesMut};
 use ehub_amqp_codec::*;
 use ehub_amqp_endpoint::driver::Transport;
 use ehub_amqp_endpoint::{Connection, ConnectionConfig, ConnectionRole, Event, LinkId, SaslConfig, SendArgs};
-use ehub_broker::{serve, Broker, BrokerConfig};
+use ehub_broker_amqp::serve;
+use ehub_broker_core::{Broker, CoreConfig};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -21,7 +22,7 @@ struct TestBroker {
 
 async fn start() -> TestBroker {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = BrokerConfig { data_dir: dir.path().to_owned(), ..Default::default() };
+    let cfg = CoreConfig { data_dir: dir.path().to_owned(), ..Default::default() };
     let broker = Broker::open(cfg).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

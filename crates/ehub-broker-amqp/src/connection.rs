@@ -1,10 +1,8 @@
 //! One task per client connection. It owns the socket and the AMQP engine, and talks to the
 //! partition logs through callbacks that post [`Control`] messages back to it.
 
-use crate::config::Rights;
 use crate::management;
 use crate::settle::{records_deliveries_late, Settlements};
-use crate::state::{Broker, ConsumerGroup, Hub, ReceiverEntry};
 use bytes::{Bytes, BytesMut};
 use ehub_amqp_codec::{
     find_annotation, put_long, put_string, put_timestamp, splice_annotations, AnnotationEntries, Attach, DeliveryState,
@@ -15,6 +13,9 @@ use ehub_amqp_endpoint::driver::Transport;
 use ehub_amqp_endpoint::{
     AttachReply, Connection, ConnectionConfig, ConnectionRole, Delivery, EndpointError, Event, LinkId, SaslConfig,
     SendArgs,
+};
+use ehub_broker_core::{
+    covers, entity_path, now_secs, AdmitError, Broker, ConsumerGroup, Hub, ReceiverEntry, Rights, TokenType,
 };
 use ehub_model::{annotations, conditions, link as linkprops, nodes, EntityAddress, EventPosition};
 use ehub_partition_log::{AppendEvent, Appended, LogError, Partition, StartPosition, StoredEvent};
@@ -127,25 +128,8 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 fn now_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Normalises an audience or address to its lower-case entity path (no scheme, no host).
-fn entity_path(s: &str) -> String {
-    let path = match s.find("://") {
-        Some(i) => s[i + 3..].find('/').map_or("", |j| &s[i + 3 + j..]),
-        None => s,
-    };
-    path.trim_matches('/').to_ascii_lowercase()
-}
-
-fn covers(token_path: &str, entity: &str) -> bool {
-    entity == token_path || (entity.starts_with(token_path) && entity.as_bytes().get(token_path.len()) == Some(&b'/'))
 }
 
 pub(crate) fn engine_config(broker: &Broker) -> ConnectionConfig {
@@ -161,13 +145,13 @@ pub(crate) fn engine_config(broker: &Broker) -> ConnectionConfig {
         },
         session_window: 5000,
         handle_max: 255,
-        max_message_size: broker.config.max_message_size,
+        max_message_size: broker.config().max_message_size,
         // Informational: lets tools such as `ehub bench` report the durability policy they
         // measured. The service sends no properties; clients ignore unknown ones.
         properties: Some(vec![
             (Value::Symbol("product".into()), Value::String("ehub".into())),
             (Value::Symbol("version".into()), Value::String(env!("CARGO_PKG_VERSION").into())),
-            (Value::Symbol(ehub_model::EHUB_FSYNC_PROPERTY.into()), Value::String(broker.config.fsync.to_string())),
+            (Value::Symbol(ehub_model::EHUB_FSYNC_PROPERTY.into()), Value::String(broker.config().fsync.to_string())),
         ]),
         ..Default::default()
     }
@@ -423,7 +407,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 if !self.authorized(&address, Rights::can_send) {
                     return self.refuse(link, name, conditions::UNAUTHORIZED_ACCESS, format!("Unauthorized access. 'Send' claim(s) are required to perform this operation. Resource: '{address}'."));
                 }
-                reply.max_message_size = Some(self.broker.config.max_message_size);
+                reply.max_message_size = Some(self.broker.config().max_message_size);
                 LinkKind::Producer { hub: h, partition, inflight: 0 }
             }
             (EntityAddress::Receive { hub, consumer_group, partition }, false) => {
@@ -530,12 +514,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             reply.offered_capabilities.push(Symbol::from(linkprops::RUNTIME_METRIC_CAPABILITY));
         }
         let id = self.broker.next_id();
+        let ctl = self.ctl_tx.clone();
+        let on_displaced = Box::new(move |text: String| {
+            let _ = ctl.send(Control::Steal { link, error: AmqpError::new(conditions::LINK_STOLEN, text) });
+        });
         cg.admit(
             pidx,
-            ReceiverEntry { id, epoch, name, ctl: self.ctl_tx.clone(), link },
-            self.broker.config.max_receivers_per_partition,
+            ReceiverEntry { id, epoch, name, on_displaced },
+            self.broker.config().max_receivers_per_partition,
         )
-        .map_err(|e| (conditions_static(&e.condition), e.description.unwrap_or_default()))?;
+        .map_err(|e| match e {
+            AdmitError::Stolen(text) => (conditions::LINK_STOLEN, text),
+            AdmitError::TooManyReceivers(text) => (conditions::RESOURCE_LIMIT_EXCEEDED, text),
+        })?;
         Ok(Consumer {
             id,
             part: Arc::clone(&h.partitions[pidx]),
@@ -584,7 +575,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 self.queue_reply(d.link, if is_cbs { nodes::CBS } else { nodes::MANAGEMENT }, &request, response)?;
             }
             LinkKind::Producer { hub, partition, inflight } => {
-                let limit = self.broker.config.max_message_size;
+                let limit = self.broker.config().max_message_size;
                 if d.oversized {
                     let err = AmqpError::new(
                         conditions::MESSAGE_SIZE_EXCEEDED,
@@ -622,7 +613,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 let part = Arc::clone(&hub.partitions[idx]);
                 let top_up = *inflight < MAX_INFLIGHT;
                 let (tx, link, delivery_id, settled) = (self.ctl_tx.clone(), d.link, d.delivery_id, d.settled);
-                self.broker.store.append(
+                self.broker.append(
                     &part,
                     events,
                     Box::new(move |r| {
@@ -919,12 +910,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         };
         let result = match (ttype.as_str(), token) {
             (_, None) => Err("The put-token request carries no token.".to_string()),
-            (nodes::JWT_TOKEN_TYPE, Some(_)) if self.broker.config.accept_jwt => {
-                Ok(Token { path: entity_path(&audience), expiry: now_secs() + 3600, rights: Rights::ALL })
-            }
-            (nodes::SAS_TOKEN_TYPE, Some(t)) => self.check_sas(&t, &audience),
+            (nodes::JWT_TOKEN_TYPE, Some(t)) => self.broker.authorize(TokenType::Jwt, &t, &audience),
+            (nodes::SAS_TOKEN_TYPE, Some(t)) => self.broker.authorize(TokenType::Sas, &t, &audience),
             (other, Some(_)) => Err(format!("The token type '{other}' is not supported.")),
-        };
+        }
+        .map(|g| Token { path: g.path, expiry: g.expiry, rights: g.rights });
         // A valid token for an entity that does not exist is refused with 404 and the service's
         // "could not be found" text, so that clients fail at once with a not-found error instead
         // of retrying a link that cannot attach. No error-condition: the Python SDK drops the
@@ -950,31 +940,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         }
     }
 
-    fn check_sas(&self, token: &str, audience: &str) -> Result<Token, String> {
-        let t = ehub_model::parse_sas_token(token).map_err(|e| format!("InvalidSignature: {e}"))?;
-        let policy = self.broker.policy(&t.key_name);
-        let rights = if self.broker.config.verify_sas {
-            let p = policy.ok_or_else(|| {
-                format!("InvalidSignature: The token has an invalid signature. Unknown policy '{}'.", t.key_name)
-            })?;
-            ehub_model::verify_sas_token(&t, &p.key, now_secs()).map_err(|e| match e {
-                ehub_model::SasError::Expired { .. } => {
-                    format!("ExpiredToken: The token is expired. Expiration time: '{}'", t.expiry)
-                }
-                other => format!("InvalidSignature: The token has an invalid signature. {other}"),
-            })?;
-            p.rights
-        } else {
-            policy.map_or(Rights::ALL, |p| p.rights)
-        };
-        let signed = entity_path(&t.resource);
-        let wanted = entity_path(audience);
-        if !covers(&signed, &wanted) {
-            return Err(format!("InvalidAudience: The token audience '{}' does not cover '{audience}'.", t.resource));
-        }
-        Ok(Token { path: wanted, expiry: t.expiry, rights })
-    }
-
     fn management(&self, req: &Message) -> Message {
         let app = req.application_properties.as_deref().unwrap_or(&[]);
         let hub = ehub_amqp_codec::map_get(app, "name").and_then(|v| v.as_text()).unwrap_or_default().to_owned();
@@ -983,7 +948,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         let mut ok = self.tokens.iter().any(|t| t.expiry > now && t.path.split('/').next() == Some(hub_l.as_str()));
         if !ok {
             if let Some(tok) = ehub_amqp_codec::map_get(app, "security_token").and_then(|v| v.as_text()) {
-                ok = self.check_sas(tok, &format!("sb://ehub/{hub}")).is_ok();
+                ok = self.broker.authorize(TokenType::Sas, tok, &format!("sb://ehub/{hub}")).is_ok();
             }
         }
         if !ok && self.broker.hub(&hub).is_some() {
@@ -995,14 +960,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             );
         }
         management::handle_read(&self.broker, app)
-    }
-}
-
-fn conditions_static(c: &Symbol) -> &'static str {
-    match c.as_str() {
-        conditions::LINK_STOLEN => conditions::LINK_STOLEN,
-        conditions::RESOURCE_LIMIT_EXCEEDED => conditions::RESOURCE_LIMIT_EXCEEDED,
-        _ => conditions::NOT_ALLOWED,
     }
 }
 

@@ -1,66 +1,78 @@
 //! Shared broker state: hubs, their partitions and consumer groups, and the receiver registry
-//! that enforces owner-level (epoch) rules.
+//! that enforces owner-level (epoch) rules. No wire protocol: a front registers a receiver
+//! with a callback that disconnects it in the front's own terms.
 
-use crate::config::{BrokerConfig, Policy};
-use crate::connection::Control;
-use ehub_amqp_codec::Error as AmqpError;
-use ehub_amqp_endpoint::LinkId;
-use ehub_model::conditions;
-use ehub_partition_log::{LogConfig, LogError, LogStore, Partition};
+use crate::config::{CoreConfig, Policy};
+use ehub_partition_log::{AppendCallback, AppendEvent, LogConfig, LogError, LogStore, Partition};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc::UnboundedSender;
+
+/// Called when a receiver is displaced by a higher owner level, with the service's text.
+pub type OnDisplaced = Box<dyn Fn(String) + Send + Sync>;
 
 /// A receiver registered on a partition of a consumer group.
-#[derive(Debug, Clone)]
-pub(crate) struct ReceiverEntry {
+pub struct ReceiverEntry {
+    /// Unique id (from [`Broker::next_id`]).
     pub id: u64,
+    /// Owner level, if any.
     pub epoch: Option<i64>,
+    /// The receiver's name, for messages.
     pub name: Option<String>,
-    pub ctl: UnboundedSender<Control>,
-    pub link: LinkId,
+    /// Disconnects the receiver (AMQP: detach with `amqp:link:stolen`).
+    pub on_displaced: OnDisplaced,
+}
+
+impl std::fmt::Debug for ReceiverEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiverEntry")
+            .field("id", &self.id)
+            .field("epoch", &self.epoch)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// Why a receiver was not admitted, with the service's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdmitError {
+    /// A higher owner level holds the partition (AMQP: `amqp:link:stolen`).
+    Stolen(String),
+    /// Too many receivers without an owner level (AMQP: `amqp:resource-limit-exceeded`).
+    TooManyReceivers(String),
 }
 
 /// Receivers per partition of one consumer group.
 #[derive(Debug)]
-pub(crate) struct ConsumerGroup {
+pub struct ConsumerGroup {
+    /// The name as configured.
     pub name: String,
-    pub receivers: Vec<Mutex<Vec<ReceiverEntry>>>,
+    receivers: Vec<Mutex<Vec<ReceiverEntry>>>,
 }
 
 impl ConsumerGroup {
     /// Applies the service's epoch rules (reference §10.3). On success the new receiver is
-    /// registered and every displaced receiver is told to detach with `amqp:link:stolen`.
-    pub(crate) fn admit(&self, partition: usize, new: ReceiverEntry, max_non_epoch: usize) -> Result<(), AmqpError> {
+    /// registered and every displaced receiver's `on_displaced` is called.
+    pub fn admit(&self, partition: usize, new: ReceiverEntry, max_non_epoch: usize) -> Result<(), AdmitError> {
         let mut list = self.receivers[partition].lock().unwrap_or_else(|p| p.into_inner());
         let name = |n: &Option<String>| n.clone().unwrap_or_else(|| "nil".into());
         let existing_epoch = list.iter().filter_map(|r| r.epoch).max();
         match (new.epoch, existing_epoch) {
             (Some(e), Some(old)) if e < old => {
-                return Err(AmqpError::new(
-                    conditions::LINK_STOLEN,
-                    format!(
+                return Err(AdmitError::Stolen(format!(
                         "Receiver '{}' with a higher epoch '{old}' already exists. Receiver '{}' with epoch {e} cannot be created. Make sure you are creating receiver with increasing epoch value to ensure connectivity, or ensure all old epoch receivers are closed or disconnected.",
                         name(&new.name), name(&new.name)
-                    ),
-                ));
+                )));
             }
             (None, Some(old)) => {
-                return Err(AmqpError::new(
-                    conditions::LINK_STOLEN,
-                    format!("At least one receiver for the endpoint is created with epoch of '{old}', and so non-epoch receiver is not allowed. Either reconnect with a higher epoch, or make sure all epoch receivers are closed or disconnected."),
-                ));
+                return Err(AdmitError::Stolen(format!("At least one receiver for the endpoint is created with epoch of '{old}', and so non-epoch receiver is not allowed. Either reconnect with a higher epoch, or make sure all epoch receivers are closed or disconnected.")));
             }
             (None, None) if list.len() >= max_non_epoch => {
                 let names: Vec<String> = list.iter().map(|r| name(&r.name)).collect();
-                return Err(AmqpError::new(
-                    conditions::RESOURCE_LIMIT_EXCEEDED,
-                    format!(
-                        "Exceeded the maximum number of allowed receivers per partition in a consumer group which is {max_non_epoch}. List of connected receivers - {}.",
-                        names.join(", ")
-                    ),
-                ));
+                return Err(AdmitError::TooManyReceivers(format!(
+                    "Exceeded the maximum number of allowed receivers per partition in a consumer group which is {max_non_epoch}. List of connected receivers - {}.",
+                    names.join(", ")
+                )));
             }
             (Some(e), _) => {
                 // Equal or higher epoch wins: every other receiver goes.
@@ -69,9 +81,7 @@ impl ConsumerGroup {
                         Some(oe) => format!("New receiver '{}' with higher epoch of '{e}' is created hence current receiver '{}' with epoch '{oe}' is getting disconnected. If you are recreating the receiver, make sure a higher epoch is used.", name(&new.name), name(&old.name)),
                         None => format!("New receiver '{}' with higher epoch of '{e}' is created hence current receiver '{}' with epoch '0' is getting disconnected. If you are recreating the receiver, make sure a higher epoch is used.", name(&new.name), name(&old.name)),
                     };
-                    let _ = old
-                        .ctl
-                        .send(Control::Steal { link: old.link, error: AmqpError::new(conditions::LINK_STOLEN, text) });
+                    (old.on_displaced)(text);
                 }
             }
             (None, None) => {}
@@ -80,29 +90,38 @@ impl ConsumerGroup {
         Ok(())
     }
 
-    pub(crate) fn remove(&self, partition: usize, id: u64) {
+    /// Unregisters receiver `id`.
+    pub fn remove(&self, partition: usize, id: u64) {
         self.receivers[partition].lock().unwrap_or_else(|p| p.into_inner()).retain(|r| r.id != id);
     }
 }
 
 /// One Event Hub.
 #[derive(Debug)]
-pub(crate) struct Hub {
+pub struct Hub {
+    /// The name as configured.
     pub name: String,
+    /// Unix milliseconds of the hub's first start.
     pub created_at: i64,
+    /// The partitions' logs.
     pub partitions: Vec<Arc<Partition>>,
+    /// Partition ids (`"0"`, `"1"`, …).
     pub partition_ids: Vec<String>,
+    /// Consumer groups by lower-case name.
     pub consumer_groups: HashMap<String, Arc<ConsumerGroup>>,
+    /// Where sends without a partition or key go next.
     pub round_robin: AtomicU64,
 }
 
 impl Hub {
-    pub(crate) fn partition_index(&self, id: &str) -> Option<usize> {
+    /// The index of partition `id`.
+    pub fn partition_index(&self, id: &str) -> Option<usize> {
         let i: usize = id.parse().ok()?;
         (i < self.partitions.len() && self.partition_ids[i] == id).then_some(i)
     }
 
-    pub(crate) fn consumer_group(&self, name: &str) -> Option<&Arc<ConsumerGroup>> {
+    /// A consumer group, by name in any case.
+    pub fn consumer_group(&self, name: &str) -> Option<&Arc<ConsumerGroup>> {
         self.consumer_groups.get(&name.to_ascii_lowercase())
     }
 }
@@ -110,15 +129,16 @@ impl Hub {
 /// The broker's shared state.
 #[derive(Debug)]
 pub struct Broker {
-    pub(crate) config: BrokerConfig,
-    pub(crate) store: LogStore,
-    pub(crate) hubs: HashMap<String, Arc<Hub>>,
-    pub(crate) next_id: AtomicU64,
+    pub(crate) config: CoreConfig,
+    store: LogStore,
+    hubs: HashMap<String, Arc<Hub>>,
+    next_id: AtomicU64,
 }
 
 impl Broker {
     /// Opens (recovering) every partition of every configured hub.
-    pub fn open(config: BrokerConfig) -> Result<Arc<Self>, LogError> {
+    pub fn open(config: impl Into<CoreConfig>) -> Result<Arc<Self>, LogError> {
+        let config = config.into();
         let store = LogStore::new(LogConfig {
             segment_bytes: config.segment_bytes,
             fsync: config.fsync,
@@ -162,20 +182,34 @@ impl Broker {
         Ok(Arc::new(Broker { config, store, hubs, next_id: AtomicU64::new(1) }))
     }
 
-    pub(crate) fn hub(&self, name: &str) -> Option<&Arc<Hub>> {
+    /// A hub, by name in any case.
+    pub fn hub(&self, name: &str) -> Option<&Arc<Hub>> {
         self.hubs.get(&name.to_ascii_lowercase())
     }
 
-    pub(crate) fn policy(&self, name: &str) -> Option<&Policy> {
+    /// Every hub.
+    pub fn hubs(&self) -> impl Iterator<Item = &Arc<Hub>> {
+        self.hubs.values()
+    }
+
+    /// A policy, by name.
+    pub fn policy(&self, name: &str) -> Option<&Policy> {
         self.config.policies.iter().find(|p| p.name == name)
     }
 
-    pub(crate) fn next_id(&self) -> u64 {
+    /// Appends events to a partition's log; `done` gets the outcome once it is durable under
+    /// the fsync policy (group commit across all callers).
+    pub fn append(&self, partition: &Arc<Partition>, events: Vec<AppendEvent>, done: AppendCallback) {
+        self.store.append(partition, events, done);
+    }
+
+    /// A fresh id for a receiver or request.
+    pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The configuration in force.
-    pub fn config(&self) -> &BrokerConfig {
+    pub fn config(&self) -> &CoreConfig {
         &self.config
     }
 
