@@ -441,3 +441,51 @@ async fn a_stop_with_partitions_never_taken_releases_them_without_waiting() {
     .await
     .unwrap();
 }
+
+/// A store that is down: every call fails as an unreachable Blob service would.
+struct Down;
+
+#[async_trait::async_trait]
+impl CheckpointStore for Down {
+    async fn list_ownerships(&self, _: &str, _: &str, _: &str) -> ehub::Result<Vec<ehub::checkpoint::Ownership>> {
+        Err(ehub::Error::new(ErrorKind::Connect, "checkpoint store: nothing answers at 127.0.0.1:1"))
+    }
+    async fn claim_ownerships(
+        &self,
+        _: &[ehub::checkpoint::Ownership],
+    ) -> ehub::Result<Vec<ehub::checkpoint::Ownership>> {
+        Err(ehub::Error::new(ErrorKind::Connect, "down"))
+    }
+    async fn list_checkpoints(&self, _: &str, _: &str, _: &str) -> ehub::Result<Vec<ehub::checkpoint::Checkpoint>> {
+        Err(ehub::Error::new(ErrorKind::Connect, "down"))
+    }
+    async fn update_checkpoint(&self, _: &ehub::checkpoint::Checkpoint) -> ehub::Result<()> {
+        Err(ehub::Error::new(ErrorKind::Connect, "down"))
+    }
+}
+
+/// The pull shape reports failed cycles too (it has no handler): through `subscribe_errors`,
+/// every cycle, while it keeps retrying; a stop still ends `run`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pull_shape_reports_cycle_failures_through_subscribe_errors() {
+    tokio::time::timeout(T, async {
+        let f = start().await;
+        let consumer =
+            ConsumerClient::from_connection_string(&f.broker.connection_string(), Some("eh1"), None).await.unwrap();
+        let processor =
+            EventProcessor::new(consumer, Arc::new(Down), Some(options("p", LoadBalancingStrategy::Balanced))).unwrap();
+        let mut errors = processor.subscribe_errors();
+        let p = processor.clone();
+        let run = tokio::spawn(async move { p.run().await });
+        for _ in 0..2 {
+            let e = errors.recv().await.expect("a cycle failure");
+            assert_eq!(e.kind(), ErrorKind::Connect);
+            assert!(e.to_string().contains("nothing answers"), "{e}");
+        }
+        assert!(processor.owned_partitions().is_empty());
+        processor.shutdown();
+        run.await.unwrap().unwrap();
+    })
+    .await
+    .unwrap();
+}

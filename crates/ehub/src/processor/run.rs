@@ -178,6 +178,27 @@ impl EventProcessor {
         }
     }
 
+    /// The pull shape's `process_error`: failed load-balancing cycles (the store or the hub
+    /// unreachable, a refused key, a missing container) arrive here as they happen, besides the
+    /// log, while the processor keeps retrying at each interval. Up to 64 wait; more are dropped
+    /// until some are taken. A second call replaces the first receiver.
+    ///
+    /// ```no_run
+    /// # async fn f(processor: ehub::processor::EventProcessor) {
+    /// let mut errors = processor.subscribe_errors();
+    /// tokio::spawn(async move {
+    ///     while let Some(e) = errors.recv().await {
+    ///         eprintln!("processor: {e} (transient: {})", e.is_transient());
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    pub fn subscribe_errors(&self) -> mpsc::Receiver<Error> {
+        let (tx, rx) = mpsc::channel(64);
+        self.set_error_sink(tx);
+        rx
+    }
+
     pub(crate) fn options(&self) -> &EventProcessorOptions {
         &self.shared.options
     }
