@@ -27,7 +27,7 @@ const EXIT_CODES: &str = "Exit codes: 0 success, 1 other error, 2 bad usage, 3 a
     after_help = EXIT_CODES
 )]
 struct Cli {
-    /// Log filter (RUST_LOG syntax), e.g. `info` or `ehub_broker=debug`.
+    /// Log filter (RUST_LOG syntax), e.g. `info` or `ehub_broker_amqp=debug`.
     #[arg(long, global = true, env = "EHUB_LOG")]
     log: Option<String>,
     /// Connection string of the namespace (default: a local `ehub serve` with its defaults,
