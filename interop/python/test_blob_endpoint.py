@@ -3,7 +3,6 @@ copy vendored in azure-eventhub-checkpointstoreblob-aio, which sends x-ms-versio
 account SAS and container SAS work for what they grant, and are refused beyond it."""
 import asyncio
 import datetime
-import tempfile
 
 import pytest
 
@@ -12,17 +11,7 @@ from azure.eventhub.extensions.checkpointstoreblobaio._vendor.storage.blob impor
     generate_account_sas, generate_blob_sas, generate_container_sas)
 from azure.eventhub.extensions.checkpointstoreblobaio._vendor.storage.blob.aio import ContainerClient
 
-from conftest import Broker
-
 DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
-@pytest.fixture
-def broker():
-    with tempfile.TemporaryDirectory() as d:
-        b = Broker(d).start()
-        yield b
-        b.stop()
 
 
 def container_url(broker, sas):

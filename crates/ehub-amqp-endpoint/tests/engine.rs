@@ -61,7 +61,12 @@ impl Pair {
     fn link(&mut self, role: Role) -> (LinkId, LinkId) {
         let ch = self.client.begin().unwrap();
         self.pump();
-        let mut a = Attach::new("l".to_string(), 0, role);
+        self.link_on(ch, "l", role)
+    }
+
+    /// A link named `name` on the client's session `ch`, accepted by the server.
+    fn link_on(&mut self, ch: u16, name: &str, role: Role) -> (LinkId, LinkId) {
+        let mut a = Attach::new(name.to_string(), 0, role);
         a.source = Some(Source { address: Some("src".into()), ..Default::default() });
         a.target = Some(Target { address: Some("dst".into()), ..Default::default() });
         let c = self.client.attach(ch, a).unwrap();
@@ -167,27 +172,8 @@ fn incoming_delivery_ids_do_not_move_our_outgoing_sequence() {
     let mut p = Pair::plain();
     let ch = p.client.begin().unwrap();
     p.pump();
-    let mut links = Vec::new();
-    for (name, role) in [("out", Role::Sender), ("in", Role::Receiver)] {
-        let mut a = Attach::new(name.to_string(), 0, role);
-        a.source = Some(Source { address: Some("src".into()), ..Default::default() });
-        a.target = Some(Target { address: Some("dst".into()), ..Default::default() });
-        let c = p.client.attach(ch, a).unwrap();
-        p.pump();
-        let (s, attach) = p
-            .server_events
-            .drain(..)
-            .find_map(|e| match e {
-                Event::AttachRequested { link, attach } => Some((link, attach)),
-                _ => None,
-            })
-            .expect("attach requested");
-        let reply = AttachReply { source: attach.source.clone(), target: attach.target.clone(), ..Default::default() };
-        p.server.accept_link(s, reply).unwrap();
-        p.pump();
-        links.push((c, s));
-    }
-    let [(client_out, server_in), (client_in, server_out)] = links[..] else { unreachable!() };
+    let (client_out, server_in) = p.link_on(ch, "out", Role::Sender);
+    let (client_in, server_out) = p.link_on(ch, "in", Role::Receiver);
     p.server.flow(server_in, 10).unwrap();
     p.client.flow(client_in, 10).unwrap();
     p.pump();

@@ -543,32 +543,19 @@ impl BlobStore {
         if blob.content_md5.is_some_and(|m| m != content_md5) {
             return Err(StoreError::Md5Mismatch);
         }
-        let (entry, seq) = {
-            let mut state = self.lock();
-            let c = state.container(account, container)?;
-            let current = c.blobs.get(name);
-            conditions.check(current.map(|b| (b.etag, b.last_modified)), true)?;
-            let created = current.map(|b| b.created);
-            let now = now_ms();
-            let entry = BlobEntry {
-                etag: state.next_etag(now),
-                created: created.unwrap_or(now),
+        let content_type = blob.content_type.unwrap_or_else(|| "application/octet-stream".into());
+        self.write_blob(account, container, name, conditions, true, |current, etag, now| {
+            Ok(BlobEntry {
+                etag,
+                created: current.map_or(now, |b| b.created),
                 last_modified: now,
-                content_type: blob.content_type.unwrap_or_else(|| "application/octet-stream".into()),
+                content_type,
                 content_md5,
                 metadata: blob.metadata,
                 body: blob.body,
-            };
-            let rec = Record::PutBlob {
-                account: account.into(),
-                container: container.into(),
-                name: name.into(),
-                entry: entry.clone(),
-            };
-            (entry, self.write(&mut state, rec)?)
-        };
-        self.journal.durable(seq).await?;
-        Ok(entry)
+            })
+        })
+        .await
     }
 
     /// Set Blob Metadata: replaces all of a blob's metadata if `conditions` hold. The
@@ -582,17 +569,32 @@ impl BlobStore {
         metadata: Metadata,
         conditions: &Conditions,
     ) -> Result<BlobEntry> {
+        self.write_blob(account, container, name, conditions, false, |current, etag, now| {
+            let current = current.ok_or(StoreError::BlobNotFound)?;
+            Ok(BlobEntry { etag, last_modified: now, metadata, ..current.clone() })
+        })
+        .await
+    }
+
+    /// A blob write: under the state lock, the conditions are checked against the current blob
+    /// (`create`: Put Blob's answer to `If-None-Match: *`), `make` builds the new state from the
+    /// current one, a new ETag and the time, and it is applied and journalled; then the answer
+    /// waits for durability.
+    async fn write_blob(
+        &self,
+        account: &str,
+        container: &str,
+        name: &str,
+        conditions: &Conditions,
+        create: bool,
+        make: impl FnOnce(Option<&BlobEntry>, Etag, i64) -> Result<BlobEntry>,
+    ) -> Result<BlobEntry> {
         let (entry, seq) = {
             let mut state = self.lock();
-            let c = state.container(account, container)?;
-            let current = c.blobs.get(name);
-            conditions.check(current.map(|b| (b.etag, b.last_modified)), false)?;
-            let Some(current) = current else { return Err(StoreError::BlobNotFound) };
-            let mut entry = current.clone();
+            let current = state.container(account, container)?.blobs.get(name).cloned();
+            conditions.check(current.as_ref().map(|b| (b.etag, b.last_modified)), create)?;
             let now = now_ms();
-            entry.etag = state.next_etag(now);
-            entry.last_modified = now;
-            entry.metadata = metadata;
+            let entry = make(current.as_ref(), state.next_etag(now), now)?;
             let rec = Record::PutBlob {
                 account: account.into(),
                 container: container.into(),

@@ -63,91 +63,31 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// Listen address for AMQP over WebSockets (no TLS), if any.
     pub listen_websocket: Option<SocketAddr>,
-    /// Maximum connections.
-    pub max_connections: usize,
-    /// Data directory.
-    pub data_dir: PathBuf,
-    /// Durability policy.
-    pub fsync: FsyncPolicy,
-    /// Segment size.
-    pub segment_bytes: u64,
-    /// Tail cache per partition.
-    pub cache_bytes_per_partition: usize,
-    /// Writer threads.
-    pub writer_threads: usize,
-    /// Zeros written ahead of the data in each active segment, this many bytes at a time
-    /// (0: off). See [`ehub_partition_log::LogConfig::preallocate_bytes`].
-    pub preallocate_bytes: u64,
-    /// Retention by age.
-    pub retention: Option<Duration>,
-    /// Retention by size.
-    pub retention_bytes: Option<u64>,
-    /// Largest event or batch.
-    pub max_message_size: u64,
-    /// Non-epoch receivers per partition per consumer group.
-    pub max_receivers_per_partition: usize,
-    /// Verify SAS tokens.
-    pub verify_sas: bool,
-    /// Accept jwt tokens unverified.
-    pub accept_jwt: bool,
-    /// Policies.
-    pub policies: Vec<Policy>,
-    /// Hubs.
-    pub hubs: Vec<HubConfig>,
     /// Where the Azure Blob endpoint listens (path-style `/<account>/<container>/<blob>`),
     /// if anywhere. Default 127.0.0.1:10000, Azurite's port, which the SDKs treat as
     /// path-style.
     pub listen_blob: Option<SocketAddr>,
     /// The Blob endpoint's accounts, auth mode and containers created at start.
     pub blob: BlobConfig,
+    /// The core's settings: storage, limits, auth policies, hubs.
+    pub core: CoreConfig,
 }
 
 impl From<BrokerConfig> for CoreConfig {
     fn from(c: BrokerConfig) -> CoreConfig {
-        CoreConfig {
-            max_connections: c.max_connections,
-            data_dir: c.data_dir,
-            fsync: c.fsync,
-            segment_bytes: c.segment_bytes,
-            cache_bytes_per_partition: c.cache_bytes_per_partition,
-            writer_threads: c.writer_threads,
-            preallocate_bytes: c.preallocate_bytes,
-            retention: c.retention,
-            retention_bytes: c.retention_bytes,
-            max_message_size: c.max_message_size,
-            max_receivers_per_partition: c.max_receivers_per_partition,
-            verify_sas: c.verify_sas,
-            accept_jwt: c.accept_jwt,
-            policies: c.policies,
-            hubs: c.hubs,
-        }
+        c.core
     }
 }
 
 impl Default for BrokerConfig {
     /// The core's defaults, AMQP on 127.0.0.1:5672 and Blob on 127.0.0.1:10000.
     fn default() -> Self {
-        let c = CoreConfig::default();
         BrokerConfig {
             listen: "127.0.0.1:5672".parse().expect("valid address"),
             listen_websocket: None,
-            max_connections: c.max_connections,
-            data_dir: c.data_dir,
-            fsync: c.fsync,
-            segment_bytes: c.segment_bytes,
-            cache_bytes_per_partition: c.cache_bytes_per_partition,
-            writer_threads: c.writer_threads,
-            preallocate_bytes: c.preallocate_bytes,
-            retention: c.retention,
-            retention_bytes: c.retention_bytes,
-            max_message_size: c.max_message_size,
-            max_receivers_per_partition: c.max_receivers_per_partition,
-            verify_sas: c.verify_sas,
-            accept_jwt: c.accept_jwt,
-            policies: c.policies,
-            hubs: c.hubs,
             listen_blob: Some("127.0.0.1:10000".parse().expect("valid address")),
             blob: BlobConfig::default(),
+            core: CoreConfig::default(),
         }
     }
 }
@@ -292,43 +232,43 @@ impl BrokerConfig {
                 Some(l.parse().map_err(|_| invalid("server.listen_websocket", format!("'{l}' is not HOST:PORT")))?);
         }
         if let Some(m) = f.server.max_connections {
-            c.max_connections = m;
+            c.core.max_connections = m;
         }
         if let Some(d) = f.storage.data_dir {
-            c.data_dir = d;
+            c.core.data_dir = d;
         }
         if let Some(s) = f.storage.fsync {
-            c.fsync = parse_fsync(&s, f.storage.fsync_interval_ms.unwrap_or(100))
+            c.core.fsync = parse_fsync(&s, f.storage.fsync_interval_ms.unwrap_or(100))
                 .ok_or_else(|| invalid("storage.fsync", format!("'{s}' is not always, interval or never")))?;
         }
         if let Some(v) = f.storage.segment_bytes {
-            c.segment_bytes = v;
+            c.core.segment_bytes = v;
         }
         if let Some(v) = f.storage.cache_bytes_per_partition {
-            c.cache_bytes_per_partition = v;
+            c.core.cache_bytes_per_partition = v;
         }
         if let Some(v) = f.storage.writer_threads {
-            c.writer_threads = v;
+            c.core.writer_threads = v;
         }
         if let Some(v) = f.storage.preallocate_bytes {
-            c.preallocate_bytes = v;
+            c.core.preallocate_bytes = v;
         }
-        c.retention = f.retention.hours.filter(|&h| h > 0).map(|h| Duration::from_secs(h * 3600));
-        c.retention_bytes = f.retention.max_bytes_per_partition.filter(|&b| b > 0);
+        c.core.retention = f.retention.hours.filter(|&h| h > 0).map(|h| Duration::from_secs(h * 3600));
+        c.core.retention_bytes = f.retention.max_bytes_per_partition.filter(|&b| b > 0);
         if let Some(v) = f.limits.max_message_size {
-            c.max_message_size = v;
+            c.core.max_message_size = v;
         }
         if let Some(v) = f.limits.max_receivers_per_partition {
-            c.max_receivers_per_partition = v;
+            c.core.max_receivers_per_partition = v;
         }
         if let Some(v) = f.auth.verify_sas {
-            c.verify_sas = v;
+            c.core.verify_sas = v;
         }
         if let Some(v) = f.auth.accept_jwt {
-            c.accept_jwt = v;
+            c.core.accept_jwt = v;
         }
         if let Some(ps) = f.policies {
-            c.policies = ps
+            c.core.policies = ps
                 .into_iter()
                 .map(|p| {
                     let mut r = Rights::default();
@@ -370,7 +310,7 @@ impl BrokerConfig {
                 .collect();
         }
         if let Some(hs) = f.hubs {
-            c.hubs = hs
+            c.core.hubs = hs
                 .into_iter()
                 .map(|h| HubConfig { name: h.name, partitions: h.partitions, consumer_groups: h.consumer_groups })
                 .collect();
@@ -405,16 +345,19 @@ impl BrokerConfig {
             hubs.push(HubConfig { name, partitions: pc as u32, consumer_groups: cgs });
         }
         // Microsoft's emulator does not verify signatures (its samples use different keys).
-        Ok(BrokerConfig { hubs, verify_sas: false, ..BrokerConfig::default() })
+        let mut c = BrokerConfig::default();
+        c.core.hubs = hubs;
+        c.core.verify_sas = false;
+        Ok(c)
     }
 
     /// Checks ranges and consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.hubs.is_empty() {
+        if self.core.hubs.is_empty() {
             return Err(invalid("hubs", "at least one hub is needed"));
         }
         let mut seen = std::collections::HashSet::new();
-        for h in &self.hubs {
+        for h in &self.core.hubs {
             if h.name.is_empty() || h.name.contains('/') {
                 return Err(invalid("hubs.name", format!("'{}' is not a valid hub name", h.name)));
             }
@@ -428,10 +371,10 @@ impl BrokerConfig {
                 ));
             }
         }
-        if self.max_message_size < 1024 {
+        if self.core.max_message_size < 1024 {
             return Err(invalid("limits.max_message_size", "must be at least 1024"));
         }
-        if self.segment_bytes < 4096 {
+        if self.core.segment_bytes < 4096 {
             return Err(invalid("storage.segment_bytes", "must be at least 4096"));
         }
         for c in &self.blob.containers {
@@ -465,10 +408,10 @@ mod tests {
         let c = BrokerConfig::from_toml(include_str!("../config/default.toml")).unwrap();
         let d = BrokerConfig::default();
         assert_eq!(c.listen, d.listen);
-        assert_eq!(c.fsync, d.fsync);
-        assert_eq!(c.hubs.len(), 1);
-        assert_eq!(c.hubs[0].partitions, 4);
-        assert_eq!(c.policies[0].key, "SAS_KEY_VALUE");
+        assert_eq!(c.core.fsync, d.core.fsync);
+        assert_eq!(c.core.hubs.len(), 1);
+        assert_eq!(c.core.hubs[0].partitions, 4);
+        assert_eq!(c.core.policies[0].key, "SAS_KEY_VALUE");
         assert_eq!(c.listen_blob, d.listen_blob);
         assert_eq!(c.blob, d.blob);
         c.validate().unwrap();
@@ -480,10 +423,10 @@ mod tests {
             {"Name":"eh1","PartitionCount":"2","ConsumerGroups":[{"Name":"cg1"}]},
             {"Name":"eh2","PartitionCount":32,"ConsumerGroups":[]}]}],"LoggingConfig":{"Type":"File"}}}"#;
         let c = BrokerConfig::from_emulator_json(j).unwrap();
-        assert_eq!(c.hubs[0].partitions, 2);
-        assert_eq!(c.hubs[0].consumer_groups, vec!["cg1"]);
-        assert_eq!(c.hubs[1].partitions, 32);
-        assert!(!c.verify_sas);
+        assert_eq!(c.core.hubs[0].partitions, 2);
+        assert_eq!(c.core.hubs[0].consumer_groups, vec!["cg1"]);
+        assert_eq!(c.core.hubs[1].partitions, 32);
+        assert!(!c.core.verify_sas);
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod support;
 
 use ehub::processor::{EventHandler, EventProcessor, EventProcessorOptions, PartitionContext};
 use ehub::{ConsumerClient, ErrorKind, EventPosition, ProducerClient, ReceivedEventData, SendEventOptions};
-use ehub_broker::{serve_listeners, Broker, BrokerConfig, Listener, Protocol};
+use ehub_broker::{serve_listeners, Broker, CoreConfig, Listener, Protocol};
 use ehub_checkpoint_blob::BlobCheckpointStore;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,7 +50,7 @@ async fn a_missing_container_and_a_refused_key_reach_process_error_and_the_proce
     let azurite = Azurite::start();
     tokio::time::timeout(T, async {
         let dir = tempfile::tempdir().unwrap();
-        let broker = Broker::open(BrokerConfig { data_dir: dir.path().to_owned(), ..Default::default() }).unwrap();
+        let broker = Broker::open(CoreConfig { data_dir: dir.path().to_owned(), ..Default::default() }).unwrap();
         let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let stop = tokio_util::sync::CancellationToken::new();

@@ -32,10 +32,10 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
         };
     }
     if let Some(d) = &args.data_dir {
-        cfg.data_dir = d.clone();
+        cfg.core.data_dir = d.clone();
     }
     if let Some(f) = &args.fsync {
-        cfg.fsync = match parse_fsync(f, 100) {
+        cfg.core.fsync = match parse_fsync(f, 100) {
             Some(p) => p,
             None => bail!("--fsync '{f}' is not one of always, interval, never"),
         };
@@ -43,8 +43,8 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
     cfg.validate()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ehub-io").build()?;
     rt.block_on(async move {
-        let broker =
-            Broker::open(cfg.clone()).with_context(|| format!("opening data directory {}", cfg.data_dir.display()))?;
+        let broker = Broker::open(cfg.clone())
+            .with_context(|| format!("opening data directory {}", cfg.core.data_dir.display()))?;
         let bind = |addr: std::net::SocketAddr, protocol: Protocol| async move {
             let socket = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
             anyhow::Ok(Listener { socket, protocol })
@@ -61,12 +61,12 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
         let mut blob_addr = "off".to_owned();
         let mut blob = None;
         if let Some(addr) = cfg.listen_blob {
-            let durability = match cfg.fsync {
+            let durability = match cfg.core.fsync {
                 FsyncPolicy::Always => Durability::Always,
                 FsyncPolicy::Interval(d) => Durability::Interval(d),
                 FsyncPolicy::Never => Durability::Never,
             };
-            let dir = cfg.data_dir.join("_blob");
+            let dir = cfg.core.data_dir.join("_blob");
             let store = BlobStore::open(BlobStoreConfig { durability, ..BlobStoreConfig::new(&dir) })
                 .with_context(|| format!("opening the Blob store in {}", dir.display()))?;
             let endpoint = Endpoint::new(std::sync::Arc::clone(&store), cfg.blob.clone())?;
@@ -77,13 +77,13 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
             blob_addr = socket.local_addr()?.to_string();
             blob = Some((tokio::spawn(endpoint.serve(socket, shutdown.clone())), store));
         }
-        let hubs: Vec<String> = cfg.hubs.iter().map(|h| format!("{}({})", h.name, h.partitions)).collect();
+        let hubs: Vec<String> = cfg.core.hubs.iter().map(|h| format!("{}({})", h.name, h.partitions)).collect();
         tracing::info!(
             listen = %addr,
             listen_websocket = %ws_addr,
             listen_blob = %blob_addr,
-            data_dir = %cfg.data_dir.display(),
-            fsync = %cfg.fsync,
+            data_dir = %cfg.core.data_dir.display(),
+            fsync = %cfg.core.fsync,
             hubs = %hubs.join(","),
             startup_ms = started.elapsed().as_secs_f64() * 1000.0,
             "ehub broker listening"

@@ -8,7 +8,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use ehub::buffered::{BufferedProducerClient, BufferedProducerOptions, EnqueueEventOptions};
 use ehub::EventData;
-use ehub_broker::{serve_listeners, Broker, BrokerConfig, Listener, Protocol};
+use ehub_broker::{serve_listeners, Broker, CoreConfig, Listener, Protocol};
 use std::time::{Duration, Instant};
 
 /// Enqueues per client: a fresh client (empty buffers) for every chunk, so the buffers' growth
@@ -19,7 +19,7 @@ fn enqueue(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cs = rt.block_on(async {
-        let broker = Broker::open(BrokerConfig { data_dir: dir.path().to_owned(), ..Default::default() }).unwrap();
+        let broker = Broker::open(CoreConfig { data_dir: dir.path().to_owned(), ..Default::default() }).unwrap();
         let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let stop = tokio_util::sync::CancellationToken::new();

@@ -1,7 +1,7 @@
 //! A real broker on a loopback port, in-process, for client tests.
 #![allow(dead_code)]
 
-use ehub_broker::{serve_listeners, Broker, BrokerConfig, Listener, Protocol};
+use ehub_broker::{serve_listeners, Broker, CoreConfig, Listener, Protocol};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -21,7 +21,7 @@ pub struct TestBroker {
 impl TestBroker {
     /// Starts a broker on `dir`, on `addr` (port 0 = any).
     pub async fn start_at(dir: &Path, addr: &str) -> TestBroker {
-        let cfg = BrokerConfig { data_dir: dir.to_owned(), ..Default::default() };
+        let cfg = CoreConfig { data_dir: dir.to_owned(), ..Default::default() };
         let broker = Broker::open(cfg).unwrap();
         let listener = bind(addr).await;
         let addr = listener.local_addr().unwrap();
