@@ -130,3 +130,34 @@ test("two JS processors keep checkpoints in ehub serve alone and resume after it
   assert.deepStrictEqual(checkpoints.map((x) => x.partitionId).sort(), ["0", "1", "2", "3"]);
   for (const x of checkpoints) assert.strictEqual(x.sequenceNumber, 19);
 });
+
+// The shortcut JavaScript and .NET know, `UseDevelopmentStorage=true`, means the development
+// account at http://127.0.0.1:10000: `ehub serve`'s default Blob address. A host name instead
+// of an IP (here `localhost`) stays path-style at port 10000.
+test("UseDevelopmentStorage=true and a host name at port 10000 reach ehub serve's default Blob endpoint", { timeout: 60000 }, async () => {
+  const amqp = await freePort();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ehub-js-blob10000-"));
+  const b = spawn(EHUB, ["serve", "--listen", `127.0.0.1:${amqp}`, "--data-dir", dir], { stdio: "ignore" });
+  const exited = new Promise((r) => b.on("exit", r));
+  try {
+    await waitListening(amqp);
+    await waitListening(10000).catch(() => {
+      throw new Error("nothing listens on 127.0.0.1:10000: is another process holding the port?");
+    });
+    const dev = new BlobCheckpointStore(new ContainerClient("UseDevelopmentStorage=true", "checkpoints"));
+    const named = new BlobCheckpointStore(new ContainerClient(
+      `DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=${DEV_KEY};BlobEndpoint=http://localhost:10000/devstoreaccount1`,
+      "checkpoints"));
+    const claimed = await dev.claimOwnership([{ fullyQualifiedNamespace: "localhost", eventHubName: "eh1",
+      consumerGroup: "$Default", partitionId: "0", ownerId: "dev-storage" }]);
+    assert.strictEqual(claimed.length, 1);
+    const seen = await named.listOwnership("localhost", "eh1", "$Default");
+    assert.deepStrictEqual(seen.map((o) => o.ownerId), ["dev-storage"]);
+    // The same ETag: quoted from the claim's response header, bare in the listing (as Azure).
+    assert.strictEqual(seen[0].etag.replace(/"/g, ""), claimed[0].etag.replace(/"/g, ""));
+  } finally {
+    b.kill("SIGTERM");
+    await exited;
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
