@@ -96,7 +96,10 @@ impl LoadBalancer {
             .iter()
             .map(|p| {
                 let holder = match records.get(p.as_str()) {
-                    Some(o) if self.is_active(o, now) && o.owner_id == self.owner_id => Holder::Me(o),
+                    // Ours even when it looks expired (a cycle that came late, a coarse clock):
+                    // renewing what we own is every cycle's first job, and the renewal is
+                    // conditional on the ETag, so a processor that took it meanwhile still wins.
+                    Some(o) if o.owner_id == self.owner_id && !o.is_released() => Holder::Me(o),
                     Some(o) if self.is_active(o, now) => Holder::Other(o.owner_id.as_str()),
                     Some(o) => Holder::Free(Some(o)),
                     None => Holder::Free(None),
@@ -253,6 +256,24 @@ mod tests {
         let mut c = counts(&store, &bs).await;
         c.sort();
         assert_eq!(c, vec![2, 3, 3]);
+    }
+
+    /// A cycle that comes after the expiry (a stalled process, a loaded machine, a store that
+    /// shows Last-Modified in whole seconds) still renews every partition the instance owns;
+    /// once, a balanced processor renewed only one of them and dropped the rest as lost.
+    #[tokio::test]
+    async fn a_late_cycle_renews_every_partition_it_owns_even_when_its_records_look_expired() {
+        let store = InMemoryCheckpointStore::new();
+        let b = LoadBalancer::new("late", LoadBalancingStrategy::Balanced, Duration::from_millis(50));
+        let greedy = LoadBalancer::new("late", LoadBalancingStrategy::Greedy, Duration::from_millis(50));
+        assert_eq!(cycle(&greedy, &store, 4).await, 4);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        let t = template();
+        let owned = store.list_ownerships(&t.namespace, &t.event_hub, &t.consumer_group).await.unwrap();
+        let plan = b.plan(&partitions(4), &owned, &t, SystemTime::now());
+        assert_eq!(plan.len(), 4, "all four renewed: {plan:?}");
+        assert!(plan.iter().all(|o| o.etag.is_some()), "renewals are conditional on the ETags read");
+        assert_eq!(store.claim_ownerships(&plan).await.unwrap().len(), 4);
     }
 
     #[tokio::test]
