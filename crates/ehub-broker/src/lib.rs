@@ -8,20 +8,23 @@
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
-//! use ehub_broker::{serve, Broker, BrokerConfig};
-//! let config = BrokerConfig::default();
-//! let listener = tokio::net::TcpListener::bind(config.listen).await?;
-//! let broker = Broker::open(config)?;
-//! serve(broker, listener, tokio_util::sync::CancellationToken::new()).await?;
+//! // The whole broker from its configuration: AMQP on 127.0.0.1:5672, Blob on :10000.
+//! let running = ehub_broker::start(ehub_broker::BrokerConfig::default()).await?;
+//! println!("AMQP on {}, Blob on {:?}", running.amqp, running.blob);
+//! running.wait().await?; // until its shutdown token is cancelled
 //! # Ok(()) }
 //! ```
+//!
+//! For tests, [`TestBroker`] starts one on free ports in a temporary directory.
 #![warn(missing_docs)]
 
 mod config;
+mod run;
 
 pub use config::{parse_fsync, BrokerConfig, ConfigError};
 pub use ehub_broker_amqp::{serve, serve_listeners, Listener, Protocol};
 pub use ehub_broker_core::{Broker, CoreConfig, HubConfig, Policy, Rights};
+pub use run::{start, Error, ErrorKind, Running, TestBroker};
 
 /// The shipped, fully commented default configuration.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");

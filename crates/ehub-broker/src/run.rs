@@ -1,0 +1,285 @@
+//! Starting the whole broker from a [`BrokerConfig`]: the core, the AMQP (and WebSocket)
+//! listeners and the Blob endpoint, each on its configured address, until a stop.
+
+use crate::BrokerConfig;
+use ehub_blob_store::{BlobStore, BlobStoreConfig, Durability};
+use ehub_broker_amqp::{serve_listeners, Listener, Protocol};
+use ehub_broker_blob::Endpoint;
+use ehub_broker_core::Broker;
+use ehub_partition_log::FsyncPolicy;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Why the broker could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::ConfigError),
+    /// The partition logs could not be opened.
+    #[error("opening the data directory {path}: {source}")]
+    Storage {
+        /// The data directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: ehub_partition_log::LogError,
+    },
+    /// The Blob store could not be opened.
+    #[error("opening the Blob store in {path}: {source}")]
+    BlobStore {
+        /// Its directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: ehub_blob_store::StoreError,
+    },
+    /// The Blob endpoint could not start.
+    #[error(transparent)]
+    Blob(#[from] ehub_broker_blob::Error),
+    /// A listener could not be bound.
+    #[error("binding {what} to {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("serving: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Broad classes of [`Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The configuration is wrong.
+    Config,
+    /// Storage failed.
+    Storage,
+    /// A listener address is taken or not allowed.
+    Bind,
+    /// Something else went wrong while serving.
+    Io,
+}
+
+impl Error {
+    /// The class of the failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Config(_) => ErrorKind::Config,
+            Error::Storage { .. } | Error::BlobStore { .. } => ErrorKind::Storage,
+            Error::Blob(e) if e.kind() == ehub_broker_blob::ErrorKind::Config => ErrorKind::Config,
+            Error::Blob(_) | Error::Io(_) => ErrorKind::Io,
+            Error::Bind { .. } => ErrorKind::Bind,
+        }
+    }
+
+    /// Whether trying again may help (a port that may free up, passing I/O trouble).
+    pub fn is_transient(&self) -> bool {
+        matches!(self.kind(), ErrorKind::Bind | ErrorKind::Io)
+    }
+}
+
+/// A running broker: where each front listens, and how to stop it.
+#[derive(Debug)]
+pub struct Running {
+    /// Plain AMQP.
+    pub amqp: SocketAddr,
+    /// AMQP over WebSockets, if configured.
+    pub websocket: Option<SocketAddr>,
+    /// The Azure Blob endpoint, if configured.
+    pub blob: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    /// A token that stops the broker when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, closes connections, flushes and fsyncs storage; returns once done.
+    pub async fn stop(self) -> Result<(), Error> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the broker stops (after its shutdown token is cancelled).
+    pub async fn wait(self) -> Result<(), Error> {
+        self.task.await.map_err(std::io::Error::other)?
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source })
+}
+
+/// Opens storage, binds every configured listener and serves until stopped. On return every
+/// front is listening, so the addresses in [`Running`] (ports chosen by the OS for port 0)
+/// can be handed to clients.
+pub async fn start(config: BrokerConfig) -> Result<Running, Error> {
+    config.validate()?;
+    let data_dir = config.core.data_dir.clone();
+    let core = config.core.clone();
+    let broker = tokio::task::spawn_blocking(move || Broker::open(core))
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(|source| Error::Storage { path: data_dir.clone(), source })?;
+    let amqp_socket = bind("AMQP", config.listen).await?;
+    let amqp = amqp_socket.local_addr()?;
+    let mut listeners = vec![Listener { socket: amqp_socket, protocol: Protocol::Amqp }];
+    let mut websocket = None;
+    if let Some(addr) = config.listen_websocket {
+        let socket = bind("AMQP over WebSockets", addr).await?;
+        websocket = Some(socket.local_addr()?);
+        listeners.push(Listener { socket, protocol: Protocol::AmqpWebSocket });
+    }
+    let shutdown = CancellationToken::new();
+    let mut blob = None;
+    let mut blob_front = None;
+    if let Some(addr) = config.listen_blob {
+        let durability = match config.core.fsync {
+            FsyncPolicy::Always => Durability::Always,
+            FsyncPolicy::Interval(d) => Durability::Interval(d),
+            FsyncPolicy::Never => Durability::Never,
+        };
+        let path = data_dir.join("_blob");
+        let store_config = BlobStoreConfig { durability, ..BlobStoreConfig::new(&path) };
+        let store = tokio::task::spawn_blocking(move || BlobStore::open(store_config))
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(|source| Error::BlobStore { path, source })?;
+        let endpoint = Endpoint::new(std::sync::Arc::clone(&store), config.blob.clone())?;
+        endpoint.create_configured_containers().await?;
+        let socket = bind("the Blob endpoint", addr).await?;
+        blob = Some(socket.local_addr()?);
+        blob_front = Some((endpoint, socket, store));
+    }
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let blob_task =
+            blob_front.map(|(endpoint, socket, store)| (tokio::spawn(endpoint.serve(socket, stop.clone())), store));
+        let amqp_result = serve_listeners(broker, listeners, stop).await;
+        if let Some((t, store)) = blob_task {
+            t.await.map_err(std::io::Error::other)??;
+            tokio::task::spawn_blocking(move || store.shutdown()).await.map_err(std::io::Error::other)?;
+        }
+        amqp_result?;
+        Ok(())
+    });
+    Ok(Running { amqp, websocket, blob, shutdown, task })
+}
+
+/// A broker for tests, in one line: in-process, on free loopback ports (AMQP, AMQP over
+/// WebSockets and Blob), in a temporary data directory, `fsync=never` (it is thrown away), with
+/// the default hub `eh1` of 4 partitions. Stopped when dropped.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), ehub_broker::Error> {
+/// let broker = ehub_broker::TestBroker::start().await?;
+/// let cs = broker.connection_string(); // for ehub or any official SDK
+/// assert!(cs.contains("UseDevelopmentEmulator=true"));
+/// let storage = broker.storage_connection_string(); // for a Blob checkpoint store
+/// assert!(storage.contains("devstoreaccount1"));
+/// broker.stop().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct TestBroker {
+    running: Option<Running>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestBroker {
+    /// Starts one with the defaults above.
+    pub async fn start() -> Result<TestBroker, Error> {
+        let dir = tempfile::tempdir()?;
+        let mut config = BrokerConfig::default();
+        config.core.data_dir = dir.path().to_owned();
+        let mut t = Self::start_with(config).await?;
+        t._dir = Some(dir);
+        Ok(t)
+    }
+
+    /// Starts one with `config`, on free loopback ports for every listener the config leaves at
+    /// its default address, and `fsync=never`; `config.core.data_dir` is used as given (so a
+    /// test can restart a broker on the same data).
+    pub async fn start_with(mut config: BrokerConfig) -> Result<TestBroker, Error> {
+        let defaults = BrokerConfig::default();
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+        if config.listen == defaults.listen {
+            config.listen = any;
+        }
+        if config.listen_websocket.is_none() {
+            config.listen_websocket = Some(any);
+        }
+        if config.listen_blob == defaults.listen_blob {
+            config.listen_blob = Some(any);
+        }
+        config.core.fsync = FsyncPolicy::Never;
+        Ok(TestBroker { running: Some(start(config).await?), _dir: None })
+    }
+
+    fn running(&self) -> &Running {
+        self.running.as_ref().expect("running until stopped")
+    }
+
+    /// Where AMQP is served.
+    pub fn amqp_addr(&self) -> SocketAddr {
+        self.running().amqp
+    }
+
+    /// Where AMQP over WebSockets is served.
+    pub fn websocket_addr(&self) -> SocketAddr {
+        self.running().websocket.expect("a test broker serves WebSockets")
+    }
+
+    /// Where the Blob endpoint is served.
+    pub fn blob_addr(&self) -> SocketAddr {
+        self.running().blob.expect("a test broker serves Blob")
+    }
+
+    /// The connection string of the default policy, emulator style (plain AMQP on this port).
+    pub fn connection_string(&self) -> String {
+        format!(
+            "Endpoint=sb://127.0.0.1:{};SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;",
+            self.amqp_addr().port()
+        )
+    }
+
+    /// The development account's storage connection string for the Blob endpoint.
+    pub fn storage_connection_string(&self) -> String {
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName={};AccountKey={};BlobEndpoint=http://{}/{};",
+            ehub_storage_auth::DEV_ACCOUNT,
+            ehub_storage_auth::DEV_ACCOUNT_KEY,
+            self.blob_addr(),
+            ehub_storage_auth::DEV_ACCOUNT
+        )
+    }
+
+    /// Stops it and waits until storage is flushed.
+    pub async fn stop(mut self) -> Result<(), Error> {
+        match self.running.take() {
+            Some(r) => r.stop().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(r) = &self.running {
+            r.shutdown.cancel();
+        }
+    }
+}
