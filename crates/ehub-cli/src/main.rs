@@ -5,7 +5,7 @@
 //! 6 event rejected or too large, 7 timeout, 8 consumer disconnected, 9 server busy.
 
 use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -66,6 +66,13 @@ enum Command {
     /// Inspect what event processors keep in a checkpoint store.
     #[command(subcommand)]
     Checkpoints(checkpoints::CheckpointsCommand),
+    /// Print a shell completion script (e.g. `ehub completions bash > /etc/bash_completion.d/ehub`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `ehub man > ehub.1`.
+    Man,
 }
 
 #[derive(clap::Args)]
@@ -190,6 +197,11 @@ fn main() -> ExitCode {
         Command::Receive(args) => Target::from(&cli).and_then(|t| client::receive(&t, args)),
         Command::Bench(b) => Target::from(&cli).and_then(|t| bench::run(&t, b)),
         Command::Checkpoints(c) => Target::from(&cli).and_then(|t| checkpoints::run(&t, c)),
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "ehub", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -427,3 +427,20 @@ fn three_greedy_processor_processes_settle_at_three_three_two() {
     eprintln!("greedy: settled at 3/3/2 in {settled:?} (0.3 s cycles)");
     wait_until("every event processed", Duration::from_secs(30), || seen_all(&[&ps[0], &ps[1], &ps[2]], 10));
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_definitions() {
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let out = Command::cargo_bin("ehub").unwrap().timeout(T).args(["completions", shell]).assert().success();
+        let script = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+        assert!(
+            script.contains("checkpoints") && script.contains("listen-blob"),
+            "{shell}: {}",
+            &script[..200.min(script.len())]
+        );
+    }
+    let out = Command::cargo_bin("ehub").unwrap().timeout(T).arg("man").assert().success();
+    let page = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(page.contains(".TH ehub 1") && page.contains("checkpoints"), "{page}");
+    Command::cargo_bin("ehub").unwrap().timeout(T).args(["completions", "tcsh"]).assert().code(2);
+}

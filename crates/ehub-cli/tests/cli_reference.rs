@@ -11,6 +11,8 @@ const COMMANDS: &[&[&str]] = &[
     &["send"],
     &["receive"],
     &["checkpoints", "list"],
+    &["completions"],
+    &["man"],
     &["bench", "send"],
     &["bench", "receive"],
     &["bench", "e2e"],
