@@ -15,6 +15,7 @@ mod client;
 mod process;
 mod serve;
 mod timefmt;
+mod transfer;
 
 const EXIT_CODES: &str = "Exit codes: 0 success, 1 other error, 2 bad usage, 3 authentication, 4 connection, \
 5 not found, 6 event rejected or too large, 7 timeout, 8 consumer disconnected, 9 server busy.";
@@ -66,6 +67,10 @@ enum Command {
     /// Inspect what event processors keep in a checkpoint store.
     #[command(subcommand)]
     Checkpoints(checkpoints::CheckpointsCommand),
+    /// Write a partition's events to JSON lines (a file, continued where it ends; or stdout).
+    Export(transfer::ExportArgs),
+    /// Send JSON lines written by `export` (or `receive --output json`) back as events.
+    Import(transfer::ImportArgs),
     /// Print a shell completion script (e.g. `ehub completions bash > /etc/bash_completion.d/ehub`).
     Completions {
         /// The shell.
@@ -197,6 +202,8 @@ fn main() -> ExitCode {
         Command::Receive(args) => Target::from(&cli).and_then(|t| client::receive(&t, args)),
         Command::Bench(b) => Target::from(&cli).and_then(|t| bench::run(&t, b)),
         Command::Checkpoints(c) => Target::from(&cli).and_then(|t| checkpoints::run(&t, c)),
+        Command::Export(a) => Target::from(&cli).and_then(|t| transfer::export(&t, a)),
+        Command::Import(a) => Target::from(&cli).and_then(|t| transfer::import(&t, a)),
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "ehub", &mut std::io::stdout());
             Ok(())

@@ -444,3 +444,64 @@ fn completions_and_the_man_page_come_from_the_command_definitions() {
     assert!(page.contains(".TH ehub 1") && page.contains("checkpoints"), "{page}");
     Command::cargo_bin("ehub").unwrap().timeout(T).args(["completions", "tcsh"]).assert().code(2);
 }
+
+/// Traffic captured with `export` (continued where the file ends) and replayed with `import`
+/// on another broker: bodies, properties and partition keys come back.
+#[test]
+fn export_continues_its_file_and_import_replays_it_on_another_broker() {
+    let a = serve();
+    ehub(&a).args(["send", "--partition", "2", "--count", "10", "--property", "team=red"]).assert().success();
+    // A key that hashes to another partition than 2.
+    let key = (0..).map(|i| format!("user-{i}")).find(|k| ehub_model::partition_for_key(k, 4) != 2).unwrap();
+    ehub(&a).args(["send", "--partition-key", &key]).write_stdin("k1\nk2\n").assert().success();
+    let key_partition = ehub_model::partition_for_key(&key, 4).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p2.jsonl");
+    ehub(&a).args(["export", "--partition", "2", "--file"]).arg(&file).assert().success();
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 10);
+    ehub(&a).args(["send", "--partition", "2", "--count", "5"]).assert().success();
+    let out = ehub(&a).args(["export", "--partition", "2", "--file"]).arg(&file).assert().success();
+    assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("exported 5 events"));
+    let lines = json_lines(std::fs::read_to_string(&file).unwrap().as_bytes());
+    let seqs: Vec<i64> = lines.iter().map(|l| l["sequence_number"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (0..15).collect::<Vec<_>>(), "continued after the last line, nothing twice");
+    let keyed = ehub(&a).args(["export", "--partition", &key_partition]).assert().success().get_output().stdout.clone();
+    let keyed = String::from_utf8(keyed).unwrap();
+    assert!(keyed.lines().filter(|l| l.contains(key.as_str())).count() == 2, "{keyed}");
+
+    let b = serve();
+    ehub(&b).args(["import", "--file"]).arg(&file).assert().success();
+    ehub(&b).arg("import").write_stdin(keyed).assert().success();
+    let out = ehub(&b)
+        .args([
+            "receive",
+            "--partition",
+            "2",
+            "--from",
+            "earliest",
+            "--count",
+            "15",
+            "--timeout",
+            "10",
+            "--output",
+            "json",
+        ])
+        .assert()
+        .success();
+    let events = json_lines(&out.get_output().stdout);
+    assert_eq!(events.len(), 15);
+    for (e, original) in events.iter().zip(&lines) {
+        assert_eq!(e["body"], original["body"]);
+        assert_eq!(e["properties"], original["properties"]);
+    }
+    assert_eq!(events[0]["properties"], serde_json::json!({"team": "red"}));
+    let out = ehub(&b)
+        .args(["receive", "--partition", &key_partition, "--from", "earliest", "--count", "2", "--timeout", "10"])
+        .args(["--output", "json"])
+        .assert()
+        .success();
+    let events = json_lines(&out.get_output().stdout);
+    assert!(events.iter().all(|e| e["partition_key"] == key.as_str()), "{events:?}");
+    let bodies: Vec<&str> = events.iter().map(|e| e["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies, ["k1", "k2"]);
+}

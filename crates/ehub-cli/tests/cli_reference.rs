@@ -11,6 +11,8 @@ const COMMANDS: &[&[&str]] = &[
     &["send"],
     &["receive"],
     &["checkpoints", "list"],
+    &["export"],
+    &["import"],
     &["completions"],
     &["man"],
     &["bench", "send"],
