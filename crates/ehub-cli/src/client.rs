@@ -318,42 +318,50 @@ fn send_buffered(
     })
 }
 
-/// A progress line on stderr, only when stderr is a terminal and the run is long.
+/// A progress bar on stderr (indicatif), drawn only when stderr is a terminal: nothing extra
+/// when output is piped or read by a program.
 pub(crate) struct Progress {
-    what: &'static str,
-    total: Option<u64>,
-    last: Instant,
-    shown: bool,
-    enabled: bool,
+    bar: indicatif::ProgressBar,
 }
 
 impl Progress {
     pub(crate) fn new(what: &'static str, total: Option<u64>) -> Self {
-        Progress { what, total, last: Instant::now(), shown: false, enabled: std::io::stderr().is_terminal() }
+        let target = if std::io::stderr().is_terminal() {
+            indicatif::ProgressDrawTarget::stderr_with_hz(4)
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        };
+        let bar = match total {
+            Some(t) => {
+                let bar = indicatif::ProgressBar::with_draw_target(Some(t), target);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "[{bar:30}] {pos}/{len} {msg} ({percent}%, {per_sec}, eta {eta})",
+                    )
+                    .expect("a valid template")
+                    .progress_chars("#>."),
+                );
+                bar
+            }
+            None => {
+                let bar = indicatif::ProgressBar::with_draw_target(None, target);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{spinner} {pos} {msg} ({per_sec})")
+                        .expect("a valid template"),
+                );
+                bar
+            }
+        };
+        bar.set_message(what);
+        Progress { bar }
     }
 
     pub(crate) fn update(&mut self, n: u64) {
-        if !self.enabled || self.last.elapsed() < Duration::from_millis(500) {
-            return;
-        }
-        self.last = Instant::now();
-        self.shown = true;
-        match self.total {
-            Some(t) if t > 0 => {
-                let frac = (n as f64 / t as f64).clamp(0.0, 1.0);
-                let filled = (frac * 30.0) as usize;
-                let bar = format!("{}{}", "#".repeat(filled), ".".repeat(30 - filled));
-                eprint!("\r[{bar}] {} {n}/{t} ({:.0}%)   ", self.what, frac * 100.0)
-            }
-            _ => eprint!("\r{} {n}   ", self.what),
-        }
+        self.bar.set_position(n);
     }
 
     pub(crate) fn finish(&mut self) {
-        if self.shown {
-            eprintln!();
-            self.shown = false;
-        }
+        self.bar.finish_and_clear();
     }
 }
 
@@ -548,6 +556,8 @@ pub(crate) fn receive(t: &Target, a: &ReceiveArgs) -> Result<()> {
         let limit = a.count.unwrap_or(u64::MAX);
         let mut n = 0u64;
         let stdout = std::io::stdout();
+        // A bar only when the events go elsewhere than the terminal (a file, a pipe).
+        let mut progress = (!stdout.is_terminal()).then(|| Progress::new("received", a.count));
         let result = loop {
             if n >= limit {
                 break Ok(());
@@ -577,7 +587,13 @@ pub(crate) fn receive(t: &Target, a: &ReceiveArgs) -> Result<()> {
                 print_event(&mut out, t.output, &e)?;
             }
             out.flush()?;
+            if let Some(p) = progress.as_mut() {
+                p.update(n);
+            }
         };
+        if let Some(p) = progress.as_mut() {
+            p.finish();
+        }
         batches.close().await;
         c.close().await;
         if t.output == Output::Text {
