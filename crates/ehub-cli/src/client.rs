@@ -254,32 +254,11 @@ fn send_buffered(
     props: &[(String, String)],
     events: Box<dyn Iterator<Item = Result<Vec<u8>>>>,
 ) -> Result<()> {
-    use ehub::buffered::{BufferedProducerClient, BufferedProducerOptions, EnqueueEventOptions};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex};
+    use ehub::buffered::EnqueueEventOptions;
+    use std::sync::atomic::Ordering;
     runtime()?.block_on(async {
         let p = producer(t).await?;
-        let (sent, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let failed: Arc<Mutex<(u64, Option<ehub::Error>)>> = Arc::default();
-        let (s, b, f) = (sent.clone(), bytes.clone(), failed.clone());
-        let options = BufferedProducerOptions {
-            // Batches fill to the message size rather than to a count.
-            max_buffer_length: 20_000,
-            ..Default::default()
-        };
-        let buffered = BufferedProducerClient::builder()
-            .with_buffered_options(options)
-            .with_on_send_succeeded(move |events, _| {
-                s.fetch_add(events.len() as u64, Ordering::Relaxed);
-                b.fetch_add(events.iter().map(|e| e.body().map_or(0, |x| x.len() as u64)).sum(), Ordering::Relaxed);
-            })
-            .with_on_send_failed(move |events, _, error| {
-                let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
-                f.0 += events.len() as u64;
-                f.1.get_or_insert(error);
-            })
-            .open_on(p.clone())
-            .await?;
+        let (buffered, tally) = buffered_with_tally(&p).await?;
         let route = EnqueueEventOptions { partition_id: a.partition.clone(), partition_key: a.partition_key.clone() };
         let started = Instant::now();
         let mut progress = Progress::new("sent", a.count);
@@ -289,13 +268,13 @@ fn send_buffered(
                 e.set_property(k.clone(), v.as_str());
             }
             buffered.enqueue_event(e, Some(route.clone())).await?;
-            progress.update(sent.load(Ordering::Relaxed));
+            progress.update(tally.sent.load(Ordering::Relaxed));
         }
         buffered.close(true, None).await?;
         progress.finish();
         let secs = started.elapsed().as_secs_f64();
-        let (sent, bytes) = (sent.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
-        let (failures, first) = std::mem::take(&mut *failed.lock().unwrap_or_else(|p| p.into_inner()));
+        let (sent, bytes) = (tally.sent.load(Ordering::Relaxed), tally.bytes.load(Ordering::Relaxed));
+        let (failures, first) = tally.failures();
         let target = match (&a.partition, &a.partition_key) {
             (Some(p), _) => format!("partition {p}"),
             (None, Some(k)) => format!("partition key '{k}'"),
@@ -316,6 +295,44 @@ fn send_buffered(
             None => Ok(()),
         }
     })
+}
+
+/// What a buffered producer reported: events and body bytes sent, and failures with the first
+/// error.
+pub(crate) struct Tally {
+    pub sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failed: std::sync::Arc<std::sync::Mutex<(u64, Option<ehub::Error>)>>,
+}
+
+impl Tally {
+    /// Events that failed and the first error, taken out.
+    pub(crate) fn failures(&self) -> (u64, Option<ehub::Error>) {
+        std::mem::take(&mut *self.failed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// A buffered producer on `p` whose callbacks count into a [`Tally`]. Batches fill to the
+/// message size rather than to a count.
+pub(crate) async fn buffered_with_tally(p: &ProducerClient) -> Result<(ehub::buffered::BufferedProducerClient, Tally)> {
+    use ehub::buffered::{BufferedProducerClient, BufferedProducerOptions};
+    use std::sync::atomic::Ordering;
+    let tally = Tally { sent: Default::default(), bytes: Default::default(), failed: Default::default() };
+    let (s, b, f) = (tally.sent.clone(), tally.bytes.clone(), tally.failed.clone());
+    let buffered = BufferedProducerClient::builder()
+        .with_buffered_options(BufferedProducerOptions { max_buffer_length: 20_000, ..Default::default() })
+        .with_on_send_succeeded(move |events, _| {
+            s.fetch_add(events.len() as u64, Ordering::Relaxed);
+            b.fetch_add(events.iter().map(|e| e.body().map_or(0, |x| x.len() as u64)).sum(), Ordering::Relaxed);
+        })
+        .with_on_send_failed(move |events, _, error| {
+            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+            f.0 += events.len() as u64;
+            f.1.get_or_insert(error);
+        })
+        .open_on(p.clone())
+        .await?;
+    Ok((buffered, tally))
 }
 
 /// A progress bar on stderr (indicatif), drawn only when stderr is a terminal: nothing extra

@@ -2,17 +2,16 @@
 //! `receive --output json`), and send such lines back, so traffic can be recorded once and
 //! replayed in tests.
 
-use crate::client::{consumer, event_json, parse_position, producer, runtime};
+use crate::client::{buffered_with_tally, consumer, event_json, parse_position, producer, runtime};
 use crate::{Output, Target};
 use anyhow::{bail, Context, Result};
 use base64::Engine;
-use ehub::buffered::{BufferedProducerClient, BufferedProducerOptions, EnqueueEventOptions};
+use ehub::buffered::EnqueueEventOptions;
 use ehub::{EventData, EventPosition, OpenReceiverOptions, Value};
 use serde_json::json;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 #[derive(clap::Args)]
@@ -212,21 +211,7 @@ pub(crate) fn import(t: &Target, a: &ImportArgs) -> Result<()> {
     };
     runtime()?.block_on(async {
         let p = producer(t).await?;
-        let sent = Arc::new(AtomicU64::new(0));
-        let failed: Arc<Mutex<(u64, Option<ehub::Error>)>> = Arc::default();
-        let (s, f) = (sent.clone(), failed.clone());
-        let buffered = BufferedProducerClient::builder()
-            .with_buffered_options(BufferedProducerOptions { max_buffer_length: 20_000, ..Default::default() })
-            .with_on_send_succeeded(move |events, _| {
-                s.fetch_add(events.len() as u64, Ordering::Relaxed);
-            })
-            .with_on_send_failed(move |events, _, error| {
-                let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
-                f.0 += events.len() as u64;
-                f.1.get_or_insert(error);
-            })
-            .open_on(p.clone())
-            .await?;
+        let (buffered, tally) = buffered_with_tally(&p).await?;
         for (i, line) in input.lines().enumerate() {
             let line = line?;
             if line.trim().is_empty() {
@@ -237,8 +222,8 @@ pub(crate) fn import(t: &Target, a: &ImportArgs) -> Result<()> {
         }
         buffered.close(true, None).await?;
         p.close().await;
-        let sent = sent.load(Ordering::Relaxed);
-        let (failures, first) = std::mem::take(&mut *failed.lock().unwrap_or_else(|p| p.into_inner()));
+        let sent = tally.sent.load(Ordering::Relaxed);
+        let (failures, first) = tally.failures();
         match t.output {
             Output::Json => println!("{}", json!({"imported": sent, "failed": failures})),
             Output::Text => println!("imported {sent} events"),
