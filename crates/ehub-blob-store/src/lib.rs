@@ -208,13 +208,6 @@ pub struct Conditions {
 }
 
 impl Conditions {
-    fn is_empty(&self) -> bool {
-        self.if_match.is_none()
-            && self.if_none_match.is_none()
-            && self.if_modified_since.is_none()
-            && self.if_unmodified_since.is_none()
-    }
-
     /// Checks the conditions against the current entity (`None`: missing), as Azure does for
     /// writes (not Azurite, which lets `If-None-Match: *` pass on an existing blob).
     fn check(&self, current: Option<(Etag, i64)>, create: bool) -> Result<()> {
@@ -625,9 +618,7 @@ impl BlobStore {
                     StoreError::BlobNotFound
                 });
             };
-            if !conditions.is_empty() {
-                conditions.check(Some((current.etag, current.last_modified)), false)?;
-            }
+            conditions.check(Some((current.etag, current.last_modified)), false)?;
             let rec = Record::DeleteBlob { account: account.into(), container: container.into(), name: name.into() };
             self.write(&mut state, rec)?
         };

@@ -35,7 +35,11 @@ impl ApiError {
         let _ = w.write_event(Event::Decl(BytesDecl::new("1.0", Some("utf-8"), None)));
         let _ = w.write_event(Event::Start(BytesStart::new("Error")));
         text(&mut w, "Code", self.code);
-        text(&mut w, "Message", &format!("{}\nRequestId:{request_id}\nTime:{}", self.message, iso8601(now)));
+        text(
+            &mut w,
+            "Message",
+            &format!("{}\nRequestId:{request_id}\nTime:{}", self.message, ehub_storage_auth::sas::format_iso8601(now)),
+        );
         if let Some(d) = &self.auth_detail {
             text(&mut w, "AuthenticationErrorDetail", d);
         }
@@ -92,23 +96,6 @@ pub(crate) fn time(ms: i64) -> SystemTime {
 /// RFC 1123, as `Last-Modified` and the listing show times.
 pub(crate) fn rfc1123(ms: i64) -> String {
     httpdate::fmt_http_date(time(ms))
-}
-
-/// ISO 8601 with seconds, for error messages.
-fn iso8601(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.0000000Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 pub(crate) fn md5_base64(md5: &[u8; 16]) -> String {
@@ -197,13 +184,6 @@ fn blob_xml<W: std::io::Write>(w: &mut Writer<W>, b: &BlobInfo, include_metadata
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn iso8601_formats_civil_dates() {
-        assert_eq!(iso8601(UNIX_EPOCH), "1970-01-01T00:00:00.0000000Z");
-        assert_eq!(iso8601(UNIX_EPOCH + Duration::from_secs(1_796_119_200)), "2026-12-01T10:00:00.0000000Z");
-        assert_eq!(iso8601(UNIX_EPOCH + Duration::from_secs(951_868_800)), "2000-03-01T00:00:00.0000000Z");
-    }
 
     #[test]
     fn the_error_body_is_the_service_document() {

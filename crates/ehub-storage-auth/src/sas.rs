@@ -188,6 +188,27 @@ pub fn parse_iso8601(s: &str) -> Option<SystemTime> {
     UNIX_EPOCH.checked_add(Duration::from_secs(u64::try_from(secs).ok()?))
 }
 
+/// Formats a time as the service writes it in messages: `2026-12-01T10:00:00.0000000Z`.
+pub fn format_iso8601(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.0000000Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
 /// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -215,6 +236,16 @@ mod tests {
         for bad in ["", "2026-13-01", "2026-12-01T10:00:00", "x", "2026-12-01T25:00:00Z"] {
             assert_eq!(t(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn iso8601_round_trips() {
+        for secs in [0u64, 951_868_800, 1_796_119_200] {
+            let t = UNIX_EPOCH + Duration::from_secs(secs);
+            let text = format_iso8601(t);
+            assert_eq!(parse_iso8601(&text), Some(t), "{text}");
+        }
+        assert_eq!(format_iso8601(UNIX_EPOCH + Duration::from_secs(1_796_119_200)), "2026-12-01T10:00:00.0000000Z");
     }
 
     #[test]
