@@ -18,7 +18,7 @@ def free_port():
 
 
 class Broker:
-    def __init__(self, data_dir, port=None, fsync="always", config=None):
+    def __init__(self, data_dir, port=None, fsync="always", config=None, extra_args=()):
         self.data_dir = data_dir
         self.port = port or free_port()
         # AMQP over WebSockets (plain), served beside AMQP.
@@ -27,6 +27,7 @@ class Broker:
         self.blob_port = free_port()
         self.fsync = fsync
         self.config = config
+        self.extra_args = list(extra_args)
         self.proc = None
 
     def start(self):
@@ -35,6 +36,7 @@ class Broker:
                 "--data-dir", self.data_dir, "--fsync", self.fsync]
         if self.config:
             args += ["--config", self.config]
+        args += self.extra_args
         self.log = open(os.path.join(self.data_dir, "broker.log"), "ab")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
         deadline = time.time() + 10

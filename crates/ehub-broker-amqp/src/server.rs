@@ -11,13 +11,17 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 /// What a listener speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Protocol {
     /// AMQP 1.0 straight on TCP (the emulator's port 5672).
     Amqp,
     /// AMQP over WebSockets: an HTTP upgrade on `/$servicebus/websocket` with subprotocol
-    /// `AMQPWSB10`, then AMQP in binary messages (the service's port 443, without TLS here).
+    /// `AMQPWSB10`, then AMQP in binary messages (the service's port 443, without TLS).
     AmqpWebSocket,
+    /// AMQP 1.0 over TLS (the service's port 5671).
+    AmqpTls(Arc<rustls::ServerConfig>),
+    /// AMQP over WebSockets over TLS (the service's port 443).
+    AmqpWebSocketTls(Arc<rustls::ServerConfig>),
 }
 
 /// A bound socket and the protocol served on it.
@@ -29,7 +33,7 @@ pub struct Listener {
     pub protocol: Protocol,
 }
 
-/// Time a client gets to complete the WebSocket upgrade.
+/// Time a client gets to complete the TLS handshake and the WebSocket upgrade.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves AMQP on `listener` until `shutdown` is cancelled; then closes every connection with
@@ -88,7 +92,7 @@ async fn accept_loop(
             continue;
         };
         let _ = sock.set_nodelay(true);
-        let (broker, stop, protocol) = (Arc::clone(&broker), shutdown.clone(), listener.protocol);
+        let (broker, stop, protocol) = (Arc::clone(&broker), shutdown.clone(), listener.protocol.clone());
         tracker.spawn(async move {
             run_connection(broker, sock, peer.to_string(), protocol, stop).await;
             drop(permit);
@@ -106,15 +110,67 @@ async fn run_connection(
     match protocol {
         Protocol::Amqp => ConnTask::new(broker, sock, peer).run(stop).await,
         Protocol::AmqpWebSocket => {
-            let ws = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = tokio::time::timeout(UPGRADE_TIMEOUT, ehub_amqp_endpoint::websocket::accept(sock)) => r,
-            };
-            match ws {
-                Ok(Ok(ws)) => ConnTask::new(broker, ws, peer).run(stop).await,
-                Ok(Err(e)) => debug!(peer = %peer, error = %e, "WebSocket upgrade refused"),
-                Err(_) => debug!(peer = %peer, "WebSocket upgrade timed out"),
+            if let Some(ws) = upgrade(sock, &peer, &stop).await {
+                ConnTask::new(broker, ws, peer).run(stop).await
             }
+        }
+        Protocol::AmqpTls(config) => {
+            if let Some(tls) = handshake(config, sock, &peer, &stop).await {
+                ConnTask::new(broker, tls, peer).run(stop).await
+            }
+        }
+        Protocol::AmqpWebSocketTls(config) => {
+            let Some(tls) = handshake(config, sock, &peer, &stop).await else { return };
+            if let Some(ws) = upgrade(tls, &peer, &stop).await {
+                ConnTask::new(broker, ws, peer).run(stop).await
+            }
+        }
+    }
+}
+
+/// The server side of a TLS handshake, within [`UPGRADE_TIMEOUT`].
+async fn handshake(
+    config: Arc<rustls::ServerConfig>,
+    sock: TcpStream,
+    peer: &str,
+    stop: &CancellationToken,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(sock);
+    let r = tokio::select! {
+        _ = stop.cancelled() => return None,
+        r = tokio::time::timeout(UPGRADE_TIMEOUT, accept) => r,
+    };
+    match r {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            debug!(peer = %peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!(peer = %peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// The WebSocket upgrade to `/$servicebus/websocket`, within [`UPGRADE_TIMEOUT`].
+async fn upgrade<S>(sock: S, peer: &str, stop: &CancellationToken) -> Option<ehub_amqp_endpoint::websocket::WsStream<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let r = tokio::select! {
+        _ = stop.cancelled() => return None,
+        r = tokio::time::timeout(UPGRADE_TIMEOUT, ehub_amqp_endpoint::websocket::accept(sock)) => r,
+    };
+    match r {
+        Ok(Ok(ws)) => Some(ws),
+        Ok(Err(e)) => {
+            debug!(peer = %peer, error = %e, "WebSocket upgrade refused");
+            None
+        }
+        Err(_) => {
+            debug!(peer = %peer, "WebSocket upgrade timed out");
+            None
         }
     }
 }

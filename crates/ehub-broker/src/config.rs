@@ -1,5 +1,6 @@
 //! Broker configuration: our TOML file, or Microsoft's emulator Config.json unchanged.
 
+use crate::tls::{TlsConfig, TlsSource};
 use ehub_broker_blob::{BlobAuth, BlobConfig, StorageAccount};
 use ehub_broker_core::{CoreConfig, HubConfig, Policy, Rights};
 use ehub_partition_log::FsyncPolicy;
@@ -69,6 +70,8 @@ pub struct BrokerConfig {
     pub listen_blob: Option<SocketAddr>,
     /// The Blob endpoint's accounts, auth mode and containers created at start.
     pub blob: BlobConfig,
+    /// TLS: the certificate, and the AMQP-over-TLS and WebSockets-over-TLS listeners.
+    pub tls: TlsConfig,
     /// The core's settings: storage, limits, auth policies, hubs.
     pub core: CoreConfig,
 }
@@ -87,6 +90,7 @@ impl Default for BrokerConfig {
             listen_websocket: None,
             listen_blob: Some("127.0.0.1:10000".parse().expect("valid address")),
             blob: BlobConfig::default(),
+            tls: TlsConfig::default(),
             core: CoreConfig::default(),
         }
     }
@@ -109,6 +113,19 @@ struct TomlFile {
     hubs: Option<Vec<TomlHub>>,
     #[serde(default)]
     blob: TomlBlob,
+    #[serde(default)]
+    tls: TomlTls,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TomlTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    self_signed: Option<bool>,
+    hosts: Option<Vec<String>>,
+    listen: Option<String>,
+    listen_websocket: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -309,6 +326,31 @@ impl BrokerConfig {
                 .map(|a| StorageAccount { name: a.name, keys: std::iter::once(a.key).chain(a.key2).collect() })
                 .collect();
         }
+        let optional_addr = |key: &str, l: String| -> Result<Option<SocketAddr>, ConfigError> {
+            match l.as_str() {
+                "" | "off" => Ok(None),
+                _ => Ok(Some(l.parse().map_err(|_| invalid(key, format!("'{l}' is not HOST:PORT or off")))?)),
+            }
+        };
+        c.tls.source = match (f.tls.cert, f.tls.key, f.tls.self_signed.unwrap_or(false)) {
+            (Some(_), _, true) | (_, Some(_), true) => {
+                return Err(invalid("tls.self_signed", "give either cert and key, or self_signed, not both"))
+            }
+            (Some(cert), Some(key), false) => TlsSource::Files { cert, key },
+            (Some(_), None, false) => return Err(invalid("tls.key", "a certificate needs its key")),
+            (None, Some(_), false) => return Err(invalid("tls.cert", "a key needs its certificate")),
+            (None, None, true) => TlsSource::SelfSigned,
+            (None, None, false) => TlsSource::Off,
+        };
+        if let Some(h) = f.tls.hosts {
+            c.tls.hosts = h;
+        }
+        if let Some(l) = f.tls.listen {
+            c.tls.listen = optional_addr("tls.listen", l)?;
+        }
+        if let Some(l) = f.tls.listen_websocket {
+            c.tls.listen_websocket = optional_addr("tls.listen_websocket", l)?;
+        }
         if let Some(hs) = f.hubs {
             c.core.hubs = hs
                 .into_iter()
@@ -414,7 +456,34 @@ mod tests {
         assert_eq!(c.core.policies[0].key, "SAS_KEY_VALUE");
         assert_eq!(c.listen_blob, d.listen_blob);
         assert_eq!(c.blob, d.blob);
+        assert_eq!(c.tls, d.tls);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn tls_settings_parse_and_contradictions_are_named() {
+        let c = BrokerConfig::from_toml(
+            "[tls]\nself_signed = true\nhosts = [\"ehub.test\"]\nlisten = \"0.0.0.0:5671\"\nlisten_websocket = \"127.0.0.1:5443\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.tls.source, TlsSource::SelfSigned);
+        assert_eq!(c.tls.hosts, ["ehub.test"]);
+        assert_eq!(c.tls.listen, Some("0.0.0.0:5671".parse().unwrap()));
+        assert_eq!(c.tls.listen_websocket, Some("127.0.0.1:5443".parse().unwrap()));
+        let files = BrokerConfig::from_toml("[tls]\ncert = \"a.pem\"\nkey = \"k.pem\"\nlisten = \"off\"\n").unwrap();
+        assert_eq!(files.tls.source, TlsSource::Files { cert: "a.pem".into(), key: "k.pem".into() });
+        assert_eq!(files.tls.listen, None);
+        for (text, key) in [
+            ("[tls]\ncert = \"a.pem\"\n", "tls.key"),
+            ("[tls]\nkey = \"k.pem\"\n", "tls.cert"),
+            ("[tls]\ncert = \"a.pem\"\nkey = \"k.pem\"\nself_signed = true\n", "tls.self_signed"),
+            ("[tls]\nlisten = \"nowhere\"\n", "tls.listen"),
+        ] {
+            match BrokerConfig::from_toml(text) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -20,11 +20,13 @@
 
 mod config;
 mod run;
+mod tls;
 
 pub use config::{parse_fsync, BrokerConfig, ConfigError};
 pub use ehub_broker_amqp::{serve, serve_listeners, Listener, Protocol};
 pub use ehub_broker_core::{Broker, CoreConfig, HubConfig, Policy, Rights};
 pub use run::{start, Error, ErrorKind, Running, TestBroker};
+pub use tls::{TlsConfig, TlsError, TlsSource};
 
 /// The shipped, fully commented default configuration.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");

@@ -38,6 +38,10 @@ pub enum Error {
         #[source]
         source: ehub_blob_store::StoreError,
     },
+    /// TLS could not be set up (certificate or key unreadable, the development CA not
+    /// writable).
+    #[error(transparent)]
+    Tls(#[from] crate::TlsError),
     /// The Blob endpoint could not start.
     #[error(transparent)]
     Blob(#[from] ehub_broker_blob::Error),
@@ -74,7 +78,7 @@ impl Error {
     /// The class of the failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Config(_) => ErrorKind::Config,
+            Error::Config(_) | Error::Tls(_) => ErrorKind::Config,
             Error::Storage { .. } | Error::BlobStore { .. } => ErrorKind::Storage,
             Error::Blob(e) if e.kind() == ehub_broker_blob::ErrorKind::Config => ErrorKind::Config,
             Error::Blob(_) | Error::Io(_) => ErrorKind::Io,
@@ -97,6 +101,13 @@ pub struct Running {
     pub websocket: Option<SocketAddr>,
     /// The Azure Blob endpoint, if configured.
     pub blob: Option<SocketAddr>,
+    /// AMQP over TLS, if configured.
+    pub tls: Option<SocketAddr>,
+    /// AMQP over WebSockets over TLS, if configured.
+    pub websocket_tls: Option<SocketAddr>,
+    /// The development CA's certificate (PEM) that clients must trust, with a self-signed
+    /// TLS setup.
+    pub ca: Option<PathBuf>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), Error>>,
 }
@@ -143,6 +154,24 @@ pub async fn start(config: BrokerConfig) -> Result<Running, Error> {
         websocket = Some(socket.local_addr()?);
         listeners.push(Listener { socket, protocol: Protocol::AmqpWebSocket });
     }
+    let (tls_config, dir) = (config.tls.clone(), data_dir.clone());
+    let tls_loaded = tokio::task::spawn_blocking(move || crate::tls::load(&tls_config, &dir))
+        .await
+        .map_err(std::io::Error::other)??;
+    let (mut tls, mut websocket_tls, mut ca) = (None, None, None);
+    if let Some(loaded) = tls_loaded {
+        if let Some(addr) = config.tls.listen {
+            let socket = bind("AMQP over TLS", addr).await?;
+            tls = Some(socket.local_addr()?);
+            listeners.push(Listener { socket, protocol: Protocol::AmqpTls(std::sync::Arc::clone(&loaded.server)) });
+        }
+        if let Some(addr) = config.tls.listen_websocket {
+            let socket = bind("AMQP over WebSockets over TLS", addr).await?;
+            websocket_tls = Some(socket.local_addr()?);
+            listeners.push(Listener { socket, protocol: Protocol::AmqpWebSocketTls(loaded.server) });
+        }
+        ca = loaded.ca;
+    }
     let shutdown = CancellationToken::new();
     let mut blob = None;
     let mut blob_front = None;
@@ -176,7 +205,7 @@ pub async fn start(config: BrokerConfig) -> Result<Running, Error> {
         amqp_result?;
         Ok(())
     });
-    Ok(Running { amqp, websocket, blob, shutdown, task })
+    Ok(Running { amqp, websocket, blob, tls, websocket_tls, ca, shutdown, task })
 }
 
 /// A broker for tests, in one line: in-process, on free loopback ports (AMQP, AMQP over
@@ -225,6 +254,9 @@ impl TestBroker {
         if config.listen_blob == defaults.listen_blob {
             config.listen_blob = Some(any);
         }
+        if config.tls.listen == defaults.tls.listen {
+            config.tls.listen = Some(any);
+        }
         config.core.fsync = FsyncPolicy::Never;
         Ok(TestBroker { running: Some(start(config).await?), _dir: None })
     }
@@ -246,6 +278,21 @@ impl TestBroker {
     /// Where the Blob endpoint is served.
     pub fn blob_addr(&self) -> SocketAddr {
         self.running().blob.expect("a test broker serves Blob")
+    }
+
+    /// Where AMQP over TLS is served, if the config turned TLS on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.running().tls
+    }
+
+    /// Where AMQP over WebSockets over TLS is served, if configured.
+    pub fn websocket_tls_addr(&self) -> Option<SocketAddr> {
+        self.running().websocket_tls
+    }
+
+    /// The development CA to trust, with `TlsSource::SelfSigned`.
+    pub fn ca_path(&self) -> Option<&std::path::Path> {
+        self.running().ca.as_deref()
     }
 
     /// The connection string of the default policy, emulator style (plain AMQP on this port).

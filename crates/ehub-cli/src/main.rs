@@ -92,6 +92,23 @@ pub(crate) struct ServeArgs {
     /// Default 127.0.0.1:10000.
     #[arg(long)]
     listen_blob: Option<String>,
+    /// Serve AMQP over TLS with this certificate chain (PEM; needs --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key", conflicts_with = "tls_self_signed")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve AMQP over TLS with a development CA created in <data-dir>/tls on first start (the
+    /// CA's path is printed; clients trust it) and a certificate for localhost, 127.0.0.1 and
+    /// the config's [tls] hosts.
+    #[arg(long)]
+    tls_self_signed: bool,
+    /// Where AMQP over TLS is served when TLS is on (HOST:PORT or off). Default 127.0.0.1:5671.
+    #[arg(long)]
+    listen_tls: Option<String>,
+    /// Also serve AMQP over WebSockets over TLS (the service's port 443 path) on HOST:PORT.
+    #[arg(long)]
+    listen_wss: Option<String>,
     /// Data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,

@@ -2,7 +2,7 @@
 
 use crate::ServeArgs;
 use anyhow::{bail, Context, Result};
-use ehub_broker::{parse_fsync, BrokerConfig};
+use ehub_broker::{parse_fsync, BrokerConfig, TlsSource};
 use std::time::Instant;
 
 pub(crate) fn run(args: &ServeArgs) -> Result<()> {
@@ -27,6 +27,20 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
             _ => Some(l.parse().with_context(|| format!("--listen-blob '{l}' is not HOST:PORT or off"))?),
         };
     }
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => cfg.tls.source = TlsSource::Files { cert: cert.clone(), key: key.clone() },
+        _ if args.tls_self_signed => cfg.tls.source = TlsSource::SelfSigned,
+        _ => {}
+    }
+    if let Some(l) = &args.listen_tls {
+        cfg.tls.listen = match l.as_str() {
+            "off" | "" => None,
+            _ => Some(l.parse().with_context(|| format!("--listen-tls '{l}' is not HOST:PORT or off"))?),
+        };
+    }
+    if let Some(l) = &args.listen_wss {
+        cfg.tls.listen_websocket = Some(l.parse().with_context(|| format!("--listen-wss '{l}' is not HOST:PORT"))?);
+    }
     if let Some(d) = &args.data_dir {
         cfg.core.data_dir = d.clone();
     }
@@ -49,12 +63,19 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
             listen = %running.amqp,
             listen_websocket = %off(running.websocket),
             listen_blob = %off(running.blob),
+            listen_tls = %off(running.tls),
+            listen_wss = %off(running.websocket_tls),
             data_dir = %data_dir.display(),
             fsync = %fsync,
             hubs = %hubs.join(","),
             startup_ms = started.elapsed().as_secs_f64() * 1000.0,
             "ehub broker listening"
         );
+        if let Some(ca) = &running.ca {
+            // On stdout as well as in the log: the one thing a user must copy to use TLS.
+            println!("TLS: clients trust the development CA at {}", ca.display());
+            tracing::info!(ca = %ca.display(), "TLS with the development CA");
+        }
         let stop = running.shutdown_token();
         tokio::spawn(async move {
             wait_for_signal().await;

@@ -238,3 +238,63 @@ async fn the_websocket_listener_wants_the_service_path_and_subprotocol() {
     .await
     .unwrap();
 }
+
+/// The broker's own TLS listeners, with the development CA it creates: AMQP over TLS (5671's
+/// path) and AMQP over WebSockets over TLS (443's path), with the client's default transport
+/// and nothing but the CA and a custom endpoint set. A client without the CA is refused.
+#[tokio::test]
+async fn the_brokers_own_tls_listeners_with_its_development_ca() {
+    tokio::time::timeout(T, async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ehub_broker::BrokerConfig::default();
+        config.core.data_dir = dir.path().to_owned();
+        config.tls.source = ehub_broker::TlsSource::SelfSigned;
+        config.tls.listen_websocket = Some("127.0.0.1:0".parse().unwrap());
+        let broker = ehub_broker::TestBroker::start_with(config).await.unwrap();
+        let ca = broker.ca_path().unwrap().to_owned();
+        assert_eq!(ca, dir.path().join("tls/ca.pem"));
+        let cred = ehub::SasKeyCredential::new("RootManageSharedAccessKey", "SAS_KEY_VALUE");
+        let opts = |endpoint: String, ca: Option<std::path::PathBuf>| ClientOptions {
+            custom_endpoint: Some(endpoint),
+            ca_certificates: ca,
+            ..Default::default()
+        };
+        let tls = broker.tls_addr().unwrap();
+        let wss = broker.websocket_tls_addr().unwrap();
+        let p = ProducerClient::builder()
+            .with_options(opts(format!("amqps://localhost:{}", tls.port()), Some(ca.clone())))
+            .open("localhost", "eh1", cred.clone())
+            .await
+            .unwrap();
+        p.send_event("amqps", to0()).await.unwrap();
+        // By IP address too: the certificate names 127.0.0.1.
+        let by_ip = ProducerClient::builder()
+            .with_options(opts(format!("amqps://127.0.0.1:{}", tls.port()), Some(ca.clone())))
+            .open("127.0.0.1", "eh1", cred.clone())
+            .await
+            .unwrap();
+        by_ip.send_event("amqps by ip", to0()).await.unwrap();
+        let consumer = ConsumerClient::builder()
+            .with_options(opts(format!("wss://localhost:{}", wss.port()), Some(ca.clone())))
+            .open("localhost", "eh1", cred.clone())
+            .await
+            .unwrap();
+        let earliest = OpenReceiverOptions { start_position: EventPosition::Earliest, ..Default::default() };
+        let mut r = consumer.open_receiver_on_partition("0", Some(earliest)).await.unwrap();
+        let got = r.receive_batch(2, std::time::Duration::from_secs(10)).await.unwrap();
+        let bodies: Vec<_> = got.iter().map(|e| e.body_as_str().unwrap().to_owned()).collect();
+        assert_eq!(bodies, ["amqps", "amqps by ip"]);
+
+        let untrusted = ProducerClient::builder()
+            .with_options(opts(format!("amqps://localhost:{}", tls.port()), None))
+            .open("localhost", "eh1", cred)
+            .await
+            .unwrap();
+        let e = untrusted.send_event("x", to0()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
+        consumer.close().await;
+        broker.stop().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
