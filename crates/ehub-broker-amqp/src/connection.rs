@@ -15,7 +15,7 @@ use ehub_amqp_endpoint::{
     SendArgs,
 };
 use ehub_broker_core::{
-    covers, entity_path, now_secs, AdmitError, Broker, ConsumerGroup, Hub, ReceiverEntry, Rights, TokenType,
+    covers, entity_path, now_secs, AdmitError, Broker, ConsumerGroup, Displaced, Hub, ReceiverEntry, Rights, TokenType,
 };
 use ehub_model::{annotations, conditions, link as linkprops, nodes, EntityAddress, EventPosition};
 use ehub_partition_log::{AppendEvent, Appended, LogError, Partition, StartPosition, StoredEvent};
@@ -45,7 +45,7 @@ pub(crate) enum Control {
     Resolved { link: LinkId, id: u64, result: Result<i64, LogError> },
     ReadDone { link: LinkId, id: u64, result: Result<Vec<StoredEvent>, LogError> },
     Wake { link: LinkId, id: u64 },
-    Steal { link: LinkId, error: AmqpError },
+    Detach { link: LinkId, error: AmqpError },
 }
 
 struct Consumer {
@@ -392,7 +392,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 LinkKind::ReplyOut { node: nodes::MANAGEMENT, queue: VecDeque::new(), tag: 0 }
             }
             (EntityAddress::Hub { hub } | EntityAddress::Partition { hub, .. }, true) => {
-                let Some(h) = self.broker.hub(hub).cloned() else {
+                let Some(h) = self.broker.hub(hub) else {
                     return self.refuse(link, name, conditions::NOT_FOUND, Self::not_found(hub));
                 };
                 let partition = match &entity {
@@ -470,8 +470,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         partition: &str,
         reply: &mut AttachReply,
     ) -> Result<Consumer, (&'static str, String)> {
-        let h = self.broker.hub(hub).cloned().ok_or((conditions::NOT_FOUND, Self::not_found(hub)))?;
-        let cg = h.consumer_group(consumer_group).cloned().ok_or_else(|| {
+        let h = self.broker.hub(hub).ok_or((conditions::NOT_FOUND, Self::not_found(hub)))?;
+        let cg = h.consumer_group(consumer_group).ok_or_else(|| {
             (
                 conditions::NOT_FOUND,
                 format!("The messaging entity 'sb://ehub/{hub}/consumergroups/{consumer_group}' could not be found."),
@@ -515,8 +515,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         }
         let id = self.broker.next_id();
         let ctl = self.ctl_tx.clone();
-        let on_displaced = Box::new(move |text: String| {
-            let _ = ctl.send(Control::Steal { link, error: AmqpError::new(conditions::LINK_STOLEN, text) });
+        let on_displaced = Box::new(move |why: Displaced| {
+            let error = match why {
+                Displaced::Stolen(text) => AmqpError::new(conditions::LINK_STOLEN, text),
+                Displaced::Deleted(text) => AmqpError::new(conditions::NOT_FOUND, text),
+            };
+            let _ = ctl.send(Control::Detach { link, error });
         });
         cg.admit(
             pidx,
@@ -575,6 +579,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 self.queue_reply(d.link, if is_cbs { nodes::CBS } else { nodes::MANAGEMENT }, &request, response)?;
             }
             LinkKind::Producer { hub, partition, inflight } => {
+                if hub.is_deleted() {
+                    let text = format!("The messaging entity '{}' could not be found.", hub.name);
+                    let _ = self.ctl_tx.send(Control::Detach {
+                        link: d.link,
+                        error: AmqpError::new(conditions::NOT_FOUND, text.clone()),
+                    });
+                    return reject(
+                        &mut self.conn,
+                        &mut self.settlements,
+                        &d,
+                        AmqpError::new(conditions::NOT_FOUND, text),
+                    );
+                }
                 let limit = self.broker.config().max_message_size;
                 if d.oversized {
                     let err = AmqpError::new(
@@ -691,8 +708,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                     }
                 }
             }
-            Control::Steal { link, error } => {
-                if matches!(self.links.get(&link), Some(LinkInfo { kind: LinkKind::Consumer(_), .. })) {
+            Control::Detach { link, error } => {
+                if matches!(
+                    self.links.get(&link),
+                    Some(LinkInfo { kind: LinkKind::Consumer(_) | LinkKind::Producer { .. }, .. })
+                ) {
                     let _ = self.conn.detach(link, Some(error));
                     self.forget_link(link);
                     self.links.insert(link, LinkInfo::refused(String::new()));

@@ -40,9 +40,12 @@ pub fn entity_path(s: &str) -> String {
     path.trim_matches('/').to_ascii_lowercase()
 }
 
-/// Whether a token for `token_path` covers `entity` (itself or anything below it).
+/// Whether a token for `token_path` covers `entity` (itself or anything below it; a token for
+/// the namespace, path ``, covers every entity).
 pub fn covers(token_path: &str, entity: &str) -> bool {
-    entity == token_path || (entity.starts_with(token_path) && entity.as_bytes().get(token_path.len()) == Some(&b'/'))
+    token_path.is_empty()
+        || entity == token_path
+        || (entity.starts_with(token_path) && entity.as_bytes().get(token_path.len()) == Some(&b'/'))
 }
 
 impl Broker {
@@ -95,5 +98,6 @@ mod tests {
         assert_eq!(entity_path("sb://localhost"), "");
         assert!(covers("eh1", "eh1/partitions/0"));
         assert!(!covers("eh1", "eh10"));
+        assert!(covers("", "eh1/consumergroups/$default/partitions/0"));
     }
 }

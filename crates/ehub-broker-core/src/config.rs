@@ -77,6 +77,11 @@ pub struct CoreConfig {
     pub max_message_size: u64,
     /// Non-epoch receivers per partition per consumer group.
     pub max_receivers_per_partition: usize,
+    /// Consumer groups per hub, `$Default` included, for those created at run time (the
+    /// service's Standard tier: 20).
+    pub max_consumer_groups_per_hub: usize,
+    /// Partitions of a hub created at run time (the configuration file allows up to 1024).
+    pub max_partitions_per_hub: u32,
     /// Verify SAS tokens.
     pub verify_sas: bool,
     /// Accept jwt tokens unverified.
@@ -101,6 +106,8 @@ impl Default for CoreConfig {
             retention_bytes: None,
             max_message_size: 1 << 20,
             max_receivers_per_partition: 5,
+            max_consumer_groups_per_hub: 20,
+            max_partitions_per_hub: 1024,
             verify_sas: true,
             accept_jwt: true,
             policies: vec![Policy {

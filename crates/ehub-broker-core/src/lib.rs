@@ -20,8 +20,11 @@
 
 mod auth;
 mod config;
+mod error;
+mod runtime;
 mod state;
 
 pub use auth::{covers, entity_path, now_secs, Grant, TokenType};
 pub use config::{CoreConfig, HubConfig, Policy, Rights};
-pub use state::{AdmitError, Broker, ConsumerGroup, Hub, OnDisplaced, ReceiverEntry};
+pub use error::{CoreError, CoreErrorKind};
+pub use state::{AdmitError, Broker, ConsumerGroup, Displaced, Hub, OnDisplaced, Origin, ReceiverEntry};

@@ -2,14 +2,25 @@
 //! that enforces owner-level (epoch) rules. No wire protocol: a front registers a receiver
 //! with a callback that disconnects it in the front's own terms.
 
-use crate::config::{CoreConfig, Policy};
+use crate::config::{CoreConfig, HubConfig, Policy};
+use crate::error::CoreError;
+use crate::runtime::RuntimeState;
 use ehub_partition_log::{AppendCallback, AppendEvent, LogConfig, LogError, LogStore, Partition};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
-/// Called when a receiver is displaced by a higher owner level, with the service's text.
-pub type OnDisplaced = Box<dyn Fn(String) + Send + Sync>;
+/// Why a registered receiver is being disconnected, with the service's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Displaced {
+    /// A receiver with a higher owner level took the partition (AMQP: `amqp:link:stolen`).
+    Stolen(String),
+    /// Its hub or consumer group was deleted (AMQP: `amqp:not-found`).
+    Deleted(String),
+}
+
+/// Called when a receiver is displaced (by a higher owner level, or a deletion).
+pub type OnDisplaced = Box<dyn Fn(Displaced) + Send + Sync>;
 
 /// A receiver registered on a partition of a consumer group.
 pub struct ReceiverEntry {
@@ -47,10 +58,35 @@ pub enum AdmitError {
 pub struct ConsumerGroup {
     /// The name as configured.
     pub name: String,
+    /// Unix milliseconds when it was created (the hub's creation for configured groups).
+    pub created_at: i64,
     receivers: Vec<Mutex<Vec<ReceiverEntry>>>,
 }
 
 impl ConsumerGroup {
+    fn new(name: &str, partitions: usize, created_at: i64) -> Self {
+        ConsumerGroup {
+            name: name.to_owned(),
+            created_at,
+            receivers: (0..partitions).map(|_| Mutex::new(Vec::new())).collect(),
+        }
+    }
+
+    /// Receivers connected to each partition.
+    pub fn receiver_counts(&self) -> Vec<usize> {
+        self.receivers.iter().map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).len()).collect()
+    }
+
+    /// Disconnects every receiver (the group or its hub is going away).
+    fn displace_all(&self, text: &str) {
+        for list in &self.receivers {
+            let gone: Vec<ReceiverEntry> = list.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+            for r in gone {
+                (r.on_displaced)(Displaced::Deleted(text.to_owned()));
+            }
+        }
+    }
+
     /// Applies the service's epoch rules (reference §10.3). On success the new receiver is
     /// registered and every displaced receiver's `on_displaced` is called.
     pub fn admit(&self, partition: usize, new: ReceiverEntry, max_non_epoch: usize) -> Result<(), AdmitError> {
@@ -81,7 +117,7 @@ impl ConsumerGroup {
                         Some(oe) => format!("New receiver '{}' with higher epoch of '{e}' is created hence current receiver '{}' with epoch '{oe}' is getting disconnected. If you are recreating the receiver, make sure a higher epoch is used.", name(&new.name), name(&old.name)),
                         None => format!("New receiver '{}' with higher epoch of '{e}' is created hence current receiver '{}' with epoch '0' is getting disconnected. If you are recreating the receiver, make sure a higher epoch is used.", name(&new.name), name(&old.name)),
                     };
-                    (old.on_displaced)(text);
+                    (old.on_displaced)(Displaced::Stolen(text));
                 }
             }
             (None, None) => {}
@@ -96,6 +132,15 @@ impl ConsumerGroup {
     }
 }
 
+/// Where a hub or consumer group was declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// In the configuration file (removed only by editing it).
+    Config,
+    /// Created while the broker ran (kept in the data directory across restarts).
+    Runtime,
+}
+
 /// One Event Hub.
 #[derive(Debug)]
 pub struct Hub {
@@ -103,14 +148,17 @@ pub struct Hub {
     pub name: String,
     /// Unix milliseconds of the hub's first start.
     pub created_at: i64,
+    /// Where it was declared.
+    pub origin: Origin,
     /// The partitions' logs.
     pub partitions: Vec<Arc<Partition>>,
     /// Partition ids (`"0"`, `"1"`, …).
     pub partition_ids: Vec<String>,
     /// Consumer groups by lower-case name.
-    pub consumer_groups: HashMap<String, Arc<ConsumerGroup>>,
+    consumer_groups: RwLock<HashMap<String, (Arc<ConsumerGroup>, Origin)>>,
     /// Where sends without a partition or key go next.
     pub round_robin: AtomicU64,
+    deleted: AtomicBool,
 }
 
 impl Hub {
@@ -121,8 +169,25 @@ impl Hub {
     }
 
     /// A consumer group, by name in any case.
-    pub fn consumer_group(&self, name: &str) -> Option<&Arc<ConsumerGroup>> {
-        self.consumer_groups.get(&name.to_ascii_lowercase())
+    pub fn consumer_group(&self, name: &str) -> Option<Arc<ConsumerGroup>> {
+        self.consumer_groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&name.to_ascii_lowercase())
+            .map(|c| Arc::clone(&c.0))
+    }
+
+    /// Every consumer group with where it was declared, by name.
+    pub fn consumer_groups(&self) -> Vec<(Arc<ConsumerGroup>, Origin)> {
+        let mut v: Vec<_> = self.consumer_groups.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        v.sort_by_key(|g| g.0.name.to_ascii_lowercase());
+        v
+    }
+
+    /// Whether the hub was deleted while this handle was held: fronts refuse further sends
+    /// on links opened before.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
     }
 }
 
@@ -131,13 +196,22 @@ impl Hub {
 pub struct Broker {
     pub(crate) config: CoreConfig,
     store: LogStore,
-    hubs: HashMap<String, Arc<Hub>>,
+    hubs: RwLock<HashMap<String, Arc<Hub>>>,
+    /// What was created at run time, as persisted; held while a change is applied so that
+    /// changes are serialised and the file always matches the map.
+    runtime: Mutex<RuntimeState>,
     next_id: AtomicU64,
 }
 
+fn now_millis() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 impl Broker {
-    /// Opens (recovering) every partition of every configured hub.
-    pub fn open(config: impl Into<CoreConfig>) -> Result<Arc<Self>, LogError> {
+    /// Opens (recovering) every partition of every hub: those of the configuration, then those
+    /// created at run time (recorded in `<data-dir>/_runtime.json`). A runtime record that
+    /// contradicts the configuration is an error naming both, never resolved silently.
+    pub fn open(config: impl Into<CoreConfig>) -> Result<Arc<Self>, CoreError> {
         let config = config.into();
         let store = LogStore::new(LogConfig {
             segment_bytes: config.segment_bytes,
@@ -149,47 +223,181 @@ impl Broker {
             preallocate_bytes: config.preallocate_bytes,
             ..LogConfig::default()
         });
+        let runtime = RuntimeState::load(&config.data_dir)?;
+        runtime.check_against(&config.hubs, &config.data_dir)?;
         let mut hubs = HashMap::new();
         for h in &config.hubs {
-            let dir = config.data_dir.join(h.name.to_ascii_lowercase());
-            std::fs::create_dir_all(&dir).map_err(|e| LogError::Io { path: dir.clone(), source: e })?;
-            let created_at = hub_created_at(&dir)?;
-            let mut partitions = Vec::new();
-            let mut ids = Vec::new();
-            for i in 0..h.partitions {
-                let id = i.to_string();
-                partitions.push(store.open_partition(dir.join(&id), &id)?);
-                ids.push(id);
+            let hub = open_hub(&store, &config.data_dir, h, Origin::Config)?;
+            for cg in runtime.groups_of(&h.name) {
+                let group = ConsumerGroup::new(&cg.name, hub.partitions.len(), cg.created_at);
+                hub.consumer_groups
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(cg.name.to_ascii_lowercase())
+                    .or_insert_with(|| (Arc::new(group), Origin::Runtime));
             }
-            let mut cgs = HashMap::new();
-            for cg in std::iter::once("$Default".to_string()).chain(h.consumer_groups.iter().cloned()) {
-                let receivers = (0..h.partitions).map(|_| Mutex::new(Vec::new())).collect();
-                cgs.entry(cg.to_ascii_lowercase())
-                    .or_insert_with(|| Arc::new(ConsumerGroup { name: cg.clone(), receivers }));
-            }
-            hubs.insert(
-                h.name.to_ascii_lowercase(),
-                Arc::new(Hub {
-                    name: h.name.clone(),
-                    created_at,
-                    partitions,
-                    partition_ids: ids,
-                    consumer_groups: cgs,
-                    round_robin: AtomicU64::new(0),
-                }),
-            );
+            hubs.insert(h.name.to_ascii_lowercase(), hub);
         }
-        Ok(Arc::new(Broker { config, store, hubs, next_id: AtomicU64::new(1) }))
+        for h in &runtime.hubs {
+            let hub = open_hub(&store, &config.data_dir, &h.config(), Origin::Runtime)?;
+            hubs.insert(h.name.to_ascii_lowercase(), hub);
+        }
+        Ok(Arc::new(Broker {
+            config,
+            store,
+            hubs: RwLock::new(hubs),
+            runtime: Mutex::new(runtime),
+            next_id: AtomicU64::new(1),
+        }))
     }
 
     /// A hub, by name in any case.
-    pub fn hub(&self, name: &str) -> Option<&Arc<Hub>> {
-        self.hubs.get(&name.to_ascii_lowercase())
+    pub fn hub(&self, name: &str) -> Option<Arc<Hub>> {
+        self.hubs.read().unwrap_or_else(|p| p.into_inner()).get(&name.to_ascii_lowercase()).cloned()
     }
 
-    /// Every hub.
-    pub fn hubs(&self) -> impl Iterator<Item = &Arc<Hub>> {
-        self.hubs.values()
+    /// Every hub, by name.
+    pub fn hubs(&self) -> Vec<Arc<Hub>> {
+        let mut v: Vec<_> = self.hubs.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        v.sort_by_key(|h| h.name.to_ascii_lowercase());
+        v
+    }
+
+    /// Creates a hub while running (blocking file IO: call it off the reactor). It is kept
+    /// across restarts. The name follows the service's rules for Event Hub names.
+    pub fn create_hub(&self, hub: HubConfig) -> Result<Arc<Hub>, CoreError> {
+        crate::runtime::validate_hub(
+            &hub,
+            self.config.max_partitions_per_hub,
+            self.config.max_consumer_groups_per_hub,
+        )?;
+        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        if self.hub(&hub.name).is_some() {
+            return Err(CoreError::AlreadyExists(format!("The messaging entity '{}' already exists.", hub.name)));
+        }
+        let key = hub.name.to_ascii_lowercase();
+        let dir = self.config.data_dir.join(&key);
+        if dir.exists() {
+            // Left by a deletion interrupted by a crash, or by an older hub of that name: a new
+            // hub starts empty, as on the service.
+            remove_dir(&dir)?;
+        }
+        let created = open_hub(&self.store, &self.config.data_dir, &hub, Origin::Runtime)?;
+        let mut next = runtime.clone();
+        next.add_hub(&hub, created.created_at);
+        next.save(&self.config.data_dir)?;
+        *runtime = next;
+        self.hubs.write().unwrap_or_else(|p| p.into_inner()).insert(key, Arc::clone(&created));
+        tracing::info!(entity = %hub.name, partitions = hub.partitions, "hub created");
+        Ok(created)
+    }
+
+    /// Deletes a hub created at run time with its events, disconnecting its receivers and
+    /// refusing further sends (blocking file IO). Hubs from the configuration file are
+    /// removed by editing it.
+    pub fn delete_hub(&self, name: &str) -> Result<(), CoreError> {
+        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        let hub = self.hub(name).ok_or_else(|| CoreError::not_found(name))?;
+        if hub.origin == Origin::Config {
+            return Err(CoreError::Declared(format!(
+                "Event Hub '{}' is declared in the configuration file; remove it there and restart.",
+                hub.name
+            )));
+        }
+        let mut next = runtime.clone();
+        next.remove_hub(&hub.name);
+        next.save(&self.config.data_dir)?;
+        *runtime = next;
+        let key = hub.name.to_ascii_lowercase();
+        self.hubs.write().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        hub.deleted.store(true, Ordering::Release);
+        let text = format!("The messaging entity '{}' was deleted.", hub.name);
+        for (cg, _) in hub.consumer_groups() {
+            cg.displace_all(&text);
+        }
+        // Writers still holding a partition write into unlinked files until they let go.
+        remove_dir(&self.config.data_dir.join(&key))?;
+        tracing::info!(entity = %hub.name, "hub deleted");
+        Ok(())
+    }
+
+    /// Creates a consumer group in a hub while running; kept across restarts.
+    pub fn create_consumer_group(&self, hub_name: &str, name: &str) -> Result<Arc<ConsumerGroup>, CoreError> {
+        crate::runtime::validate_consumer_group(name)?;
+        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        let hub = self.hub(hub_name).ok_or_else(|| CoreError::not_found(hub_name))?;
+        let mut groups = hub.consumer_groups.write().unwrap_or_else(|p| p.into_inner());
+        if groups.contains_key(&name.to_ascii_lowercase()) {
+            return Err(CoreError::AlreadyExists(format!(
+                "Consumer group '{name}' already exists in Event Hub '{}'.",
+                hub.name
+            )));
+        }
+        if groups.len() >= self.config.max_consumer_groups_per_hub {
+            return Err(CoreError::LimitExceeded(format!(
+                "Event Hub '{}' has {} consumer groups, the most allowed.",
+                hub.name,
+                groups.len()
+            )));
+        }
+        let created_at = now_millis();
+        let mut next = runtime.clone();
+        next.add_group(&hub.name, hub.origin == Origin::Config, name, created_at);
+        next.save(&self.config.data_dir)?;
+        *runtime = next;
+        let group = Arc::new(ConsumerGroup::new(name, hub.partitions.len(), created_at));
+        groups.insert(name.to_ascii_lowercase(), (Arc::clone(&group), Origin::Runtime));
+        tracing::info!(entity = %hub.name, consumer_group = %name, "consumer group created");
+        Ok(group)
+    }
+
+    /// Deletes a consumer group created at run time, disconnecting its receivers.
+    /// `$Default` and the configuration file's groups stay.
+    pub fn delete_consumer_group(&self, hub_name: &str, name: &str) -> Result<(), CoreError> {
+        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        let hub = self.hub(hub_name).ok_or_else(|| CoreError::not_found(hub_name))?;
+        let mut groups = hub.consumer_groups.write().unwrap_or_else(|p| p.into_inner());
+        let key = name.to_ascii_lowercase();
+        let Some((group, origin)) = groups.get(&key).cloned() else {
+            return Err(CoreError::NotFound(format!(
+                "Consumer group '{name}' does not exist in Event Hub '{}'.",
+                hub.name
+            )));
+        };
+        if key == "$default" {
+            return Err(CoreError::Declared("The $Default consumer group cannot be deleted.".into()));
+        }
+        if origin == Origin::Config {
+            return Err(CoreError::Declared(format!(
+                "Consumer group '{}' of Event Hub '{}' is declared in the configuration file; remove it there and restart.",
+                group.name, hub.name
+            )));
+        }
+        let mut next = runtime.clone();
+        next.remove_group(&hub.name, &group.name);
+        next.save(&self.config.data_dir)?;
+        *runtime = next;
+        groups.remove(&key);
+        drop(groups);
+        group.displace_all(&format!("The messaging entity '{}/ConsumerGroups/{}' was deleted.", hub.name, group.name));
+        tracing::info!(entity = %hub.name, consumer_group = %group.name, "consumer group deleted");
+        Ok(())
+    }
+
+    /// Whether storage takes writes: the data directory accepts a file, and no partition has
+    /// turned read-only after a failed write (for health probes; blocking IO).
+    pub fn storage_writable(&self) -> Result<(), String> {
+        let probe = self.config.data_dir.join(".health-probe");
+        std::fs::write(&probe, b"ok").map_err(|e| format!("{}: {e}", self.config.data_dir.display()))?;
+        let _ = std::fs::remove_file(&probe);
+        for hub in self.hubs() {
+            for p in &hub.partitions {
+                if p.is_failed() {
+                    return Err(format!("partition {} of {} is read-only after a failed write", p.id(), hub.name));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A policy, by name.
@@ -216,6 +424,47 @@ impl Broker {
     /// Flushes and fsyncs every partition and stops the writers.
     pub fn shutdown_storage(&self) {
         self.store.shutdown();
+    }
+}
+
+fn open_hub(
+    store: &LogStore,
+    data_dir: &std::path::Path,
+    h: &HubConfig,
+    origin: Origin,
+) -> Result<Arc<Hub>, CoreError> {
+    let dir = data_dir.join(h.name.to_ascii_lowercase());
+    std::fs::create_dir_all(&dir).map_err(|e| LogError::Io { path: dir.clone(), source: e })?;
+    let created_at = hub_created_at(&dir)?;
+    let mut partitions = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..h.partitions {
+        let id = i.to_string();
+        partitions.push(store.open_partition(dir.join(&id), &id)?);
+        ids.push(id);
+    }
+    let mut cgs = HashMap::new();
+    for cg in std::iter::once("$Default".to_string()).chain(h.consumer_groups.iter().cloned()) {
+        cgs.entry(cg.to_ascii_lowercase())
+            .or_insert_with(|| (Arc::new(ConsumerGroup::new(&cg, h.partitions as usize, created_at)), origin));
+    }
+    Ok(Arc::new(Hub {
+        name: h.name.clone(),
+        created_at,
+        origin,
+        partitions,
+        partition_ids: ids,
+        consumer_groups: RwLock::new(cgs),
+        round_robin: AtomicU64::new(0),
+        deleted: AtomicBool::new(false),
+    }))
+}
+
+fn remove_dir(dir: &std::path::Path) -> Result<(), CoreError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(LogError::Io { path: dir.to_owned(), source: e }.into()),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Broker configuration: our TOML file, or Microsoft's emulator Config.json unchanged.
 
 use crate::tls::{TlsConfig, TlsSource};
+use ehub_broker_admin::{AdminAuth, AdminConfig};
 use ehub_broker_blob::{BlobAuth, BlobConfig, StorageAccount};
 use ehub_broker_core::{CoreConfig, HubConfig, Policy, Rights};
 use ehub_partition_log::FsyncPolicy;
@@ -72,6 +73,11 @@ pub struct BrokerConfig {
     pub blob: BlobConfig,
     /// TLS: the certificate, and the AMQP-over-TLS and WebSockets-over-TLS listeners.
     pub tls: TlsConfig,
+    /// Where the HTTP management endpoint (health, hubs and consumer groups) listens, if
+    /// anywhere. Default 127.0.0.1:5300, the emulator's health port.
+    pub listen_management: Option<SocketAddr>,
+    /// The management endpoint's settings.
+    pub management: AdminConfig,
     /// The core's settings: storage, limits, auth policies, hubs.
     pub core: CoreConfig,
 }
@@ -91,6 +97,8 @@ impl Default for BrokerConfig {
             listen_blob: Some("127.0.0.1:10000".parse().expect("valid address")),
             blob: BlobConfig::default(),
             tls: TlsConfig::default(),
+            listen_management: Some("127.0.0.1:5300".parse().expect("valid address")),
+            management: AdminConfig::default(),
             core: CoreConfig::default(),
         }
     }
@@ -115,6 +123,15 @@ struct TomlFile {
     blob: TomlBlob,
     #[serde(default)]
     tls: TomlTls,
+    #[serde(default)]
+    management: TomlManagement,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TomlManagement {
+    listen: Option<String>,
+    auth: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -160,6 +177,8 @@ struct TomlRetention {
 struct TomlLimits {
     max_message_size: Option<u64>,
     max_receivers_per_partition: Option<usize>,
+    max_consumer_groups_per_hub: Option<usize>,
+    max_partitions_per_hub: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -351,6 +370,22 @@ impl BrokerConfig {
         if let Some(l) = f.tls.listen_websocket {
             c.tls.listen_websocket = optional_addr("tls.listen_websocket", l)?;
         }
+        if let Some(l) = f.management.listen {
+            c.listen_management = optional_addr("management.listen", l)?;
+        }
+        if let Some(a) = f.management.auth {
+            c.management.auth = match a.as_str() {
+                "sas" => AdminAuth::Sas,
+                "none" => AdminAuth::None,
+                other => return Err(invalid("management.auth", format!("'{other}' is not sas or none"))),
+            };
+        }
+        if let Some(v) = f.limits.max_consumer_groups_per_hub {
+            c.core.max_consumer_groups_per_hub = v;
+        }
+        if let Some(v) = f.limits.max_partitions_per_hub {
+            c.core.max_partitions_per_hub = v;
+        }
         if let Some(hs) = f.hubs {
             c.core.hubs = hs
                 .into_iter()
@@ -457,6 +492,10 @@ mod tests {
         assert_eq!(c.listen_blob, d.listen_blob);
         assert_eq!(c.blob, d.blob);
         assert_eq!(c.tls, d.tls);
+        assert_eq!(c.listen_management, d.listen_management);
+        assert_eq!(c.management.auth, d.management.auth);
+        assert_eq!(c.core.max_consumer_groups_per_hub, d.core.max_consumer_groups_per_hub);
+        assert_eq!(c.core.max_partitions_per_hub, d.core.max_partitions_per_hub);
         c.validate().unwrap();
     }
 

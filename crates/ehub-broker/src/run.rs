@@ -20,14 +20,15 @@ pub enum Error {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] crate::ConfigError),
-    /// The partition logs could not be opened.
+    /// The partition logs could not be opened, or what was created at run time contradicts
+    /// the configuration file.
     #[error("opening the data directory {path}: {source}")]
     Storage {
         /// The data directory.
         path: PathBuf,
         /// Why.
         #[source]
-        source: ehub_partition_log::LogError,
+        source: ehub_broker_core::CoreError,
     },
     /// The Blob store could not be opened.
     #[error("opening the Blob store in {path}: {source}")]
@@ -79,6 +80,9 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Config(_) | Error::Tls(_) => ErrorKind::Config,
+            Error::Storage { source, .. } if source.kind() == ehub_broker_core::CoreErrorKind::Conflict => {
+                ErrorKind::Config
+            }
             Error::Storage { .. } | Error::BlobStore { .. } => ErrorKind::Storage,
             Error::Blob(e) if e.kind() == ehub_broker_blob::ErrorKind::Config => ErrorKind::Config,
             Error::Blob(_) | Error::Io(_) => ErrorKind::Io,
@@ -105,6 +109,8 @@ pub struct Running {
     pub tls: Option<SocketAddr>,
     /// AMQP over WebSockets over TLS, if configured.
     pub websocket_tls: Option<SocketAddr>,
+    /// The HTTP management endpoint (health, hubs, consumer groups), if configured.
+    pub management: Option<SocketAddr>,
     /// The development CA's certificate (PEM) that clients must trust, with a self-signed
     /// TLS setup.
     pub ca: Option<PathBuf>,
@@ -193,8 +199,18 @@ pub async fn start(config: BrokerConfig) -> Result<Running, Error> {
         blob = Some(socket.local_addr()?);
         blob_front = Some((endpoint, socket, store));
     }
+    let mut management = None;
+    let mut admin_front = None;
+    if let Some(addr) = config.listen_management {
+        let socket = bind("the management endpoint", addr).await?;
+        management = Some(socket.local_addr()?);
+        let endpoint = ehub_broker_admin::Endpoint::new(std::sync::Arc::clone(&broker), config.management.clone())
+            .with_stopping(shutdown.clone());
+        admin_front = Some((endpoint, socket));
+    }
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
+        let admin_task = admin_front.map(|(endpoint, socket)| tokio::spawn(endpoint.serve(socket, stop.clone())));
         let blob_task =
             blob_front.map(|(endpoint, socket, store)| (tokio::spawn(endpoint.serve(socket, stop.clone())), store));
         let amqp_result = serve_listeners(broker, listeners, stop).await;
@@ -202,10 +218,13 @@ pub async fn start(config: BrokerConfig) -> Result<Running, Error> {
             t.await.map_err(std::io::Error::other)??;
             tokio::task::spawn_blocking(move || store.shutdown()).await.map_err(std::io::Error::other)?;
         }
+        if let Some(t) = admin_task {
+            t.await.map_err(std::io::Error::other)?;
+        }
         amqp_result?;
         Ok(())
     });
-    Ok(Running { amqp, websocket, blob, tls, websocket_tls, ca, shutdown, task })
+    Ok(Running { amqp, websocket, blob, tls, websocket_tls, management, ca, shutdown, task })
 }
 
 /// A broker for tests, in one line: in-process, on free loopback ports (AMQP, AMQP over
@@ -257,6 +276,9 @@ impl TestBroker {
         if config.tls.listen == defaults.tls.listen {
             config.tls.listen = Some(any);
         }
+        if config.listen_management == defaults.listen_management {
+            config.listen_management = Some(any);
+        }
         config.core.fsync = FsyncPolicy::Never;
         Ok(TestBroker { running: Some(start(config).await?), _dir: None })
     }
@@ -288,6 +310,11 @@ impl TestBroker {
     /// Where AMQP over WebSockets over TLS is served, if configured.
     pub fn websocket_tls_addr(&self) -> Option<SocketAddr> {
         self.running().websocket_tls
+    }
+
+    /// Where the HTTP management endpoint is served.
+    pub fn management_addr(&self) -> SocketAddr {
+        self.running().management.expect("a test broker serves management")
     }
 
     /// The development CA to trust, with `TlsSource::SelfSigned`.

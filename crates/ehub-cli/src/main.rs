@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod admin;
 mod bench;
 mod checkpoints;
 mod client;
@@ -38,6 +39,10 @@ struct Cli {
     /// Event Hub name (default: the connection string's EntityPath).
     #[arg(long, global = true)]
     hub: Option<String>,
+    /// The broker's management endpoint, for `hubs` and `consumer-groups` (default: port 5300
+    /// on the connection string's host).
+    #[arg(long, global = true, env = "EHUB_MANAGEMENT", value_name = "URL")]
+    management: Option<String>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -67,6 +72,12 @@ enum Command {
     /// Inspect what event processors keep in a checkpoint store.
     #[command(subcommand)]
     Checkpoints(checkpoints::CheckpointsCommand),
+    /// List, create and delete hubs of an `ehub serve` while it runs (its management API).
+    #[command(subcommand)]
+    Hubs(admin::HubsCommand),
+    /// List, create and delete the consumer groups of a hub (--hub) of an `ehub serve`.
+    #[command(subcommand, name = "consumer-groups")]
+    ConsumerGroups(admin::ConsumerGroupsCommand),
     /// Write a partition's events to JSON lines (a file, continued where it ends; or stdout).
     Export(transfer::ExportArgs),
     /// Send JSON lines written by `export` (or `receive --output json`) back as events.
@@ -92,6 +103,10 @@ pub(crate) struct ServeArgs {
     /// Default 127.0.0.1:10000.
     #[arg(long)]
     listen_blob: Option<String>,
+    /// Serve the HTTP management endpoint (GET /health, the hubs and consumer-groups API) on
+    /// HOST:PORT, or `off`. Default 127.0.0.1:5300.
+    #[arg(long)]
+    listen_management: Option<String>,
     /// Serve AMQP over TLS with this certificate chain (PEM; needs --tls-key).
     #[arg(long, value_name = "FILE", requires = "tls_key", conflicts_with = "tls_self_signed")]
     tls_cert: Option<PathBuf>,
@@ -140,10 +155,23 @@ impl Target {
     /// The connection settings: those given, or else a local `ehub serve` with its defaults
     /// (said in one line on stderr, so nobody mistakes it for the namespace they meant).
     fn from(cli: &Cli) -> Result<Target> {
+        let management = cli.management.as_deref();
         match &cli.connection_string {
-            Some(cs) => Ok(Target { connection_string: cs.clone(), hub: cli.hub.clone(), output: cli.output }),
+            Some(cs) => {
+                let mut hub = cli.hub.clone();
+                let entity_path = ehub_model::ConnectionString::parse(cs).ok().and_then(|c| c.entity_path);
+                if hub.is_none() && entity_path.is_none() {
+                    // No hub named anywhere: the broker's only hub, if it says it has one.
+                    hub = admin::Admin::only_hub(cs, management);
+                }
+                Ok(Target { connection_string: cs.clone(), hub, output: cli.output })
+            }
             None => {
-                let hub = cli.hub.clone().unwrap_or_else(|| LOCAL_HUB.into());
+                let hub = cli
+                    .hub
+                    .clone()
+                    .or_else(|| admin::Admin::only_hub(LOCAL_BROKER, management))
+                    .unwrap_or_else(|| LOCAL_HUB.into());
                 eprintln!(
                     "ehub: no connection string given: using the local `ehub serve` at 127.0.0.1:5672, hub {hub} \
                      (--connection-string or EVENTHUB_CONNECTION_STRING for another namespace)"
@@ -157,6 +185,14 @@ impl Target {
 /// Exit code for an error, by the client error kind when there is one.
 fn exit_code(e: &anyhow::Error) -> u8 {
     use ehub::ErrorKind as K;
+    if let Some(m) = e.chain().find_map(|c| c.downcast_ref::<admin::ManagementError>()) {
+        return match m.status {
+            401 | 403 => 3,
+            404 => 5,
+            400 => 2,
+            _ => 1,
+        };
+    }
     let Some(err) = e.chain().find_map(|c| c.downcast_ref::<ehub::Error>()) else { return 1 };
     match err.kind() {
         K::Authentication => 3,
@@ -220,6 +256,12 @@ fn main() -> ExitCode {
         Command::Bench(b) => Target::from(&cli).and_then(|t| bench::run(&t, b)),
         Command::Checkpoints(c) => Target::from(&cli).and_then(|t| checkpoints::run(&t, c)),
         Command::Export(a) => Target::from(&cli).and_then(|t| transfer::export(&t, a)),
+        Command::Hubs(c) => {
+            Target::from(&cli).and_then(|t| admin::hubs(&t.connection_string, cli.management.as_deref(), cli.output, c))
+        }
+        Command::ConsumerGroups(c) => {
+            Target::from(&cli).and_then(|t| admin::consumer_groups(&t, cli.management.as_deref(), c))
+        }
         Command::Import(a) => Target::from(&cli).and_then(|t| transfer::import(&t, a)),
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "ehub", &mut std::io::stdout());

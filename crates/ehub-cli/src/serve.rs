@@ -27,6 +27,12 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
             _ => Some(l.parse().with_context(|| format!("--listen-blob '{l}' is not HOST:PORT or off"))?),
         };
     }
+    if let Some(l) = &args.listen_management {
+        cfg.listen_management = match l.as_str() {
+            "off" | "" => None,
+            _ => Some(l.parse().with_context(|| format!("--listen-management '{l}' is not HOST:PORT or off"))?),
+        };
+    }
     match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => cfg.tls.source = TlsSource::Files { cert: cert.clone(), key: key.clone() },
         _ if args.tls_self_signed => cfg.tls.source = TlsSource::SelfSigned,
@@ -65,6 +71,7 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
             listen_blob = %off(running.blob),
             listen_tls = %off(running.tls),
             listen_wss = %off(running.websocket_tls),
+            listen_management = %off(running.management),
             data_dir = %data_dir.display(),
             fsync = %fsync,
             hubs = %hubs.join(","),

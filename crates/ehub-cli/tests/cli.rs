@@ -13,6 +13,8 @@ struct Server {
     cs: String,
     /// The development account's connection string for the broker's Blob endpoint.
     storage: String,
+    /// The management endpoint's URL.
+    management: String,
     _dir: tempfile::TempDir,
 }
 
@@ -32,7 +34,16 @@ fn serve_with(extra: &[&std::ffi::OsStr]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("ehub"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--listen-blob", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--listen-blob",
+            "127.0.0.1:0",
+            "--listen-management",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .args(extra)
         .env("EHUB_LOG", "info")
@@ -40,11 +51,13 @@ fn serve_with(extra: &[&std::ffi::OsStr]) -> Server {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let blob = loop {
+    let (blob, management) = loop {
         let line = lines.next().expect("ehub serve exited before listening").unwrap();
         if line.contains("ehub broker listening") {
-            let addr = line.split("listen_blob=").nth(1).and_then(|r| r.split_whitespace().next()).unwrap();
-            break addr.to_owned();
+            let field = |name: &str| {
+                line.split(&format!("{name}=")).nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_owned()
+            };
+            break (field("listen_blob"), format!("http://{}", field("listen_management")));
         }
     };
     // Keep draining the log so the broker never blocks on a full pipe.
@@ -56,7 +69,7 @@ fn serve_with(extra: &[&std::ffi::OsStr]) -> Server {
         "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={};BlobEndpoint=http://{blob}/devstoreaccount1;",
         ehub_storage_auth::DEV_ACCOUNT_KEY
     );
-    Server { child, cs, storage, _dir: dir }
+    Server { child, cs, storage, management, _dir: dir }
 }
 
 fn ehub(s: &Server) -> Command {
@@ -504,4 +517,55 @@ fn export_continues_its_file_and_import_replays_it_on_another_broker() {
     assert!(events.iter().all(|e| e["partition_key"] == key.as_str()), "{events:?}");
     let bodies: Vec<&str> = events.iter().map(|e| e["body"].as_str().unwrap()).collect();
     assert_eq!(bodies, ["k1", "k2"]);
+}
+
+/// `ehub hubs` and `ehub consumer-groups` against the broker's management endpoint; a hub
+/// created there is used by `send` at once; refusals carry the API's message and exit codes.
+#[test]
+fn hubs_and_consumer_groups_from_the_cli() {
+    let s = serve();
+    let admin = |args: &[&str]| {
+        let mut c = Command::cargo_bin("ehub").unwrap();
+        c.timeout(T).env_remove("EVENTHUB_CONNECTION_STRING").env_remove("EHUB_MANAGEMENT");
+        c.args(["--connection-string", &s.cs, "--management", &s.management]).args(args);
+        c
+    };
+    // One hub: commands find it without --hub.
+    let out = admin(&["--output", "json", "info"]).assert().success();
+    let info: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(info["name"], "eh1", "{info}");
+
+    let out = admin(&["hubs", "create", "orders", "--partitions", "2", "--consumer-group", "audit"]).assert().success();
+    assert_eq!(String::from_utf8_lossy(&out.get_output().stdout), "created hub orders with 2 partitions\n");
+    let out = admin(&["--output", "json", "hubs", "list"]).assert().success();
+    let hubs: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let names: Vec<&str> = hubs.as_array().unwrap().iter().map(|h| h["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["eh1", "orders"]);
+    admin(&["--hub", "orders", "consumer-groups", "create", "billing"]).assert().success();
+    let out = admin(&["--hub", "orders", "consumer-groups", "list"]).assert().success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    for g in ["$Default", "audit", "billing"] {
+        assert!(text.contains(g), "{text}");
+    }
+    admin(&["--hub", "orders", "send", "--partition", "1", "to orders"]).assert().success();
+    let out = admin(&["--hub", "orders", "--output", "json", "receive", "--partition", "1", "--count", "1"])
+        .args(["--consumer-group", "billing", "--from", "earliest"])
+        .assert()
+        .success();
+    assert_eq!(json_lines(&out.get_output().stdout)[0]["body"], "to orders");
+
+    let out = admin(&["hubs", "create", "orders"]).assert().failure().code(1);
+    assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("already exists"));
+    let out = admin(&["hubs", "delete", "eh1"]).assert().failure();
+    assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("declared in the configuration file"));
+    admin(&["hubs", "delete", "orders"]).assert().success();
+    admin(&["--hub", "orders", "consumer-groups", "list"]).assert().failure().code(5);
+    let wrong_key = s.cs.replace("SAS_KEY_VALUE", "WRONG");
+    Command::cargo_bin("ehub")
+        .unwrap()
+        .timeout(T)
+        .args(["--connection-string", &wrong_key, "--management", &s.management, "hubs", "list"])
+        .assert()
+        .failure()
+        .code(3);
 }

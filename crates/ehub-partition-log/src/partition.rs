@@ -201,6 +201,11 @@ impl Partition {
         *self.committed.borrow()
     }
 
+    /// Whether a write or fsync failed, turning the partition read-only until restart.
+    pub fn is_failed(&self) -> bool {
+        self.lock().failed
+    }
+
     /// Management summary.
     pub fn info(&self) -> PartitionInfo {
         let st = self.lock();

@@ -1,0 +1,128 @@
+//! Accepting HTTP/1.1 connections and answering each request through [`crate::api`].
+
+use bytes::Bytes;
+use ehub_broker_core::Broker;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How management requests are authorized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdminAuth {
+    /// A SAS token with Manage rights (`Authorization: SharedAccessSignature sr=…`), or an
+    /// Entra ID token (`Bearer …`) when the core accepts those. The default.
+    #[default]
+    Sas,
+    /// Every request is allowed (development only).
+    None,
+}
+
+/// The management front's settings.
+#[derive(Debug, Clone, Default)]
+pub struct AdminConfig {
+    /// How requests are authorized (`GET /health` never needs a token).
+    pub auth: AdminAuth,
+}
+
+/// A health check beside storage: `Ok` when fine, else what is wrong. Runs on a blocking
+/// thread.
+pub type HealthCheck = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// The management endpoint.
+pub struct Endpoint {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) config: AdminConfig,
+    pub(crate) checks: Vec<(String, HealthCheck)>,
+    pub(crate) stopping: CancellationToken,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint").field("config", &self.config).finish()
+    }
+}
+
+/// Time a client gets to send a request's head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Simultaneous management connections.
+const MAX_CONNECTIONS: usize = 256;
+
+impl Endpoint {
+    /// An endpoint on `broker`.
+    pub fn new(broker: Arc<Broker>, config: AdminConfig) -> Self {
+        Endpoint { broker, config, checks: Vec::new(), stopping: CancellationToken::new() }
+    }
+
+    /// Adds a named check to `GET /health` (for example another front's storage).
+    pub fn with_check(mut self, name: impl Into<String>, check: HealthCheck) -> Self {
+        self.checks.push((name.into(), check));
+        self
+    }
+
+    /// `GET /health` answers 503 once `token` is cancelled (the broker is stopping).
+    pub fn with_stopping(mut self, token: CancellationToken) -> Self {
+        self.stopping = token;
+        self
+    }
+
+    /// Serves until `shutdown` is cancelled, then waits for the requests in progress.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let tracker = TaskTracker::new();
+        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let (sock, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "management endpoint: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+                tracing::warn!(peer = %peer, "management endpoint: connection limit reached; refusing connection");
+                continue;
+            };
+            let (ep, stop) = (Arc::clone(&this), shutdown.clone());
+            tracker.spawn(async move {
+                let service = service_fn(move |req: http::Request<Incoming>| {
+                    let ep = Arc::clone(&ep);
+                    async move { Ok::<_, Infallible>(ep.handle(req).await) }
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(sock), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => if let Err(e) = r {
+                        tracing::debug!(peer = %peer, error = %e, "management connection ended with an error");
+                    },
+                    _ = stop.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.as_mut().await;
+                    }
+                }
+                drop(permit);
+            });
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    /// Answers one request.
+    pub async fn handle(self: &Arc<Self>, req: http::Request<Incoming>) -> http::Response<Full<Bytes>> {
+        crate::api::handle(self, req).await
+    }
+}

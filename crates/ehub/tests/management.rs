@@ -1,0 +1,179 @@
+//! The broker's HTTP management API while clients run: hubs and consumer groups created and
+//! deleted at run time, used at once by the client, kept across a restart; tokens with Manage
+//! rights required; `/health` as the emulator answers it.
+
+mod common;
+
+use common::T;
+use ehub::{ConsumerClient, ErrorKind, EventPosition, OpenReceiverOptions, ProducerClient, SendEventOptions};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One HTTP/1.1 request with `Connection: close`; the status and the JSON body.
+async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token.map(|t| format!("Authorization: {t}\r\n")).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    let status = resp[9..12].parse().unwrap();
+    let json = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .filter(|b| !b.is_empty())
+        .map_or(Value::Null, |b| serde_json::from_str(b).unwrap_or_else(|e| panic!("{e}: {b}")));
+    (status, json)
+}
+
+fn token(key_name: &str, key: &str, resource: &str) -> String {
+    let expiry = ehub_broker_core_now() + 3600;
+    ehub_model::generate_sas_token(resource, key_name, key, expiry)
+}
+
+fn ehub_broker_core_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn root() -> String {
+    token("RootManageSharedAccessKey", "SAS_KEY_VALUE", "sb://localhost/")
+}
+
+fn to(p: &str) -> Option<SendEventOptions> {
+    Some(SendEventOptions { partition_id: Some(p.into()), ..Default::default() })
+}
+
+fn config(dir: &std::path::Path) -> ehub_broker::BrokerConfig {
+    let mut c = ehub_broker::BrokerConfig::default();
+    c.core.data_dir = dir.to_owned();
+    c.core.policies.push(ehub_broker::Policy {
+        name: "sender".into(),
+        key: "SENDER_KEY".into(),
+        rights: ehub_broker::Rights { send: true, ..Default::default() },
+    });
+    c
+}
+
+#[tokio::test]
+async fn hubs_and_consumer_groups_created_at_run_time_are_used_at_once_and_kept() {
+    tokio::time::timeout(T, async {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = ehub_broker::TestBroker::start_with(config(dir.path())).await.unwrap();
+        let admin = broker.management_addr();
+        let cs = broker.connection_string();
+
+        let (status, body) = http(admin, "GET", "/health", None, None).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("healthy")), "{body}");
+
+        // Tokens: none, a wrong signature, a Send-only policy: refused; nothing created.
+        let create = json!({ "partition_count": 3, "consumer_groups": ["audit"] });
+        assert_eq!(http(admin, "PUT", "/hubs/orders", None, Some(create.clone())).await.0, 401);
+        let forged = token("RootManageSharedAccessKey", "WRONG", "sb://localhost/");
+        assert_eq!(http(admin, "PUT", "/hubs/orders", Some(&forged), Some(create.clone())).await.0, 401);
+        let sender = token("sender", "SENDER_KEY", "sb://localhost/");
+        let (status, body) = http(admin, "PUT", "/hubs/orders", Some(&sender), Some(create.clone())).await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(http(admin, "GET", "/hubs/orders", Some(&root()), None).await.0, 404);
+
+        let (status, body) = http(admin, "PUT", "/hubs/orders", Some(&root()), Some(create.clone())).await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["partition_ids"], json!(["0", "1", "2"]));
+        assert_eq!(body["consumer_groups"], json!(["$Default", "audit"]));
+        assert_eq!(body["origin"], "runtime");
+        assert_eq!(http(admin, "PUT", "/hubs/ORDERS", Some(&root()), Some(create)).await.0, 409);
+        let (status, body) = http(admin, "PUT", "/hubs/-bad-", Some(&root()), Some(json!({}))).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("InvalidName")), "{body}");
+
+        // The client uses the new hub and its consumer group at once.
+        let p = ProducerClient::builder().open_with_connection_string(&cs, Some("orders")).await.unwrap();
+        assert_eq!(p.get_eventhub_properties().await.unwrap().partition_ids, ["0", "1", "2"]);
+        p.send_event("first order", to("2")).await.unwrap();
+        let (status, _) = http(admin, "PUT", "/hubs/orders/consumergroups/billing", Some(&root()), None).await;
+        assert_eq!(status, 201);
+        let c = ConsumerClient::builder()
+            .with_consumer_group("billing")
+            .open_with_connection_string(&cs, Some("orders"))
+            .await
+            .unwrap();
+        let earliest = OpenReceiverOptions { start_position: EventPosition::Earliest, ..Default::default() };
+        let mut r = c.open_receiver_on_partition("2", Some(earliest.clone())).await.unwrap();
+        let got = r.receive_batch(1, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(got[0].body_as_str().unwrap(), "first order");
+        let (_, groups) = http(admin, "GET", "/hubs/orders/consumergroups", Some(&root()), None).await;
+        let names: Vec<&str> = groups.as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["$Default", "audit", "billing"]);
+        let billing = &groups[2];
+        assert_eq!(billing["receivers_per_partition"], json!([0, 0, 1]), "{groups}");
+
+        // Deleting the consumer group disconnects its receiver with not-found.
+        assert_eq!(http(admin, "DELETE", "/hubs/orders/consumergroups/billing", Some(&root()), None).await.0, 200);
+        let e = r.receive_batch(1, Duration::from_secs(10)).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ResourceNotFound, "{e}");
+        assert_eq!(http(admin, "DELETE", "/hubs/orders/consumergroups/%24Default", Some(&root()), None).await.0, 409);
+        assert_eq!(http(admin, "DELETE", "/hubs/eh1", Some(&root()), None).await.0, 409);
+        assert_eq!(http(admin, "PUT", "/hubs/eh1/consumergroups/extra", Some(&root()), None).await.0, 201);
+        c.close().await;
+        p.close().await;
+        broker.stop().await.unwrap();
+
+        // After a restart: the runtime hub with its events, the consumer groups as they were.
+        let broker = ehub_broker::TestBroker::start_with(config(dir.path())).await.unwrap();
+        let admin = broker.management_addr();
+        let (_, hubs) = http(admin, "GET", "/hubs", Some(&root()), None).await;
+        let names: Vec<(&str, &str)> = hubs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| (h["name"].as_str().unwrap(), h["origin"].as_str().unwrap()))
+            .collect();
+        assert_eq!(names, [("eh1", "config"), ("orders", "runtime")]);
+        assert_eq!(hubs[1]["consumer_groups"], json!(["$Default", "audit"]));
+        assert_eq!(hubs[0]["consumer_groups"], json!(["$Default", "cg1", "extra"]));
+        let cs = broker.connection_string();
+        let p = ProducerClient::builder().open_with_connection_string(&cs, Some("orders")).await.unwrap();
+        assert_eq!(p.get_partition_properties("2").await.unwrap().last_enqueued_sequence_number, 0);
+
+        // Deleting the hub: its producers are refused with not-found, it is gone for good.
+        assert_eq!(http(admin, "DELETE", "/hubs/orders", Some(&root()), None).await.0, 200);
+        let e = p.send_event("late order", to("0")).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ResourceNotFound, "{e}");
+        assert_eq!(http(admin, "GET", "/hubs/orders", Some(&root()), None).await.0, 404);
+        assert!(!dir.path().join("orders").exists());
+        p.close().await;
+        broker.stop().await.unwrap();
+        let broker = ehub_broker::TestBroker::start_with(config(dir.path())).await.unwrap();
+        let (_, hubs) = http(broker.management_addr(), "GET", "/hubs", Some(&root()), None).await;
+        assert_eq!(hubs.as_array().unwrap().len(), 1, "{hubs}");
+        broker.stop().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_runtime_hub_that_the_config_file_now_declares_is_a_clear_error_at_start() {
+    tokio::time::timeout(T, async {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = ehub_broker::TestBroker::start_with(config(dir.path())).await.unwrap();
+        let (status, _) =
+            http(broker.management_addr(), "PUT", "/hubs/orders", Some(&root()), Some(json!({"partition_count": 2})))
+                .await;
+        assert_eq!(status, 201);
+        broker.stop().await.unwrap();
+        let mut c = config(dir.path());
+        c.core.hubs.push(ehub_broker::HubConfig { name: "Orders".into(), partitions: 8, consumer_groups: vec![] });
+        let e = ehub_broker::TestBroker::start_with(c).await.unwrap_err();
+        assert_eq!(e.kind(), ehub_broker::ErrorKind::Config, "{e}");
+        let text = e.to_string();
+        assert!(text.contains("'Orders' is declared in the configuration file (8 partitions)"), "{text}");
+        assert!(text.contains("_runtime.json"), "{text}");
+    })
+    .await
+    .unwrap();
+}
