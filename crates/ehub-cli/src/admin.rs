@@ -118,13 +118,12 @@ impl Admin {
         Ok(value)
     }
 
-    /// The only hub of the broker, if it has exactly one and its management endpoint answers
-    /// within a second (so that `--hub` may be left out).
-    pub(crate) fn only_hub(connection_string: &str, management: Option<&str>) -> Option<String> {
+    /// The broker's hubs, if its management endpoint answers within a second (so that
+    /// `--hub` may be left out when there is only one).
+    pub(crate) fn try_hub_names(connection_string: &str, management: Option<&str>) -> Option<Vec<String>> {
         let mut admin = Admin::new(connection_string, management).ok()?;
         admin.timeout = std::time::Duration::from_secs(1);
-        let mut names = admin.hub_names().ok()?;
-        (names.len() == 1).then(|| names.remove(0))
+        admin.hub_names().ok()
     }
 
     /// The hubs' names.

@@ -33,6 +33,21 @@ fn time_millis(t: std::time::SystemTime) -> i64 {
 }
 
 pub(crate) fn info(t: &Target) -> Result<()> {
+    let entity_path = ehub_model::ConnectionString::parse(&t.connection_string).ok().and_then(|c| c.entity_path);
+    if t.hub.is_none() && entity_path.is_none() {
+        // No hub named and none to choose: list what there is, or say how to name one.
+        let Some(hubs) = &t.known_hubs else {
+            anyhow::bail!("no hub named: give --hub NAME, or EntityPath=NAME in the connection string");
+        };
+        match t.output {
+            Output::Json => println!("{}", json!({ "hubs": hubs })),
+            Output::Text => {
+                println!("hubs: {}", hubs.join(", "));
+                println!("`ehub info --hub NAME` shows one");
+            }
+        }
+        return Ok(());
+    }
     runtime()?.block_on(async {
         let p = producer(t).await?;
         let hub = p.get_eventhub_properties().await?;

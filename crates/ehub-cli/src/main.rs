@@ -142,6 +142,8 @@ pub(crate) struct ServeArgs {
 pub(crate) struct Target {
     pub connection_string: String,
     pub hub: Option<String>,
+    /// The broker's hubs, when no hub was named and its management endpoint listed them.
+    pub known_hubs: Option<Vec<String>>,
     pub output: Output,
 }
 
@@ -156,29 +158,32 @@ impl Target {
     /// (said in one line on stderr, so nobody mistakes it for the namespace they meant).
     fn from(cli: &Cli) -> Result<Target> {
         let management = cli.management.as_deref();
-        match &cli.connection_string {
-            Some(cs) => {
-                let mut hub = cli.hub.clone();
-                let entity_path = ehub_model::ConnectionString::parse(cs).ok().and_then(|c| c.entity_path);
-                if hub.is_none() && entity_path.is_none() {
-                    // No hub named anywhere: the broker's only hub, if it says it has one.
-                    hub = admin::Admin::only_hub(cs, management);
-                }
-                Ok(Target { connection_string: cs.clone(), hub, output: cli.output })
-            }
-            None => {
-                let hub = cli
-                    .hub
-                    .clone()
-                    .or_else(|| admin::Admin::only_hub(LOCAL_BROKER, management))
-                    .unwrap_or_else(|| LOCAL_HUB.into());
-                eprintln!(
-                    "ehub: no connection string given: using the local `ehub serve` at 127.0.0.1:5672, hub {hub} \
-                     (--connection-string or EVENTHUB_CONNECTION_STRING for another namespace)"
-                );
-                Ok(Target { connection_string: LOCAL_BROKER.into(), hub: Some(hub), output: cli.output })
-            }
+        let (connection_string, local) = match &cli.connection_string {
+            Some(cs) => (cs.clone(), false),
+            None => (LOCAL_BROKER.to_owned(), true),
+        };
+        let entity_path = ehub_model::ConnectionString::parse(&connection_string).ok().and_then(|c| c.entity_path);
+        let mut hub = cli.hub.clone();
+        let mut known_hubs = None;
+        if hub.is_none() && entity_path.is_none() {
+            // No hub named anywhere: the broker's only hub, if its management endpoint says it
+            // has exactly one.
+            known_hubs = admin::Admin::try_hub_names(&connection_string, management);
+            hub = match known_hubs.as_deref() {
+                Some([only]) => Some(only.clone()),
+                Some(_) => None,
+                None if local => Some(LOCAL_HUB.to_owned()),
+                None => None,
+            };
         }
+        if local {
+            eprintln!(
+                "ehub: no connection string given: using the local `ehub serve` at 127.0.0.1:5672{} \
+                 (--connection-string or EVENTHUB_CONNECTION_STRING for another namespace)",
+                hub.as_deref().map(|h| format!(", hub {h}")).unwrap_or_default()
+            );
+        }
+        Ok(Target { connection_string, hub, known_hubs, output: cli.output })
     }
 }
 

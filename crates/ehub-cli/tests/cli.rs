@@ -541,6 +541,10 @@ fn hubs_and_consumer_groups_from_the_cli() {
     let hubs: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     let names: Vec<&str> = hubs.as_array().unwrap().iter().map(|h| h["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["eh1", "orders"]);
+    // Two hubs and none named: `info` lists them.
+    let out = admin(&["--output", "json", "info"]).assert().success();
+    let info: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(info, serde_json::json!({ "hubs": ["eh1", "orders"] }));
     admin(&["--hub", "orders", "consumer-groups", "create", "billing"]).assert().success();
     let out = admin(&["--hub", "orders", "consumer-groups", "list"]).assert().success();
     let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
