@@ -105,6 +105,16 @@ pub(crate) async fn handle(ep: &Arc<Endpoint>, req: http::Request<Incoming>) -> 
             _ => method_not_allowed(),
         };
     }
+    // Like the health probe, no token: the figures carry no secret, and scrapers rarely sign.
+    if path == ["metrics"] {
+        return match (&parts.method, &ep.metrics) {
+            (&Method::GET, Some(registry)) => metrics(ep, registry),
+            (&Method::GET, None) => {
+                Refusal(StatusCode::NOT_FOUND, "NotFound", "metrics are not served here".into()).into_response()
+            }
+            _ => method_not_allowed(),
+        };
+    }
     // Namespace-wide operations need a namespace-wide token; a hub's, a token for the hub.
     let audience = match path.as_slice() {
         ["hubs", hub, ..] => format!("sb://ehub/{hub}"),
@@ -230,6 +240,20 @@ async fn route(ep: &Arc<Endpoint>, method: &Method, path: &[&str], body: Incomin
         }
         _ => Err(Refusal(StatusCode::NOT_FOUND, "NotFound", "no such resource".into())),
     }
+}
+
+fn metrics(ep: &Endpoint, registry: &ehub_broker_core::prometheus_client::registry::Registry) -> Response {
+    ep.broker.refresh_metrics();
+    let mut text = String::with_capacity(16 * 1024);
+    if let Err(e) = ehub_broker_core::prometheus_client::encoding::text::encode(&mut text, registry) {
+        return Refusal(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()).into_response();
+    }
+    let mut r = http::Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
 }
 
 /// The emulator's shape: `{"status":"healthy","message":"Service is healthy."}` or 503 with

@@ -1,6 +1,7 @@
 //! Accepting HTTP/1.1 connections and answering each request through [`crate::api`].
 
 use bytes::Bytes;
+use ehub_broker_core::prometheus_client::registry::Registry;
 use ehub_broker_core::Broker;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -42,6 +43,7 @@ pub struct Endpoint {
     pub(crate) config: AdminConfig,
     pub(crate) checks: Vec<(String, HealthCheck)>,
     pub(crate) stopping: CancellationToken,
+    pub(crate) metrics: Option<Arc<Registry>>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -58,7 +60,14 @@ const MAX_CONNECTIONS: usize = 256;
 impl Endpoint {
     /// An endpoint on `broker`.
     pub fn new(broker: Arc<Broker>, config: AdminConfig) -> Self {
-        Endpoint { broker, config, checks: Vec::new(), stopping: CancellationToken::new() }
+        Endpoint { broker, config, checks: Vec::new(), stopping: CancellationToken::new(), metrics: None }
+    }
+
+    /// Serves `registry` on `GET /metrics` in the Prometheus (OpenMetrics) text format, after
+    /// refreshing the core's state-derived metrics.
+    pub fn with_metrics(mut self, registry: Arc<Registry>) -> Self {
+        self.metrics = Some(registry);
+        self
     }
 
     /// Adds a named check to `GET /health` (for example another front's storage).

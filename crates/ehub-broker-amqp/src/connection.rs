@@ -2,6 +2,7 @@
 //! partition logs through callbacks that post [`Control`] messages back to it.
 
 use crate::management;
+use crate::metrics::AmqpMetrics;
 use crate::settle::{records_deliveries_late, Settlements};
 use bytes::{Bytes, BytesMut};
 use ehub_amqp_codec::{
@@ -78,6 +79,20 @@ enum LinkKind {
     Refused,
 }
 
+impl LinkKind {
+    /// The `role` label of the links metric.
+    fn role(&self) -> Option<&'static str> {
+        match self {
+            LinkKind::CbsIn => Some("cbs"),
+            LinkKind::MgmtIn => Some("management"),
+            LinkKind::ReplyOut { .. } => Some("reply"),
+            LinkKind::Producer { .. } => Some("producer"),
+            LinkKind::Consumer(_) => Some("consumer"),
+            LinkKind::Refused => None,
+        }
+    }
+}
+
 /// Which right a link needs.
 type Claim = fn(&Rights) -> bool;
 
@@ -104,6 +119,9 @@ struct Token {
 
 pub(crate) struct ConnTask<S> {
     broker: Arc<Broker>,
+    metrics: Arc<AmqpMetrics>,
+    /// Sessions begun and not ended, to take off the gauge when the connection ends.
+    sessions: i64,
     conn: Connection,
     transport: Transport<S>,
     links: ehub_amqp_endpoint::IdMap<LinkId, LinkInfo>,
@@ -158,11 +176,14 @@ pub(crate) fn engine_config(broker: &Broker) -> ConnectionConfig {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
-    pub(crate) fn new(broker: Arc<Broker>, io: S, peer: String) -> Self {
+    pub(crate) fn new(broker: Arc<Broker>, io: S, peer: String, metrics: Arc<AmqpMetrics>) -> Self {
         let (ctl_tx, ctl_rx) = unbounded_channel();
         let conn = Connection::new(ConnectionRole::Acceptor, engine_config(&broker), Instant::now());
+        metrics.connections.inc();
         ConnTask {
             broker,
+            metrics,
+            sessions: 0,
             conn,
             transport: Transport::new(io),
             links: Default::default(),
@@ -188,6 +209,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         for id in ids {
             self.forget_link(id);
         }
+        self.metrics.sessions.dec_by(self.sessions);
+        self.metrics.connections.dec();
     }
 
     async fn run_inner(&mut self, shutdown: &CancellationToken) -> Result<(), EndpointError> {
@@ -259,7 +282,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 }
                 debug!(peer = %self.peer, container_id = %o.container_id, settle_twice = twice, "connection opened")
             }
-            Event::SessionBegun { .. } => {}
+            Event::SessionBegun { .. } => {
+                self.sessions += 1;
+                self.metrics.sessions.inc();
+            }
             Event::AttachRequested { link, attach } => self.on_attach(link, *attach)?,
             Event::Attached { .. } => {}
             Event::LinkFlow { link } => self.on_flow(link)?,
@@ -267,6 +293,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             Event::Disposition { .. } => {}
             Event::Detached { link, .. } => self.forget_link(link),
             Event::SessionEnded { channel, .. } => {
+                self.sessions -= 1;
+                self.metrics.sessions.dec();
                 self.settlements.session_ended(channel);
                 let ids: Vec<LinkId> = self.links.keys().filter(|l| l.channel == channel).copied().collect();
                 for id in ids {
@@ -280,6 +308,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
 
     fn forget_link(&mut self, id: LinkId) {
         if let Some(info) = self.links.remove(&id) {
+            if let Some(role) = info.kind.role() {
+                self.metrics.link(role).dec();
+            }
             if let LinkKind::Consumer(c) = info.kind {
                 c.cancel.cancel();
                 c.cg.remove(c.pidx, c.id);
@@ -295,6 +326,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         description: String,
     ) -> Result<(), EndpointError> {
         debug!(peer = %self.peer, link = %name, condition, description = %description, "refusing link");
+        self.metrics.refuse(condition);
         self.links.insert(link, LinkInfo::refused(name));
         self.conn.refuse_link(link, AmqpError::new(condition, description))
     }
@@ -443,6 +475,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             _ => None,
         };
         let claimed = claim.is_some();
+        if let Some(role) = kind.role() {
+            self.metrics.link(role).inc();
+        }
         self.links.insert(link, LinkInfo { kind, name, target_address, claim });
         if claimed {
             self.update_token_deadline();
@@ -588,6 +623,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                     return reject(
                         &mut self.conn,
                         &mut self.settlements,
+                        &self.metrics,
                         &d,
                         AmqpError::new(conditions::NOT_FOUND, text),
                     );
@@ -598,13 +634,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                         conditions::MESSAGE_SIZE_EXCEEDED,
                         format!("The received message (delivery-id:{}, size:{} bytes) exceeds the limit ({limit} bytes) currently allowed on the link.", d.delivery_id, d.size),
                     );
-                    return reject(&mut self.conn, &mut self.settlements, &d, err);
+                    return reject(&mut self.conn, &mut self.settlements, &self.metrics, &d, err);
                 }
                 let events = match split_events(&d) {
                     Ok(ev) => ev,
                     Err(reason) => {
                         let err = AmqpError::new(conditions::DECODE_ERROR, reason);
-                        return reject(&mut self.conn, &mut self.settlements, &d, err);
+                        return reject(&mut self.conn, &mut self.settlements, &self.metrics, &d, err);
                     }
                 };
                 let idx = match *partition {
@@ -627,11 +663,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                     return Ok(());
                 }
                 *inflight += 1;
-                let part = Arc::clone(&hub.partitions[idx]);
                 let top_up = *inflight < MAX_INFLIGHT;
                 let (tx, link, delivery_id, settled) = (self.ctl_tx.clone(), d.link, d.delivery_id, d.settled);
-                self.broker.append(
-                    &part,
+                self.broker.append_to(
+                    hub,
+                    idx,
                     events,
                     Box::new(move |r| {
                         let _ =
@@ -774,6 +810,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 // session and link looked up once.
                 let metrics = c.metrics.then(|| runtime_metrics(&c.part.info()));
                 let mut burst = self.conn.burst(link)?;
+                let (mut sent, mut sent_bytes) = (0u64, 0u64);
                 for _ in 0..(credit as usize).min(c.buffer.len()) {
                     let Some(e) = c.buffer.front() else { break };
                     let d = DeliveryAnnotations::prepare(&mut self.annotations, e, metrics.as_deref());
@@ -789,7 +826,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                     let (extra, args) = (&self.annotations, SendArgs { tag: &tag, message_format: 0, settled: true });
                     // Spliced straight into the connection's output buffer: no copy in between.
                     burst.send_with(args, max_len, |out| d.write(out, &e, extra))?;
+                    sent += 1;
+                    sent_bytes += e.payload.len() as u64;
                 }
+                let counters = &c.hub.counters[c.pidx];
+                counters.events_out.inc_by(sent);
+                counters.bytes_out.inc_by(sent_bytes);
             }
             if c.busy || c.buffer.len() >= READ_BATCH / 2 {
                 return Ok(());
@@ -955,6 +997,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             }
             Err(desc) => {
                 info!(peer = %self.peer, audience = %audience, reason = %desc, "token refused");
+                self.metrics.refuse(conditions::UNAUTHORIZED_ACCESS);
                 management::status_message(401, &desc, Some(conditions::UNAUTHORIZED_ACCESS), Value::Null)
             }
         }
@@ -987,9 +1030,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
 fn reject(
     conn: &mut Connection,
     settlements: &mut Settlements,
+    metrics: &AmqpMetrics,
     d: &Delivery,
     err: AmqpError,
 ) -> Result<(), EndpointError> {
+    metrics.refuse(&err.condition.0);
     let state = DeliveryState::Rejected(Some(err));
     settlements.settle(conn, d.link.channel, d.delivery_id, d.delivery_id, state)?;
     conn.top_up_credit(d.link, PRODUCER_CREDIT)?;

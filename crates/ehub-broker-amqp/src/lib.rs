@@ -18,7 +18,9 @@
 
 mod connection;
 mod management;
+mod metrics;
 mod server;
 mod settle;
 
-pub use server::{serve, serve_listeners, Listener, Protocol};
+pub use metrics::AmqpMetrics;
+pub use server::{serve, serve_listeners, serve_listeners_with_metrics, Listener, Protocol};

@@ -1,6 +1,7 @@
 //! The listeners: accept connections, cap their number, and shut down cleanly.
 
 use crate::connection::ConnTask;
+use crate::metrics::AmqpMetrics;
 use ehub_broker_core::Broker;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,12 +49,29 @@ pub async fn serve_listeners(
     listeners: Vec<Listener>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_listeners_with_metrics(broker, listeners, shutdown, Arc::default()).await
+}
+
+/// [`serve_listeners`], counting connections, sessions, links and refusals in `metrics`.
+pub async fn serve_listeners_with_metrics(
+    broker: Arc<Broker>,
+    listeners: Vec<Listener>,
+    shutdown: CancellationToken,
+    metrics: Arc<AmqpMetrics>,
+) -> std::io::Result<()> {
     let limit = Arc::new(Semaphore::new(broker.config().max_connections));
     let tracker = TaskTracker::new();
     let acceptors: Vec<_> = listeners
         .into_iter()
         .map(|l| {
-            tokio::spawn(accept_loop(Arc::clone(&broker), l, Arc::clone(&limit), tracker.clone(), shutdown.clone()))
+            tokio::spawn(accept_loop(
+                Arc::clone(&broker),
+                l,
+                Arc::clone(&limit),
+                tracker.clone(),
+                shutdown.clone(),
+                Arc::clone(&metrics),
+            ))
         })
         .collect();
     for a in acceptors {
@@ -73,6 +91,7 @@ async fn accept_loop(
     limit: Arc<Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    metrics: Arc<AmqpMetrics>,
 ) {
     loop {
         let (sock, peer) = tokio::select! {
@@ -93,8 +112,9 @@ async fn accept_loop(
         };
         let _ = sock.set_nodelay(true);
         let (broker, stop, protocol) = (Arc::clone(&broker), shutdown.clone(), listener.protocol.clone());
+        let metrics = Arc::clone(&metrics);
         tracker.spawn(async move {
-            run_connection(broker, sock, peer.to_string(), protocol, stop).await;
+            run_connection(broker, sock, peer.to_string(), protocol, stop, metrics).await;
             drop(permit);
         });
     }
@@ -106,23 +126,24 @@ async fn run_connection(
     peer: String,
     protocol: Protocol,
     stop: CancellationToken,
+    metrics: Arc<AmqpMetrics>,
 ) {
     match protocol {
-        Protocol::Amqp => ConnTask::new(broker, sock, peer).run(stop).await,
+        Protocol::Amqp => ConnTask::new(broker, sock, peer, metrics).run(stop).await,
         Protocol::AmqpWebSocket => {
             if let Some(ws) = upgrade(sock, &peer, &stop).await {
-                ConnTask::new(broker, ws, peer).run(stop).await
+                ConnTask::new(broker, ws, peer, metrics).run(stop).await
             }
         }
         Protocol::AmqpTls(config) => {
             if let Some(tls) = handshake(config, sock, &peer, &stop).await {
-                ConnTask::new(broker, tls, peer).run(stop).await
+                ConnTask::new(broker, tls, peer, metrics).run(stop).await
             }
         }
         Protocol::AmqpWebSocketTls(config) => {
             let Some(tls) = handshake(config, sock, &peer, &stop).await else { return };
             if let Some(ws) = upgrade(tls, &peer, &stop).await {
-                ConnTask::new(broker, ws, peer).run(stop).await
+                ConnTask::new(broker, ws, peer, metrics).run(stop).await
             }
         }
     }

@@ -40,6 +40,9 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -167,6 +170,8 @@ pub struct Endpoint {
     store: Arc<BlobStore>,
     config: BlobConfig,
     keys: HashMap<String, Vec<SharedKey>>,
+    /// Requests answered, by operation and status.
+    requests: Family<Vec<(&'static str, String)>, Counter>,
 }
 
 /// Time a client gets to send a request's headers.
@@ -174,6 +179,16 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const SERVER: &str = concat!("ehub-blob/", env!("CARGO_PKG_VERSION"));
 
 impl Endpoint {
+    /// Adds the endpoint's metrics to `registry`: `ehub_blob_requests_total` by `operation`
+    /// and `status`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "ehub_blob_requests",
+            "Blob requests answered, by operation and HTTP status",
+            self.requests.clone(),
+        );
+    }
+
     /// The front over `store`; fails on an account key that is not base64.
     pub fn new(store: Arc<BlobStore>, config: BlobConfig) -> Result<Arc<Self>, Error> {
         let mut keys = HashMap::new();
@@ -186,7 +201,7 @@ impl Endpoint {
                 .map_err(|source| Error::InvalidKey { account: a.name.clone(), source })?;
             keys.insert(a.name.clone(), decoded);
         }
-        Ok(Arc::new(Endpoint { store, config, keys }))
+        Ok(Arc::new(Endpoint { store, config, keys, requests: Family::default() }))
     }
 
     /// The store behind the front.
@@ -294,6 +309,8 @@ impl Endpoint {
         }
         h.insert(http::header::DATE, header(&httpdate::fmt_http_date(SystemTime::now())));
         h.insert(http::header::SERVER, HeaderValue::from_static(SERVER));
+        let labels = vec![("operation", op.to_owned()), ("status", resp.status().as_u16().to_string())];
+        self.requests.get_or_create(&labels).inc();
         tracing::trace!(
             op,
             status = resp.status().as_u16(),

@@ -21,10 +21,13 @@
 mod auth;
 mod config;
 mod error;
+mod metrics;
 mod runtime;
 mod state;
 
 pub use auth::{covers, entity_path, now_secs, Grant, TokenType};
 pub use config::{CoreConfig, HubConfig, Policy, Rights};
 pub use error::{CoreError, CoreErrorKind};
+pub use metrics::{CoreMetrics, Labels, PartitionCounters};
+pub use prometheus_client;
 pub use state::{AdmitError, Broker, ConsumerGroup, Displaced, Hub, OnDisplaced, Origin, ReceiverEntry};

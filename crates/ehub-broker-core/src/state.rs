@@ -4,6 +4,7 @@
 
 use crate::config::{CoreConfig, HubConfig, Policy};
 use crate::error::CoreError;
+use crate::metrics::{receiver_labels, CoreMetrics, PartitionCounters};
 use crate::runtime::RuntimeState;
 use ehub_partition_log::{AppendCallback, AppendEvent, LogConfig, LogError, LogStore, Partition};
 use std::collections::HashMap;
@@ -154,6 +155,8 @@ pub struct Hub {
     pub partitions: Vec<Arc<Partition>>,
     /// Partition ids (`"0"`, `"1"`, …).
     pub partition_ids: Vec<String>,
+    /// Each partition's traffic counters (metrics), by index.
+    pub counters: Vec<PartitionCounters>,
     /// Consumer groups by lower-case name.
     consumer_groups: RwLock<HashMap<String, (Arc<ConsumerGroup>, Origin)>>,
     /// Where sends without a partition or key go next.
@@ -196,6 +199,7 @@ impl Hub {
 pub struct Broker {
     pub(crate) config: CoreConfig,
     store: LogStore,
+    metrics: Arc<CoreMetrics>,
     hubs: RwLock<HashMap<String, Arc<Hub>>>,
     /// What was created at run time, as persisted; held while a change is applied so that
     /// changes are serialised and the file always matches the map.
@@ -213,6 +217,7 @@ impl Broker {
     /// contradicts the configuration is an error naming both, never resolved silently.
     pub fn open(config: impl Into<CoreConfig>) -> Result<Arc<Self>, CoreError> {
         let config = config.into();
+        let metrics = Arc::new(CoreMetrics::default());
         let store = LogStore::new(LogConfig {
             segment_bytes: config.segment_bytes,
             fsync: config.fsync,
@@ -221,13 +226,14 @@ impl Broker {
             cache_bytes: config.cache_bytes_per_partition,
             writer_threads: config.writer_threads,
             preallocate_bytes: config.preallocate_bytes,
+            observer: Some(Arc::clone(&metrics) as Arc<dyn ehub_partition_log::LogObserver>),
             ..LogConfig::default()
         });
         let runtime = RuntimeState::load(&config.data_dir)?;
         runtime.check_against(&config.hubs, &config.data_dir)?;
         let mut hubs = HashMap::new();
         for h in &config.hubs {
-            let hub = open_hub(&store, &config.data_dir, h, Origin::Config)?;
+            let hub = open_hub(&store, &metrics, &config.data_dir, h, Origin::Config)?;
             for cg in runtime.groups_of(&h.name) {
                 let group = ConsumerGroup::new(&cg.name, hub.partitions.len(), cg.created_at);
                 hub.consumer_groups
@@ -239,12 +245,13 @@ impl Broker {
             hubs.insert(h.name.to_ascii_lowercase(), hub);
         }
         for h in &runtime.hubs {
-            let hub = open_hub(&store, &config.data_dir, &h.config(), Origin::Runtime)?;
+            let hub = open_hub(&store, &metrics, &config.data_dir, &h.config(), Origin::Runtime)?;
             hubs.insert(h.name.to_ascii_lowercase(), hub);
         }
         Ok(Arc::new(Broker {
             config,
             store,
+            metrics,
             hubs: RwLock::new(hubs),
             runtime: Mutex::new(runtime),
             next_id: AtomicU64::new(1),
@@ -282,7 +289,7 @@ impl Broker {
             // hub starts empty, as on the service.
             remove_dir(&dir)?;
         }
-        let created = open_hub(&self.store, &self.config.data_dir, &hub, Origin::Runtime)?;
+        let created = open_hub(&self.store, &self.metrics, &self.config.data_dir, &hub, Origin::Runtime)?;
         let mut next = runtime.clone();
         next.add_hub(&hub, created.created_at);
         next.save(&self.config.data_dir)?;
@@ -315,6 +322,8 @@ impl Broker {
         for (cg, _) in hub.consumer_groups() {
             cg.displace_all(&text);
         }
+        let groups: Vec<String> = hub.consumer_groups().iter().map(|(g, _)| g.name.clone()).collect();
+        self.metrics.remove_hub(&hub.name, &hub.partition_ids, &groups);
         // Writers still holding a partition write into unlinked files until they let go.
         remove_dir(&self.config.data_dir.join(&key))?;
         tracing::info!(entity = %hub.name, "hub deleted");
@@ -405,6 +414,48 @@ impl Broker {
         self.config.policies.iter().find(|p| p.name == name)
     }
 
+    /// Appends events to partition `index` of `hub` like [`Broker::append`], and counts them
+    /// in the partition's metrics once they are acknowledged.
+    pub fn append_to(&self, hub: &Hub, index: usize, events: Vec<AppendEvent>, done: AppendCallback) {
+        let (n, bytes) = (events.len() as u64, events.iter().map(|e| e.payload.len() as u64).sum::<u64>());
+        let c = &hub.counters[index];
+        let (events_in, bytes_in) = (c.events_in.clone(), c.bytes_in.clone());
+        self.store.append(
+            &hub.partitions[index],
+            events,
+            Box::new(move |r| {
+                if r.is_ok() {
+                    events_in.inc_by(n);
+                    bytes_in.inc_by(bytes);
+                }
+                done(r)
+            }),
+        );
+    }
+
+    /// The core's metrics (register them with [`CoreMetrics::register`]).
+    pub fn metrics(&self) -> &Arc<CoreMetrics> {
+        &self.metrics
+    }
+
+    /// Sets the metrics read from the state (hub count, last sequence numbers, receivers per
+    /// consumer group and partition); call before encoding a scrape.
+    pub fn refresh_metrics(&self) {
+        let hubs = self.hubs();
+        self.metrics.hubs.set(hubs.len() as i64);
+        for hub in hubs {
+            for (id, p) in hub.partition_ids.iter().zip(&hub.partitions) {
+                let labels = vec![("hub", hub.name.to_ascii_lowercase()), ("partition", id.clone())];
+                self.metrics.last_sequence.get_or_create(&labels).set(p.committed_seq() - 1);
+            }
+            for (g, _) in hub.consumer_groups() {
+                for (id, n) in hub.partition_ids.iter().zip(g.receiver_counts()) {
+                    self.metrics.receivers.get_or_create(&receiver_labels(&hub.name, &g.name, id)).set(n as i64);
+                }
+            }
+        }
+    }
+
     /// Appends events to a partition's log; `done` gets the outcome once it is durable under
     /// the fsync policy (group commit across all callers).
     pub fn append(&self, partition: &Arc<Partition>, events: Vec<AppendEvent>, done: AppendCallback) {
@@ -429,6 +480,7 @@ impl Broker {
 
 fn open_hub(
     store: &LogStore,
+    metrics: &CoreMetrics,
     data_dir: &std::path::Path,
     h: &HubConfig,
     origin: Origin,
@@ -448,12 +500,14 @@ fn open_hub(
         cgs.entry(cg.to_ascii_lowercase())
             .or_insert_with(|| (Arc::new(ConsumerGroup::new(&cg, h.partitions as usize, created_at)), origin));
     }
+    let counters = ids.iter().map(|id| metrics.partition(&h.name, id)).collect();
     Ok(Arc::new(Hub {
         name: h.name.clone(),
         created_at,
         origin,
         partitions,
         partition_ids: ids,
+        counters,
         consumer_groups: RwLock::new(cgs),
         round_robin: AtomicU64::new(0),
         deleted: AtomicBool::new(false),

@@ -3,7 +3,7 @@
 
 use crate::BrokerConfig;
 use ehub_blob_store::{BlobStore, BlobStoreConfig, Durability};
-use ehub_broker_amqp::{serve_listeners, Listener, Protocol};
+use ehub_broker_amqp::{serve_listeners_with_metrics, Listener, Protocol};
 use ehub_broker_blob::Endpoint;
 use ehub_broker_core::Broker;
 use ehub_partition_log::FsyncPolicy;
@@ -199,13 +199,22 @@ pub async fn start(config: BrokerConfig) -> Result<Running, Error> {
         blob = Some(socket.local_addr()?);
         blob_front = Some((endpoint, socket, store));
     }
+    // One registry for the core and every front, served on the management endpoint.
+    let mut registry = ehub_broker_core::prometheus_client::registry::Registry::default();
+    broker.metrics().register(&mut registry);
+    let amqp_metrics = std::sync::Arc::new(ehub_broker_amqp::AmqpMetrics::default());
+    amqp_metrics.register(&mut registry);
+    if let Some((endpoint, _, _)) = &blob_front {
+        endpoint.register_metrics(&mut registry);
+    }
     let mut management = None;
     let mut admin_front = None;
     if let Some(addr) = config.listen_management {
         let socket = bind("the management endpoint", addr).await?;
         management = Some(socket.local_addr()?);
         let endpoint = ehub_broker_admin::Endpoint::new(std::sync::Arc::clone(&broker), config.management.clone())
-            .with_stopping(shutdown.clone());
+            .with_stopping(shutdown.clone())
+            .with_metrics(std::sync::Arc::new(registry));
         admin_front = Some((endpoint, socket));
     }
     let stop = shutdown.clone();
@@ -213,7 +222,7 @@ pub async fn start(config: BrokerConfig) -> Result<Running, Error> {
         let admin_task = admin_front.map(|(endpoint, socket)| tokio::spawn(endpoint.serve(socket, stop.clone())));
         let blob_task =
             blob_front.map(|(endpoint, socket, store)| (tokio::spawn(endpoint.serve(socket, stop.clone())), store));
-        let amqp_result = serve_listeners(broker, listeners, stop).await;
+        let amqp_result = serve_listeners_with_metrics(broker, listeners, stop, amqp_metrics).await;
         if let Some((t, store)) = blob_task {
             t.await.map_err(std::io::Error::other)??;
             tokio::task::spawn_blocking(move || store.shutdown()).await.map_err(std::io::Error::other)?;

@@ -73,6 +73,12 @@ impl std::fmt::Display for FsyncPolicy {
     }
 }
 
+/// Told about the writers' work, for metrics. Called on writer threads: keep it cheap.
+pub trait LogObserver: Send + Sync + std::fmt::Debug {
+    /// One fsync of a group commit (or of an interval), covering `files` files, took `took`.
+    fn fsync(&self, files: usize, took: Duration);
+}
+
 /// Log settings.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -97,6 +103,8 @@ pub struct LogConfig {
     /// commit for the file's new size; on ext4 that halves the cost of the fsync per partition.
     /// Recovery treats a run of zeros up to the end of a file as its clean end.
     pub preallocate_bytes: u64,
+    /// Told about fsyncs (metrics), if set.
+    pub observer: Option<std::sync::Arc<dyn LogObserver>>,
 }
 
 impl Default for LogConfig {
@@ -110,6 +118,7 @@ impl Default for LogConfig {
             cache_bytes: 8 << 20,
             writer_threads: 1,
             preallocate_bytes: 1 << 20,
+            observer: None,
         }
     }
 }

@@ -101,7 +101,11 @@ pub(crate) fn run(rx: Receiver<WriterMsg>, cfg: LogConfig) {
             for (_, (_, f)) in dirty.drain() {
                 files.extend(f);
             }
+            let started = Instant::now();
             let results = sync_all(&files);
+            if let Some(o) = &cfg.observer {
+                o.fsync(files.len(), started.elapsed());
+            }
             if let Some(e) = results {
                 for p in &mut batch {
                     if p.failed.is_none() {
@@ -131,7 +135,12 @@ pub(crate) fn run(rx: Receiver<WriterMsg>, cfg: LogConfig) {
         if let FsyncPolicy::Interval(d) = cfg.fsync {
             if last_sync.elapsed() >= d && !dirty.is_empty() {
                 let files: Vec<Dirty> = dirty.drain().flat_map(|(_, (_, f))| f).collect();
-                if let Some(e) = sync_all(&files) {
+                let started = Instant::now();
+                let result = sync_all(&files);
+                if let Some(o) = &cfg.observer {
+                    o.fsync(files.len(), started.elapsed());
+                }
+                if let Some(e) = result {
                     tracing::error!(error = %e, "interval fsync failed");
                 }
                 last_sync = Instant::now();

@@ -177,3 +177,104 @@ async fn a_runtime_hub_that_the_config_file_now_declares_is_a_clear_error_at_sta
     .await
     .unwrap();
 }
+
+/// The raw answer to one request: status and body text.
+async fn http_text(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    let status = resp[9..12].parse().unwrap();
+    (status, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+/// The value of the series whose line starts with `series` (name and labels, as encoded).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn metrics_count_traffic_receivers_connections_refusals_fsyncs_and_blob_requests() {
+    tokio::time::timeout(T, async {
+        let dir = tempfile::tempdir().unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut c = config(dir.path());
+        (c.listen, c.listen_blob, c.listen_management) = (any, Some(any), Some(any));
+        c.core.fsync = ehub_broker::parse_fsync("always", 100).unwrap(); // so that fsyncs are counted
+        let broker = ehub_broker::start(c).await.unwrap();
+        let cs = format!(
+            "Endpoint=sb://127.0.0.1:{};SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;",
+            broker.amqp.port()
+        );
+        let admin = broker.management.unwrap();
+
+        let p = ProducerClient::builder().open_with_connection_string(&cs, Some("eh1")).await.unwrap();
+        let mut batch = p.create_batch(Some(ehub::EventDataBatchOptions { partition_id: Some("1".into()), ..Default::default() })).await.unwrap();
+        for i in 0..10 {
+            assert!(batch.try_add(&ehub::EventData::from(format!("event {i}"))).unwrap());
+        }
+        p.send_batch(&batch).await.unwrap();
+        p.send_event("eleventh", to("1")).await.unwrap();
+        let consumer = ConsumerClient::builder().open_with_connection_string(&cs, Some("eh1")).await.unwrap();
+        let earliest = OpenReceiverOptions { start_position: EventPosition::Earliest, ..Default::default() };
+        let mut r = consumer.open_receiver_on_partition("1", Some(earliest)).await.unwrap();
+        let mut got = 0;
+        while got < 11 {
+            got += r.receive_batch(11 - got, Duration::from_secs(10)).await.unwrap().len();
+        }
+        let wrong = cs.replace("SAS_KEY_VALUE", "WRONG");
+        let bad = ProducerClient::builder().open_with_connection_string(&wrong, Some("eh1")).await.unwrap();
+        assert!(bad.send_event("refused", to("0")).await.is_err());
+        // An unsigned Blob request: refused with 403.
+        let (status, _) = http_text(broker.blob.unwrap(), "/devstoreaccount1/checkpoints?restype=container").await;
+        assert_eq!(status, 403);
+
+        let (status, text) = http_text(admin, "/metrics").await;
+        assert_eq!(status, 200, "{text}");
+        let p1 = r#"{hub="eh1",partition="1"}"#;
+        assert_eq!(sample(&text, &format!("ehub_events_in_total{p1}")), 11.0);
+        assert_eq!(sample(&text, &format!("ehub_events_out_total{p1}")), 11.0);
+        // The events as stored: each body in an AMQP data section (5 bytes of section header).
+        assert_eq!(sample(&text, &format!("ehub_bytes_in_total{p1}")), ((7 + 5) * 10 + 8 + 5) as f64);
+        assert_eq!(sample(&text, &format!("ehub_bytes_out_total{p1}")), ((7 + 5) * 10 + 8 + 5) as f64);
+        assert_eq!(sample(&text, &format!("ehub_partition_last_sequence_number{p1}")), 10.0);
+        assert_eq!(sample(&text, r#"ehub_partition_last_sequence_number{hub="eh1",partition="0"}"#), -1.0);
+        assert_eq!(sample(&text, r#"ehub_receivers{hub="eh1",consumer_group="$default",partition="1"}"#), 1.0);
+        assert_eq!(sample(&text, r#"ehub_amqp_links{role="consumer"}"#), 1.0);
+        assert!(sample(&text, "ehub_amqp_connections") >= 2.0, "{text}");
+        assert!(sample(&text, "ehub_amqp_sessions") >= 2.0, "{text}");
+        assert!(sample(&text, r#"ehub_amqp_refused_total{condition="amqp:unauthorized-access"}"#) >= 1.0);
+        assert!(sample(&text, "ehub_fsyncs_total") >= 2.0, "{text}");
+        assert!(sample(&text, "ehub_fsync_duration_seconds_count") >= 2.0, "{text}");
+        assert_eq!(sample(&text, "ehub_hubs"), 1.0);
+        assert!(text.contains(r#"ehub_blob_requests_total{operation="#) && text.contains(r#"status="403"} 1"#), "{text}");
+
+        // Closed: the gauges go back down.
+        consumer.close().await;
+        p.close().await;
+        bad.close().await;
+        let mut settled = String::new();
+        for _ in 0..100 {
+            settled = http_text(admin, "/metrics").await.1;
+            if sample(&settled, "ehub_amqp_connections") == 0.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(sample(&settled, "ehub_amqp_connections"), 0.0, "{settled}");
+        assert_eq!(sample(&settled, "ehub_amqp_sessions"), 0.0, "{settled}");
+        assert_eq!(sample(&settled, r#"ehub_amqp_links{role="consumer"}"#), 0.0, "{settled}");
+        assert_eq!(sample(&settled, r#"ehub_receivers{hub="eh1",consumer_group="$default",partition="1"}"#), 0.0);
+        broker.stop().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
