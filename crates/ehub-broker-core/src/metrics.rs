@@ -67,9 +67,17 @@ impl CoreMetrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("ehub");
         r.register("events_in", "Events appended to a partition", self.events_in.clone());
-        r.register("bytes_in", "Bytes of the events appended to a partition, as stored (AMQP-encoded messages)", self.bytes_in.clone());
+        r.register(
+            "bytes_in",
+            "Bytes of the events appended to a partition, as stored (AMQP-encoded messages)",
+            self.bytes_in.clone(),
+        );
         r.register("events_out", "Events delivered from a partition to receivers", self.events_out.clone());
-        r.register("bytes_out", "Bytes of the events delivered from a partition to receivers, as stored", self.bytes_out.clone());
+        r.register(
+            "bytes_out",
+            "Bytes of the events delivered from a partition to receivers, as stored",
+            self.bytes_out.clone(),
+        );
         r.register(
             "partition_last_sequence_number",
             "Sequence number of the partition's last event (-1 when empty)",

@@ -86,6 +86,24 @@ impl Admin {
         Ok(Admin { base, token, rt, timeout: std::time::Duration::from_secs(30), client })
     }
 
+    /// `GET path`; the body as text (for `/metrics`).
+    pub(crate) fn get_text(&self, path: &str) -> Result<String> {
+        let url = format!("{}{path}", self.base);
+        let req = http::Request::builder().uri(&url).body(Full::new(Bytes::new()))?;
+        self.rt.block_on(async {
+            let resp = tokio::time::timeout(self.timeout, self.client.request(req))
+                .await
+                .map_err(|_| anyhow!("GET {url}: no answer in {:?}", self.timeout))?
+                .with_context(|| format!("GET {url}: is `ehub serve` running with its management endpoint?"))?;
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            if !status.is_success() {
+                bail!("GET {url}: {status}");
+            }
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        })
+    }
+
     /// One request; the JSON answer, or the API's error as an error.
     pub(crate) fn call(&self, method: http::Method, path: &str, body: Option<Value>) -> Result<Value> {
         let url = format!("{}{path}", self.base);

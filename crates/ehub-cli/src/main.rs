@@ -16,6 +16,7 @@ mod client;
 mod process;
 mod serve;
 mod timefmt;
+mod top;
 mod transfer;
 
 const EXIT_CODES: &str = "Exit codes: 0 success, 1 other error, 2 bad usage, 3 authentication, 4 connection, \
@@ -72,6 +73,9 @@ enum Command {
     /// Inspect what event processors keep in a checkpoint store.
     #[command(subcommand)]
     Checkpoints(checkpoints::CheckpointsCommand),
+    /// A live view of an `ehub serve` from its /metrics: rates per partition, receivers,
+    /// connections, fsyncs.
+    Top(top::TopArgs),
     /// List, create and delete hubs of an `ehub serve` while it runs (its management API).
     #[command(subcommand)]
     Hubs(admin::HubsCommand),
@@ -261,6 +265,7 @@ fn main() -> ExitCode {
         Command::Bench(b) => Target::from(&cli).and_then(|t| bench::run(&t, b)),
         Command::Checkpoints(c) => Target::from(&cli).and_then(|t| checkpoints::run(&t, c)),
         Command::Export(a) => Target::from(&cli).and_then(|t| transfer::export(&t, a)),
+        Command::Top(a) => Target::from(&cli).and_then(|t| top::run(&t, cli.management.as_deref(), a)),
         Command::Hubs(c) => {
             Target::from(&cli).and_then(|t| admin::hubs(&t.connection_string, cli.management.as_deref(), cli.output, c))
         }

@@ -573,3 +573,41 @@ fn hubs_and_consumer_groups_from_the_cli() {
         .failure()
         .code(3);
 }
+
+/// `ehub top` reads the broker's /metrics: partitions with their last sequence numbers, and
+/// rates in while a producer sends.
+#[test]
+fn top_shows_partitions_and_rates_from_the_metrics() {
+    let s = serve();
+    ehub(&s).args(["send", "--partition", "0", "--count", "50"]).assert().success();
+    let top = || {
+        let mut c = Command::cargo_bin("ehub").unwrap();
+        c.timeout(T).env_remove("EVENTHUB_CONNECTION_STRING");
+        c.args(["--connection-string", &s.cs, "--management", &s.management, "--output", "json"]);
+        c.args(["top", "--interval", "0.5", "--count", "2"]);
+        c
+    };
+    let out = top().assert().success();
+    let samples = json_lines(&out.get_output().stdout);
+    assert_eq!(samples.len(), 2);
+    let parts = samples[1]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 4, "{}", samples[1]);
+    assert_eq!(parts[0]["partition"], "0");
+    assert_eq!(parts[0]["last_sequence_number"], 49.0);
+    assert_eq!(parts[1]["last_sequence_number"], -1.0);
+    // While events flow, the rate in shows.
+    let mut sender = std::process::Command::new(assert_cmd::cargo::cargo_bin("ehub"))
+        .env_remove("EVENTHUB_CONNECTION_STRING")
+        .args(["--connection-string", &s.cs, "--hub", "eh1", "bench", "send", "--partition", "2"])
+        .args(["--duration", "4", "--batch", "10", "--in-flight", "1"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = top().assert().success();
+    sender.wait().unwrap();
+    let samples = json_lines(&out.get_output().stdout);
+    let p2 = &samples[1]["partitions"][2];
+    assert!(p2["events_in_per_s"].as_f64().unwrap() > 0.0, "{p2}");
+    assert!(samples[1]["connections"].as_f64().unwrap() >= 1.0);
+}
