@@ -2,13 +2,17 @@
 
 use crate::server::{AdminAuth, Endpoint};
 use bytes::Bytes;
-use ehub_broker_core::{ConsumerGroup, CoreError, CoreErrorKind, Hub, HubConfig, Origin, TokenType};
+use ehub_broker_core::{
+    ActiveFault, ConsumerGroup, CoreError, CoreErrorKind, DetachCondition, Disruption, Hub, HubConfig, Origin,
+    TokenType,
+};
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
+use std::time::Duration;
 
 type Response = http::Response<Full<Bytes>>;
 
@@ -73,6 +77,67 @@ fn hub_json(h: &Hub) -> Value {
         "created_at": h.created_at,
         "origin": origin(h.origin),
         "consumer_groups": groups,
+    })
+}
+
+/// `POST /faults`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct InjectFault {
+    kind: String,
+    hub: Option<String>,
+    partition: Option<String>,
+    condition: Option<String>,
+    seconds: Option<f64>,
+    millis: Option<u64>,
+}
+
+fn fault_json(f: &ActiveFault) -> Value {
+    json!({ "id": f.id, "kind": f.kind, "until": f.until, "description": f.description })
+}
+
+fn inject(ep: &Endpoint, req: InjectFault) -> Result<Value, Refusal> {
+    let bad = |m: String| Refusal(StatusCode::BAD_REQUEST, "InvalidFault", m);
+    let faults = ep.broker.faults();
+    let period = || match req.seconds {
+        Some(s) if s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(bad("`seconds` (how long the fault lasts, up to a day) is required".into())),
+    };
+    let delay = || match req.millis {
+        Some(m) if m <= 60_000 => Ok(Duration::from_millis(m)),
+        _ => Err(bad("`millis` (the delay to add, up to a minute) is required".into())),
+    };
+    if let Some(h) = &req.hub {
+        if ep.broker.hub(h).is_none() {
+            return Err(Refusal(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("The messaging entity '{h}' could not be found."),
+            ));
+        }
+    }
+    Ok(match req.kind.as_str() {
+        "detach" => {
+            let c = req.condition.as_deref().unwrap_or("detach-forced");
+            let condition = DetachCondition::parse(c)
+                .ok_or_else(|| bad(format!("condition '{c}' is not link-stolen, detach-forced or server-busy")))?;
+            let d = Disruption::Detach {
+                hub: req.hub.map(|h| h.to_ascii_lowercase()),
+                partition: req.partition,
+                condition,
+            };
+            json!({ "kind": "detach", "connections": faults.disrupt("detach", d) })
+        }
+        "close-connections" => json!({ "kind": req.kind, "connections": faults.disrupt("close-connections", Disruption::Close) }),
+        "expire-tokens" => json!({ "kind": req.kind, "connections": faults.disrupt("expire-tokens", Disruption::ExpireTokens) }),
+        "server-busy" => fault_json(&faults.server_busy(req.hub.as_deref(), period()?)),
+        "fsync-latency" => fault_json(&faults.fsync_latency(delay()?, period()?)),
+        "frame-latency" => fault_json(&faults.frame_latency(delay()?, period()?)),
+        other => {
+            return Err(bad(format!(
+                "'{other}' is not a fault: detach, close-connections, expire-tokens, server-busy, fsync-latency or frame-latency"
+            )))
+        }
     })
 }
 
@@ -235,6 +300,29 @@ async fn route(ep: &Arc<Endpoint>, method: &Method, path: &[&str], body: Incomin
             blocking(move || broker.delete_consumer_group(&hub, &name)).await?;
             Ok(respond(StatusCode::OK, json!({ "deleted": deleted })))
         }
+        (&Method::GET, ["faults"]) => {
+            let active: Vec<Value> = ep.broker.faults().active().iter().map(fault_json).collect();
+            Ok(respond(StatusCode::OK, json!({ "active": active })))
+        }
+        (&Method::POST, ["faults"]) => {
+            let req: InjectFault = read_json(body).await?;
+            Ok(respond(StatusCode::CREATED, inject(ep, req)?))
+        }
+        (&Method::DELETE, ["faults"]) => {
+            ep.broker.faults().end(None);
+            Ok(respond(StatusCode::OK, json!({ "ended": "all" })))
+        }
+        (&Method::DELETE, ["faults", id]) => {
+            let id: u64 = id
+                .parse()
+                .map_err(|_| Refusal(StatusCode::BAD_REQUEST, "InvalidFault", format!("'{id}' is not a fault id")))?;
+            if ep.broker.faults().end(Some(id)) {
+                Ok(respond(StatusCode::OK, json!({ "ended": id })))
+            } else {
+                Err(Refusal(StatusCode::NOT_FOUND, "NotFound", format!("no fault {id} is in force")))
+            }
+        }
+        (_, ["faults"] | ["faults", _]) => Ok(method_not_allowed()),
         (_, ["hubs"] | ["hubs", _] | ["hubs", _, "consumergroups"] | ["hubs", _, "consumergroups", _]) => {
             Ok(method_not_allowed())
         }

@@ -16,7 +16,8 @@ use ehub_amqp_endpoint::{
     SendArgs,
 };
 use ehub_broker_core::{
-    covers, entity_path, now_secs, AdmitError, Broker, ConsumerGroup, Displaced, Hub, ReceiverEntry, Rights, TokenType,
+    covers, entity_path, now_secs, AdmitError, Broker, ConsumerGroup, DetachCondition, Displaced, Disruption, Hub,
+    ReceiverEntry, Rights, TokenType,
 };
 use ehub_model::{annotations, conditions, link as linkprops, nodes, EntityAddress, EventPosition};
 use ehub_partition_log::{AppendEvent, Appended, LogError, Partition, StartPosition, StoredEvent};
@@ -42,11 +43,32 @@ const BROKER_KEYS: [&str; 4] =
 /// connections.
 #[derive(Debug)]
 pub(crate) enum Control {
-    Ack { link: LinkId, delivery_id: u32, settled: bool, result: Result<Appended, String> },
-    Resolved { link: LinkId, id: u64, result: Result<i64, LogError> },
-    ReadDone { link: LinkId, id: u64, result: Result<Vec<StoredEvent>, LogError> },
-    Wake { link: LinkId, id: u64 },
-    Detach { link: LinkId, error: AmqpError },
+    Ack {
+        link: LinkId,
+        delivery_id: u32,
+        settled: bool,
+        result: Result<Appended, String>,
+    },
+    Resolved {
+        link: LinkId,
+        id: u64,
+        result: Result<i64, LogError>,
+    },
+    ReadDone {
+        link: LinkId,
+        id: u64,
+        result: Result<Vec<StoredEvent>, LogError>,
+    },
+    Wake {
+        link: LinkId,
+        id: u64,
+    },
+    Detach {
+        link: LinkId,
+        error: AmqpError,
+    },
+    /// An injected fault (`ehub fault …`).
+    Disrupt(Disruption),
 }
 
 struct Consumer {
@@ -120,6 +142,8 @@ struct Token {
 pub(crate) struct ConnTask<S> {
     broker: Arc<Broker>,
     metrics: Arc<AmqpMetrics>,
+    /// This connection's id among those fault injection reaches.
+    conn_id: u64,
     /// Sessions begun and not ended, to take off the gauge when the connection ends.
     sessions: i64,
     conn: Connection,
@@ -180,9 +204,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         let (ctl_tx, ctl_rx) = unbounded_channel();
         let conn = Connection::new(ConnectionRole::Acceptor, engine_config(&broker), Instant::now());
         metrics.connections.inc();
+        let conn_id = broker.next_id();
+        let tx = ctl_tx.clone();
+        broker.faults().register_connection(
+            conn_id,
+            Box::new(move |d| {
+                let _ = tx.send(Control::Disrupt(d.clone()));
+            }),
+        );
         ConnTask {
             broker,
             metrics,
+            conn_id,
             sessions: 0,
             conn,
             transport: Transport::new(io),
@@ -209,6 +242,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         for id in ids {
             self.forget_link(id);
         }
+        self.broker.faults().unregister_connection(self.conn_id);
         self.metrics.sessions.dec_by(self.sessions);
         self.metrics.connections.dec();
     }
@@ -216,6 +250,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
     async fn run_inner(&mut self, shutdown: &CancellationToken) -> Result<(), EndpointError> {
         loop {
             self.pump_all();
+            if let Some(d) = self.broker.faults().frame_delay() {
+                tokio::time::sleep(d).await;
+            }
             self.transport.flush(&mut self.conn).await?;
             if self.conn.is_done() {
                 return Ok(());
@@ -371,6 +408,62 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             self.links.insert(link, LinkInfo::refused(name));
         }
         self.update_token_deadline();
+    }
+
+    /// Applies an injected fault to this connection.
+    fn disrupt(&mut self, d: Disruption) {
+        match d {
+            Disruption::Close => {
+                info!(peer = %self.peer, "fault: closing the connection");
+                self.conn.close(Some(AmqpError::new(
+                    conditions::CONNECTION_FORCED,
+                    "The connection was closed by an injected fault (ehub fault close-connections).",
+                )));
+            }
+            Disruption::ExpireTokens => {
+                info!(peer = %self.peer, "fault: every token expires now");
+                for t in &mut self.tokens {
+                    t.expiry = 0;
+                }
+                self.expire_tokens();
+            }
+            Disruption::Detach { hub, partition, condition } => {
+                let (cond, text) = match condition {
+                    DetachCondition::LinkStolen => (
+                        conditions::LINK_STOLEN,
+                        "New receiver 'nil' with higher epoch of '0' is created hence current receiver 'nil' with epoch '0' is getting disconnected (an injected fault).",
+                    ),
+                    DetachCondition::DetachForced => (
+                        conditions::DETACH_FORCED,
+                        "The link was detached by the service to balance load (an injected fault). Reattach.",
+                    ),
+                    DetachCondition::ServerBusy => (
+                        conditions::SERVER_BUSY,
+                        "The request was terminated because the entity is being throttled (an injected fault). Please wait 4 seconds and try again.",
+                    ),
+                };
+                let matches = |h: &Hub, p: Option<usize>| {
+                    hub.as_deref().is_none_or(|want| h.name.eq_ignore_ascii_case(want))
+                        && partition.as_deref().is_none_or(|want| p.is_some_and(|p| h.partition_ids[p] == want))
+                };
+                let hit: Vec<LinkId> = self
+                    .links
+                    .iter()
+                    .filter(|(_, l)| match &l.kind {
+                        LinkKind::Producer { hub, partition, .. } => matches(hub, *partition),
+                        LinkKind::Consumer(c) => matches(&c.hub, Some(c.pidx)),
+                        _ => false,
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                info!(peer = %self.peer, condition = cond, links = hit.len(), "fault: detaching links");
+                for link in hit {
+                    let _ = self.conn.detach(link, Some(AmqpError::new(cond, text)));
+                    self.forget_link(link);
+                    self.links.insert(link, LinkInfo::refused(String::new()));
+                }
+            }
+        }
     }
 
     fn authorized(&self, entity: &str, need: Claim) -> bool {
@@ -628,6 +721,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                         AmqpError::new(conditions::NOT_FOUND, text),
                     );
                 }
+                if self.broker.faults().is_server_busy(&hub.name) {
+                    let err = AmqpError::new(
+                        conditions::SERVER_BUSY,
+                        "The request was terminated because the entity is being throttled (an injected fault). Please wait 4 seconds and try again.",
+                    );
+                    return reject(&mut self.conn, &mut self.settlements, &self.metrics, &d, err);
+                }
                 let limit = self.broker.config().max_message_size;
                 if d.oversized {
                     let err = AmqpError::new(
@@ -744,6 +844,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                     }
                 }
             }
+            Control::Disrupt(d) => self.disrupt(d),
             Control::Detach { link, error } => {
                 if matches!(
                     self.links.get(&link),

@@ -21,6 +21,7 @@
 mod auth;
 mod config;
 mod error;
+mod faults;
 mod metrics;
 mod runtime;
 mod state;
@@ -28,6 +29,7 @@ mod state;
 pub use auth::{covers, entity_path, now_secs, Grant, TokenType};
 pub use config::{CoreConfig, HubConfig, Policy, Rights};
 pub use error::{CoreError, CoreErrorKind};
+pub use faults::{ActiveFault, ConnectionHandle, DetachCondition, Disruption, Faults};
 pub use metrics::{CoreMetrics, Labels, PartitionCounters};
 pub use prometheus_client;
 pub use state::{AdmitError, Broker, ConsumerGroup, Displaced, Hub, OnDisplaced, Origin, ReceiverEntry};

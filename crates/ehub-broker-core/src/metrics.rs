@@ -125,12 +125,6 @@ impl CoreMetrics {
     }
 }
 
-impl ehub_partition_log::LogObserver for CoreMetrics {
-    fn fsync(&self, _files: usize, took: Duration) {
-        self.observe_fsync(took);
-    }
-}
-
 pub(crate) fn receiver_labels(hub: &str, group: &str, partition: &str) -> Labels {
     vec![
         ("hub", hub.to_ascii_lowercase()),

@@ -4,6 +4,7 @@
 
 use crate::config::{CoreConfig, HubConfig, Policy};
 use crate::error::CoreError;
+use crate::faults::Faults;
 use crate::metrics::{receiver_labels, CoreMetrics, PartitionCounters};
 use crate::runtime::RuntimeState;
 use ehub_partition_log::{AppendCallback, AppendEvent, LogConfig, LogError, LogStore, Partition};
@@ -200,6 +201,7 @@ pub struct Broker {
     pub(crate) config: CoreConfig,
     store: LogStore,
     metrics: Arc<CoreMetrics>,
+    faults: Arc<Faults>,
     hubs: RwLock<HashMap<String, Arc<Hub>>>,
     /// What was created at run time, as persisted; held while a change is applied so that
     /// changes are serialised and the file always matches the map.
@@ -218,6 +220,8 @@ impl Broker {
     pub fn open(config: impl Into<CoreConfig>) -> Result<Arc<Self>, CoreError> {
         let config = config.into();
         let metrics = Arc::new(CoreMetrics::default());
+        let faults = Arc::new(Faults::default());
+        let observer = Arc::new(Observer { metrics: Arc::clone(&metrics), faults: Arc::clone(&faults) });
         let store = LogStore::new(LogConfig {
             segment_bytes: config.segment_bytes,
             fsync: config.fsync,
@@ -226,7 +230,7 @@ impl Broker {
             cache_bytes: config.cache_bytes_per_partition,
             writer_threads: config.writer_threads,
             preallocate_bytes: config.preallocate_bytes,
-            observer: Some(Arc::clone(&metrics) as Arc<dyn ehub_partition_log::LogObserver>),
+            observer: Some(observer as Arc<dyn ehub_partition_log::LogObserver>),
             ..LogConfig::default()
         });
         let runtime = RuntimeState::load(&config.data_dir)?;
@@ -252,6 +256,7 @@ impl Broker {
             config,
             store,
             metrics,
+            faults,
             hubs: RwLock::new(hubs),
             runtime: Mutex::new(runtime),
             next_id: AtomicU64::new(1),
@@ -433,6 +438,11 @@ impl Broker {
         );
     }
 
+    /// Fault injection: what is in force, and the connections it reaches.
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
     /// The core's metrics (register them with [`CoreMetrics::register`]).
     pub fn metrics(&self) -> &Arc<CoreMetrics> {
         &self.metrics
@@ -512,6 +522,23 @@ fn open_hub(
         round_robin: AtomicU64::new(0),
         deleted: AtomicBool::new(false),
     }))
+}
+
+/// The writers' observer: fsyncs counted in the metrics, delayed by an injected fault.
+#[derive(Debug)]
+struct Observer {
+    metrics: Arc<CoreMetrics>,
+    faults: Arc<Faults>,
+}
+
+impl ehub_partition_log::LogObserver for Observer {
+    fn fsync(&self, _files: usize, took: std::time::Duration) {
+        self.metrics.observe_fsync(took);
+    }
+
+    fn fsync_delay(&self) -> Option<std::time::Duration> {
+        self.faults.fsync_delay()
+    }
 }
 
 fn remove_dir(dir: &std::path::Path) -> Result<(), CoreError> {

@@ -202,6 +202,7 @@ pub async fn start(config: BrokerConfig) -> Result<Running, Error> {
     // One registry for the core and every front, served on the management endpoint.
     let mut registry = ehub_broker_core::prometheus_client::registry::Registry::default();
     broker.metrics().register(&mut registry);
+    broker.faults().register(&mut registry);
     let amqp_metrics = std::sync::Arc::new(ehub_broker_amqp::AmqpMetrics::default());
     amqp_metrics.register(&mut registry);
     if let Some((endpoint, _, _)) = &blob_front {

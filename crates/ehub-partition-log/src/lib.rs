@@ -77,6 +77,11 @@ impl std::fmt::Display for FsyncPolicy {
 pub trait LogObserver: Send + Sync + std::fmt::Debug {
     /// One fsync of a group commit (or of an interval), covering `files` files, took `took`.
     fn fsync(&self, files: usize, took: Duration);
+
+    /// A delay to wait before the next fsync (fault injection); none by default.
+    fn fsync_delay(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Log settings.

@@ -101,6 +101,9 @@ pub(crate) fn run(rx: Receiver<WriterMsg>, cfg: LogConfig) {
             for (_, (_, f)) in dirty.drain() {
                 files.extend(f);
             }
+            if let Some(d) = cfg.observer.as_ref().and_then(|o| o.fsync_delay()) {
+                std::thread::sleep(d);
+            }
             let started = Instant::now();
             let results = sync_all(&files);
             if let Some(o) = &cfg.observer {

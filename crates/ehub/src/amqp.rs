@@ -56,7 +56,7 @@ pub(crate) struct ReceiverLink {
 }
 
 /// What to attach.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ReceiverSpec {
     pub name: String,
     pub source: Source,

@@ -174,6 +174,27 @@ impl ClientCore {
         }
     }
 
+    /// Runs `attach` after authorizing `audience`. When the token was already in place and the
+    /// service still refuses the link as unauthorized (its copy of the token lapsed: a token
+    /// revoked, a broker that forgot it), the token is put again and `attach` tried once more.
+    pub(crate) async fn attach_authorized<T, F, Fut>(&self, conn: &Conn, audience: &str, attach: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let cached = conn.authorized.lock().expect("poisoned").contains(audience);
+        self.authorize(conn, audience).await?;
+        match attach().await {
+            Err(e) if cached && e.kind() == crate::ErrorKind::Authentication => {
+                tracing::debug!(connection_id = conn.amqp.id, audience, error = %e, "refused with a token in place: putting it again");
+                conn.authorized.lock().expect("poisoned").remove(audience);
+                self.authorize(conn, audience).await?;
+                attach().await
+            }
+            other => other,
+        }
+    }
+
     /// Puts a token for `audience` on `conn` unless one is in place, and keeps it fresh.
     pub(crate) async fn authorize(&self, conn: &Conn, audience: &str) -> Result<()> {
         if conn.authorized.lock().expect("poisoned").contains(audience) {

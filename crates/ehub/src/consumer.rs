@@ -398,11 +398,12 @@ impl EventReceiver {
             prefetch: self.options.prefetch.max(1),
             prefetch_bytes: self.options.prefetch_bytes.max(1),
         };
-        let r = async {
-            self.core.authorize(&conn, &address).await?;
-            self.core.with_timeout("attaching the receiver", conn.amqp.attach_receiver(spec)).await
-        }
-        .await;
+        let r = self
+            .core
+            .attach_authorized(&conn, &address, || {
+                self.core.with_timeout("attaching the receiver", conn.amqp.attach_receiver(spec.clone()))
+            })
+            .await;
         let link = self.core.settle_failure(&conn, r).await?;
         tracing::debug!(connection_id = conn.amqp.id, address = %address, "receiver attached");
         Ok((conn, link))

@@ -204,12 +204,13 @@ impl ProducerClient {
             None => self.core.hub.clone(),
         };
         let address = self.core.url(&path);
-        let r = async {
-            self.core.authorize(&conn, &address).await?;
-            let name = uuid::Uuid::new_v4().to_string();
-            self.core.with_timeout("attaching the sender", conn.amqp.attach_sender(name, address.clone())).await
-        }
-        .await;
+        let r = self
+            .core
+            .attach_authorized(&conn, &address, || {
+                let name = uuid::Uuid::new_v4().to_string();
+                self.core.with_timeout("attaching the sender", conn.amqp.attach_sender(name, address.clone()))
+            })
+            .await;
         let link = self.core.settle_failure(&conn, r).await?;
         tracing::debug!(connection_id = conn.amqp.id, address = %address, max_message_size = link.max_message_size, "sender attached");
         links.insert(key, (conn.clone(), link));

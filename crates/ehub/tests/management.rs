@@ -4,46 +4,11 @@
 
 mod common;
 
-use common::T;
+use common::{http, http_text, root, token, T};
 use ehub::{ConsumerClient, ErrorKind, EventPosition, OpenReceiverOptions, ProducerClient, SendEventOptions};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// One HTTP/1.1 request with `Connection: close`; the status and the JSON body.
-async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let auth = token.map(|t| format!("Authorization: {t}\r\n")).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).await.unwrap();
-    let status = resp[9..12].parse().unwrap();
-    let json = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .filter(|b| !b.is_empty())
-        .map_or(Value::Null, |b| serde_json::from_str(b).unwrap_or_else(|e| panic!("{e}: {b}")));
-    (status, json)
-}
-
-fn token(key_name: &str, key: &str, resource: &str) -> String {
-    let expiry = ehub_broker_core_now() + 3600;
-    ehub_model::generate_sas_token(resource, key_name, key, expiry)
-}
-
-fn ehub_broker_core_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn root() -> String {
-    token("RootManageSharedAccessKey", "SAS_KEY_VALUE", "sb://localhost/")
-}
 
 fn to(p: &str) -> Option<SendEventOptions> {
     Some(SendEventOptions { partition_id: Some(p.into()), ..Default::default() })
@@ -176,17 +141,6 @@ async fn a_runtime_hub_that_the_config_file_now_declares_is_a_clear_error_at_sta
     })
     .await
     .unwrap();
-}
-
-/// The raw answer to one request: status and body text.
-async fn http_text(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).await.unwrap();
-    let status = resp[9..12].parse().unwrap();
-    (status, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
 }
 
 /// The value of the series whose line starts with `series` (name and labels, as encoded).

@@ -2,9 +2,11 @@
 #![allow(dead_code)]
 
 use ehub_broker::BrokerConfig;
+use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Every test is bounded by this.
 pub const T: Duration = Duration::from_secs(60);
@@ -62,4 +64,58 @@ pub async fn start() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let broker = TestBroker::start_at(dir.path(), "127.0.0.1:0").await;
     Fixture { broker, dir }
+}
+
+// HTTP to the broker's management endpoint (and its other HTTP fronts), one request per
+// connection.
+
+/// One HTTP/1.1 request with `Connection: close`; the status and the JSON body.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token.map(|t| format!("Authorization: {t}\r\n")).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    let status = resp[9..12].parse().unwrap();
+    let json = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .filter(|b| !b.is_empty())
+        .map_or(Value::Null, |b| serde_json::from_str(b).unwrap_or_else(|e| panic!("{e}: {b}")));
+    (status, json)
+}
+
+pub fn token(key_name: &str, key: &str, resource: &str) -> String {
+    let expiry = now_secs() + 3600;
+    ehub_model::generate_sas_token(resource, key_name, key, expiry)
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+pub fn root() -> String {
+    token("RootManageSharedAccessKey", "SAS_KEY_VALUE", "sb://localhost/")
+}
+
+/// The raw answer to one request: status and body text.
+pub async fn http_text(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    let status = resp[9..12].parse().unwrap();
+    (status, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
 }
