@@ -16,6 +16,9 @@
 //! | `GET /hubs/{hub}/consumergroups` | 200 |
 //! | `PUT /hubs/{hub}/consumergroups/{name}` | 201; 409 if it exists |
 //! | `DELETE /hubs/{hub}/consumergroups/{name}` | 200; 404; 409 for `$Default` and configured groups |
+//! | `GET /metrics` | the Prometheus registry given with [`Endpoint::with_metrics`] (no token) |
+//! | `POST /faults` `{"kind":"detach",…}` | 201: a fault injected (see the broker guide) |
+//! | `GET /faults`, `DELETE /faults[/{id}]` | the timed faults in force; end them |
 //!
 //! Errors are `{"error":{"code":"…","message":"…"}}` with the status above, 400 for a bad
 //! name or body, 401 without a valid token, 403 without Manage rights.

@@ -235,3 +235,106 @@ pub(crate) fn consumer_groups(target: &Target, management: Option<&str>, cmd: &C
     }
     Ok(())
 }
+
+#[derive(Subcommand)]
+pub(crate) enum FaultCommand {
+    /// Detach the producer and consumer links of --hub (every hub without it), or of one
+    /// partition, with a condition.
+    Detach {
+        /// Only this partition's links.
+        #[arg(long)]
+        partition: Option<String>,
+        /// link-stolen (not retried by clients), detach-forced (reattach) or server-busy.
+        #[arg(long, default_value = "detach-forced")]
+        condition: String,
+    },
+    /// Close every AMQP connection (amqp:connection:forced).
+    CloseConnections,
+    /// Treat every token as expired now: links whose claims lapse are detached.
+    ExpireTokens,
+    /// Answer sends (to --hub, or every hub) with com.microsoft:server-busy for a while.
+    ServerBusy {
+        /// How long.
+        #[arg(long)]
+        seconds: f64,
+    },
+    /// Add a delay before every fsync of the partition logs for a while.
+    FsyncLatency {
+        /// The delay.
+        #[arg(long)]
+        millis: u64,
+        /// How long.
+        #[arg(long)]
+        seconds: f64,
+    },
+    /// Add a delay before every write to every connection for a while.
+    FrameLatency {
+        /// The delay.
+        #[arg(long)]
+        millis: u64,
+        /// How long.
+        #[arg(long)]
+        seconds: f64,
+    },
+    /// List the timed faults in force.
+    List,
+    /// End one timed fault early, or all of them.
+    Clear {
+        /// The fault's id (from `list`); all without it.
+        id: Option<u64>,
+    },
+}
+
+pub(crate) fn fault(
+    connection_string: &str,
+    management: Option<&str>,
+    hub: Option<&str>,
+    output: Output,
+    cmd: &FaultCommand,
+) -> Result<()> {
+    let admin = Admin::new(connection_string, management)?;
+    let inject = |body: Value| admin.call(http::Method::POST, "/faults", Some(body));
+    let v = match cmd {
+        FaultCommand::Detach { partition, condition } => {
+            inject(json!({"kind": "detach", "hub": hub, "partition": partition, "condition": condition}))?
+        }
+        FaultCommand::CloseConnections => inject(json!({"kind": "close-connections"}))?,
+        FaultCommand::ExpireTokens => inject(json!({"kind": "expire-tokens"}))?,
+        FaultCommand::ServerBusy { seconds } => inject(json!({"kind": "server-busy", "hub": hub, "seconds": seconds}))?,
+        FaultCommand::FsyncLatency { millis, seconds } => {
+            inject(json!({"kind": "fsync-latency", "millis": millis, "seconds": seconds}))?
+        }
+        FaultCommand::FrameLatency { millis, seconds } => {
+            inject(json!({"kind": "frame-latency", "millis": millis, "seconds": seconds}))?
+        }
+        FaultCommand::List => admin.call(http::Method::GET, "/faults", None)?,
+        FaultCommand::Clear { id } => {
+            let path = id.map_or_else(|| "/faults".to_owned(), |id| format!("/faults/{id}"));
+            admin.call(http::Method::DELETE, &path, None)?
+        }
+    };
+    print(output, &v, |v| {
+        if let Some(active) = v["active"].as_array() {
+            let mut s = String::new();
+            for f in active {
+                s += &format!(
+                    "{:>4}  {:<14} {}\n",
+                    f["id"],
+                    f["kind"].as_str().unwrap_or(""),
+                    f["description"].as_str().unwrap_or("")
+                );
+            }
+            if active.is_empty() {
+                s += "no timed fault in force\n";
+            }
+            s
+        } else if let Some(n) = v["connections"].as_u64() {
+            format!("{}: sent to {n} connections\n", v["kind"].as_str().unwrap_or(""))
+        } else if v.get("ended").is_some() {
+            format!("ended {}\n", v["ended"])
+        } else {
+            format!("fault {} in force: {}\n", v["id"], v["description"].as_str().unwrap_or(""))
+        }
+    });
+    Ok(())
+}

@@ -76,6 +76,10 @@ enum Command {
     /// A live view of an `ehub serve` from its /metrics: rates per partition, receivers,
     /// connections, fsyncs.
     Top(top::TopArgs),
+    /// Make an `ehub serve` misbehave on purpose (its management API): detach links, close
+    /// connections, expire tokens, throttle sends, slow fsyncs or writes.
+    #[command(subcommand)]
+    Fault(admin::FaultCommand),
     /// List, create and delete hubs of an `ehub serve` while it runs (its management API).
     #[command(subcommand)]
     Hubs(admin::HubsCommand),
@@ -266,6 +270,9 @@ fn main() -> ExitCode {
         Command::Checkpoints(c) => Target::from(&cli).and_then(|t| checkpoints::run(&t, c)),
         Command::Export(a) => Target::from(&cli).and_then(|t| transfer::export(&t, a)),
         Command::Top(a) => Target::from(&cli).and_then(|t| top::run(&t, cli.management.as_deref(), a)),
+        Command::Fault(c) => Target::from(&cli).and_then(|t| {
+            admin::fault(&t.connection_string, cli.management.as_deref(), cli.hub.as_deref(), cli.output, c)
+        }),
         Command::Hubs(c) => {
             Target::from(&cli).and_then(|t| admin::hubs(&t.connection_string, cli.management.as_deref(), cli.output, c))
         }

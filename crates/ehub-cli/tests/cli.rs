@@ -611,3 +611,29 @@ fn top_shows_partitions_and_rates_from_the_metrics() {
     assert!(p2["events_in_per_s"].as_f64().unwrap() > 0.0, "{p2}");
     assert!(samples[1]["connections"].as_f64().unwrap() >= 1.0);
 }
+
+/// `ehub fault`: a server-busy period makes sends fail after the client's retries with exit
+/// code 9; `fault list` shows it and `fault clear` ends it; a bad condition is a usage error.
+#[test]
+fn faults_from_the_cli() {
+    let s = serve();
+    let fault = |args: &[&str]| {
+        let mut c = Command::cargo_bin("ehub").unwrap();
+        c.timeout(T).env_remove("EVENTHUB_CONNECTION_STRING");
+        c.args(["--connection-string", &s.cs, "--management", &s.management]).args(args);
+        c
+    };
+    let out = fault(&["--hub", "eh1", "fault", "server-busy", "--seconds", "60"]).assert().success();
+    assert!(String::from_utf8_lossy(&out.get_output().stdout).contains("server-busy"));
+    let out = fault(&["--output", "json", "fault", "list"]).assert().success();
+    let listed: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(listed["active"][0]["kind"], "server-busy", "{listed}");
+    let out = ehub(&s).args(["send", "--partition", "0", "throttled"]).assert().failure().code(9);
+    assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("server-busy"));
+    fault(&["fault", "clear"]).assert().success();
+    ehub(&s).args(["send", "--partition", "0", "through"]).assert().success();
+    let out = fault(&["fault", "detach", "--condition", "bogus"]).assert().failure().code(2);
+    assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("is not link-stolen"));
+    let out = fault(&["fault", "close-connections"]).assert().success();
+    assert!(String::from_utf8_lossy(&out.get_output().stdout).starts_with("close-connections: sent to"));
+}
