@@ -18,11 +18,18 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub(crate) async fn producer(t: &Target) -> Result<ProducerClient> {
-    Ok(ProducerClient::from_connection_string(&t.connection_string, t.hub.as_deref()).await?)
+    Ok(ProducerClient::builder()
+        .with_options(t.options.clone())
+        .open_with_connection_string(&t.connection_string, t.hub.as_deref())
+        .await?)
 }
 
 pub(crate) async fn consumer(t: &Target, group: &str) -> Result<ConsumerClient> {
-    Ok(ConsumerClient::from_connection_string(&t.connection_string, t.hub.as_deref(), Some(group)).await?)
+    Ok(ConsumerClient::builder()
+        .with_options(t.options.clone())
+        .with_consumer_group(group)
+        .open_with_connection_string(&t.connection_string, t.hub.as_deref())
+        .await?)
 }
 
 fn time_millis(t: std::time::SystemTime) -> i64 {

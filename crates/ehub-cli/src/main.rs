@@ -40,6 +40,13 @@ struct Cli {
     /// Event Hub name (default: the connection string's EntityPath).
     #[arg(long, global = true)]
     hub: Option<String>,
+    /// Connect to this address instead of the namespace's (`amqps://host:port`,
+    /// `wss://host:port`, `amqp://host:port`), e.g. an `ehub serve --tls-self-signed`.
+    #[arg(long, global = true, value_name = "URL")]
+    custom_endpoint: Option<String>,
+    /// Also trust the CA certificates in this PEM file for TLS (e.g. ehub-data/tls/ca.pem).
+    #[arg(long, global = true, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
     /// The broker's management endpoint, for `hubs` and `consumer-groups` (default: port 5300
     /// on the connection string's host).
     #[arg(long, global = true, env = "EHUB_MANAGEMENT", value_name = "URL")]
@@ -152,6 +159,8 @@ pub(crate) struct Target {
     pub hub: Option<String>,
     /// The broker's hubs, when no hub was named and its management endpoint listed them.
     pub known_hubs: Option<Vec<String>>,
+    /// Transport settings (custom endpoint, extra CA).
+    pub options: ehub::ClientOptions,
     pub output: Output,
 }
 
@@ -191,7 +200,12 @@ impl Target {
                 hub.as_deref().map(|h| format!(", hub {h}")).unwrap_or_default()
             );
         }
-        Ok(Target { connection_string, hub, known_hubs, output: cli.output })
+        let options = ehub::ClientOptions {
+            custom_endpoint: cli.custom_endpoint.clone(),
+            ca_certificates: cli.ca_file.clone(),
+            ..Default::default()
+        };
+        Ok(Target { connection_string, hub, known_hubs, options, output: cli.output })
     }
 }
 

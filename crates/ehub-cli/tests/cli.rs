@@ -15,6 +15,8 @@ struct Server {
     storage: String,
     /// The management endpoint's URL.
     management: String,
+    /// The broker's "listening" log line (addresses of every listener).
+    listening: String,
     _dir: tempfile::TempDir,
 }
 
@@ -51,13 +53,13 @@ fn serve_with(extra: &[&std::ffi::OsStr]) -> Server {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (blob, management) = loop {
+    let (blob, management, listening) = loop {
         let line = lines.next().expect("ehub serve exited before listening").unwrap();
         if line.contains("ehub broker listening") {
             let field = |name: &str| {
                 line.split(&format!("{name}=")).nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_owned()
             };
-            break (field("listen_blob"), format!("http://{}", field("listen_management")));
+            break (field("listen_blob"), format!("http://{}", field("listen_management")), line.clone());
         }
     };
     // Keep draining the log so the broker never blocks on a full pipe.
@@ -69,7 +71,7 @@ fn serve_with(extra: &[&std::ffi::OsStr]) -> Server {
         "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={};BlobEndpoint=http://{blob}/devstoreaccount1;",
         ehub_storage_auth::DEV_ACCOUNT_KEY
     );
-    Server { child, cs, storage, management, _dir: dir }
+    Server { child, cs, storage, management, listening, _dir: dir }
 }
 
 fn ehub(s: &Server) -> Command {
@@ -636,4 +638,31 @@ fn faults_from_the_cli() {
     assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("is not link-stolen"));
     let out = fault(&["fault", "close-connections"]).assert().success();
     assert!(String::from_utf8_lossy(&out.get_output().stdout).starts_with("close-connections: sent to"));
+}
+
+/// The client commands over TLS to `ehub serve --tls-self-signed`, as to Azure: a connection
+/// string without the emulator flag, `--custom-endpoint` and `--ca-file`.
+#[test]
+fn send_and_receive_over_tls_with_the_development_ca() {
+    let s = serve_with(&["--tls-self-signed".as_ref(), "--listen-tls".as_ref(), "127.0.0.1:0".as_ref()]);
+    let tls = s.listening.split("listen_tls=").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_owned();
+    let port = tls.rsplit(':').next().unwrap();
+    let ca = s._dir.path().join("tls/ca.pem");
+    let cs = "Endpoint=sb://localhost/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE";
+    let tls_cmd = |args: &[&str]| {
+        let mut c = Command::cargo_bin("ehub").unwrap();
+        c.timeout(T).env_remove("EVENTHUB_CONNECTION_STRING").args(["--connection-string", cs, "--hub", "eh1"]);
+        c.args(["--custom-endpoint", &format!("amqps://localhost:{port}")]).arg("--ca-file").arg(&ca).args(args);
+        c
+    };
+    tls_cmd(&["send", "--partition", "3", "over tls"]).assert().success();
+    let out = tls_cmd(&["--output", "json", "receive", "--partition", "3", "--from", "earliest", "--count", "1"])
+        .assert()
+        .success();
+    assert_eq!(json_lines(&out.get_output().stdout)[0]["body"], "over tls");
+    // Without the CA: refused, exit code 4 (connection).
+    let mut c = Command::cargo_bin("ehub").unwrap();
+    c.timeout(T).env_remove("EVENTHUB_CONNECTION_STRING").args(["--connection-string", cs, "--hub", "eh1"]);
+    c.args(["--custom-endpoint", &format!("amqps://localhost:{port}"), "send", "--partition", "3", "x"]);
+    c.assert().failure().code(4);
 }
