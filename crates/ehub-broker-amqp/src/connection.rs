@@ -144,6 +144,8 @@ pub(crate) struct ConnTask<S> {
     metrics: Arc<AmqpMetrics>,
     /// This connection's id among those fault injection reaches.
     conn_id: u64,
+    /// Until the peer's AMQP open arrives: when the connection is dropped without one.
+    handshake_deadline: Option<Instant>,
     /// Sessions begun and not ended, to take off the gauge when the connection ends.
     sessions: i64,
     conn: Connection,
@@ -205,6 +207,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         let conn = Connection::new(ConnectionRole::Acceptor, engine_config(&broker), Instant::now());
         metrics.connections.inc();
         let conn_id = broker.next_id();
+        let handshake_timeout = broker.config().handshake_timeout;
         let tx = ctl_tx.clone();
         broker.faults().register_connection(
             conn_id,
@@ -222,6 +225,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             links: Default::default(),
             tokens: Vec::new(),
             token_deadline: None,
+            handshake_deadline: Some(Instant::now() + handshake_timeout),
             ctl_tx,
             ctl_rx,
             annotations: BytesMut::with_capacity(128),
@@ -294,6 +298,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 _ = sleep_until(token_deadline) => {
                     self.expire_tokens();
                 }
+                _ = sleep_until(self.handshake_deadline) => {
+                    info!(peer = %self.peer, "no AMQP open within the handshake timeout: closing the connection");
+                    self.metrics.refuse("handshake-timeout");
+                    return Ok(());
+                }
                 _ = sleep_until(confirm_deadline) => {
                     self.settlements.confirm_due(&mut self.conn, Instant::now());
                 }
@@ -313,6 +322,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         match ev {
             Event::SaslInit { mechanism, .. } => debug!(peer = %self.peer, mechanism = mechanism.as_str(), "sasl"),
             Event::Opened(o) => {
+                self.handshake_deadline = None;
                 let twice = records_deliveries_late(&o);
                 if twice {
                     self.settlements.settle_twice();

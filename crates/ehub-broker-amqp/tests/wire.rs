@@ -518,3 +518,40 @@ async fn a_senders_delivery_annotations_reach_the_receiver_beside_the_runtime_me
     }
     stop(b).await;
 }
+
+/// A client that connects and sends nothing, or stops after the protocol header, is closed
+/// once the handshake timeout passes; one that opens in time is not.
+#[tokio::test]
+async fn connections_that_do_not_open_within_the_handshake_timeout_are_closed() {
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = CoreConfig {
+            data_dir: dir.path().to_owned(),
+            handshake_timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let broker = Broker::open(cfg).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(serve(broker, listener, stop.clone()));
+
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut header_only = TcpStream::connect(addr).await.unwrap();
+        header_only.write_all(b"AMQP\x03\x01\x00\x00").await.unwrap();
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        // Read to the end: the broker closes the socket (the header-only one first gets the
+        // broker's own SASL header and mechanisms).
+        silent.read_to_end(&mut buf).await.unwrap();
+        assert!(buf.is_empty());
+        header_only.read_to_end(&mut buf).await.unwrap();
+        assert!(buf.starts_with(b"AMQP\x03\x01\x00\x00"), "{buf:?}");
+        assert!(started.elapsed() >= Duration::from_millis(250), "closed only after the timeout");
+        stop.cancel();
+        handle.await.unwrap().unwrap();
+    })
+    .await
+    .unwrap();
+}

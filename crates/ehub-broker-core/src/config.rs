@@ -77,6 +77,9 @@ pub struct CoreConfig {
     pub max_message_size: u64,
     /// Non-epoch receivers per partition per consumer group.
     pub max_receivers_per_partition: usize,
+    /// Time a new connection gets to open (protocol header, SASL, AMQP open); a client that
+    /// connects and sends nothing is closed after it.
+    pub handshake_timeout: Duration,
     /// Consumer groups per hub, `$Default` included, for those created at run time (the
     /// service's Standard tier: 20).
     pub max_consumer_groups_per_hub: usize,
@@ -106,6 +109,7 @@ impl Default for CoreConfig {
             retention_bytes: None,
             max_message_size: 1 << 20,
             max_receivers_per_partition: 5,
+            handshake_timeout: Duration::from_secs(30),
             max_consumer_groups_per_hub: 20,
             max_partitions_per_hub: 1024,
             verify_sas: true,

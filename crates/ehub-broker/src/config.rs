@@ -179,6 +179,7 @@ struct TomlLimits {
     max_receivers_per_partition: Option<usize>,
     max_consumer_groups_per_hub: Option<usize>,
     max_partitions_per_hub: Option<u32>,
+    handshake_timeout_secs: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -386,6 +387,12 @@ impl BrokerConfig {
         if let Some(v) = f.limits.max_partitions_per_hub {
             c.core.max_partitions_per_hub = v;
         }
+        if let Some(v) = f.limits.handshake_timeout_secs {
+            if !(v > 0.0 && v <= 3600.0) {
+                return Err(invalid("limits.handshake_timeout_secs", format!("{v} is not in (0, 3600]")));
+            }
+            c.core.handshake_timeout = Duration::from_secs_f64(v);
+        }
         if let Some(hs) = f.hubs {
             c.core.hubs = hs
                 .into_iter()
@@ -496,6 +503,7 @@ mod tests {
         assert_eq!(c.management.auth, d.management.auth);
         assert_eq!(c.core.max_consumer_groups_per_hub, d.core.max_consumer_groups_per_hub);
         assert_eq!(c.core.max_partitions_per_hub, d.core.max_partitions_per_hub);
+        assert_eq!(c.core.handshake_timeout, d.core.handshake_timeout);
         c.validate().unwrap();
     }
 
