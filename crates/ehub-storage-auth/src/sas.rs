@@ -167,7 +167,9 @@ pub fn parse_iso8601(s: &str) -> Option<SystemTime> {
     };
     let mut d = date.split('-');
     let (y, m, day): (i64, u32, u32) = (d.next()?.parse().ok()?, d.next()?.parse().ok()?, d.next()?.parse().ok()?);
-    if d.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+    // Four-digit years, as SAS times have them; a longer year would overflow the arithmetic
+    // below (found by the blob_request fuzz target).
+    if d.next().is_some() || !(0..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
         return None;
     }
     let mut secs = days_from_civil(y, m, day) * 86_400;
@@ -180,7 +182,8 @@ pub fn parse_iso8601(s: &str) -> Option<SystemTime> {
             Some(x) => x.parse().ok()?,
             None => 0,
         };
-        if parts.next().is_some() || h > 23 || min > 59 || sec > 60 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        let in_range = (0..=23).contains(&h) && (0..=59).contains(&min) && (0..=60).contains(&sec);
+        if parts.next().is_some() || !in_range || !frac.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
         secs += h * 3600 + min * 60 + sec;
@@ -233,7 +236,17 @@ mod tests {
         assert_eq!(t("2026-12-01T10:00Z"), Some(1_796_119_200));
         assert_eq!(t("2026-12-01T10:00:00.1234567Z"), Some(1_796_119_200));
         assert_eq!(t("2000-03-01T00:00:00Z"), Some(951_868_800));
-        for bad in ["", "2026-13-01", "2026-12-01T10:00:00", "x", "2026-12-01T25:00:00Z"] {
+        for bad in [
+            "",
+            "2026-13-01",
+            "2026-12-01T10:00:00",
+            "x",
+            "2026-12-01T25:00:00Z",
+            "2026-12-01T-1:00:00Z",
+            // Found by fuzzing: a year this long overflowed the day arithmetic.
+            "00000004925003443224677953-01-01T00:00:00Z",
+            "10000-01-01",
+        ] {
             assert_eq!(t(bad), None, "{bad}");
         }
     }
