@@ -353,16 +353,10 @@ async fn health(ep: &Arc<Endpoint>) -> Response {
             json!({ "status": "unhealthy", "message": "The broker is stopping." }),
         );
     }
-    let this = Arc::clone(ep);
-    let checks = tokio::task::spawn_blocking(move || {
-        let mut results = vec![("storage".to_owned(), this.broker.storage_writable())];
-        for (name, check) in &this.checks {
-            results.push((name.clone(), check()));
-        }
-        results
-    })
-    .await
-    .unwrap_or_else(|e| vec![("health check".to_owned(), Err(e.to_string()))]);
+    let broker = Arc::clone(&ep.broker);
+    let storage =
+        tokio::task::spawn_blocking(move || broker.storage_writable()).await.unwrap_or_else(|e| Err(e.to_string()));
+    let checks = [("storage".to_owned(), storage)];
     let failed: Vec<String> =
         checks.iter().filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}"))).collect();
     let detail: serde_json::Map<String, Value> = checks

@@ -36,4 +36,4 @@
 mod api;
 mod server;
 
-pub use server::{AdminAuth, AdminConfig, Endpoint, HealthCheck};
+pub use server::{AdminAuth, AdminConfig, Endpoint};

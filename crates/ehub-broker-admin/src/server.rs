@@ -33,15 +33,10 @@ pub struct AdminConfig {
     pub auth: AdminAuth,
 }
 
-/// A health check beside storage: `Ok` when fine, else what is wrong. Runs on a blocking
-/// thread.
-pub type HealthCheck = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
-
 /// The management endpoint.
 pub struct Endpoint {
     pub(crate) broker: Arc<Broker>,
     pub(crate) config: AdminConfig,
-    pub(crate) checks: Vec<(String, HealthCheck)>,
     pub(crate) stopping: CancellationToken,
     pub(crate) metrics: Option<Arc<Registry>>,
 }
@@ -60,19 +55,13 @@ const MAX_CONNECTIONS: usize = 256;
 impl Endpoint {
     /// An endpoint on `broker`.
     pub fn new(broker: Arc<Broker>, config: AdminConfig) -> Self {
-        Endpoint { broker, config, checks: Vec::new(), stopping: CancellationToken::new(), metrics: None }
+        Endpoint { broker, config, stopping: CancellationToken::new(), metrics: None }
     }
 
     /// Serves `registry` on `GET /metrics` in the Prometheus (OpenMetrics) text format, after
     /// refreshing the core's state-derived metrics.
     pub fn with_metrics(mut self, registry: Arc<Registry>) -> Self {
         self.metrics = Some(registry);
-        self
-    }
-
-    /// Adds a named check to `GET /health` (for example another front's storage).
-    pub fn with_check(mut self, name: impl Into<String>, check: HealthCheck) -> Self {
-        self.checks.push((name.into(), check));
         self
     }
 

@@ -31,6 +31,11 @@ pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Normalises an audience or address to its lower-case entity path (no scheme, no host).
 pub fn entity_path(s: &str) -> String {
     let path = match s.find("://") {

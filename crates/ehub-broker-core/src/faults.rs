@@ -3,6 +3,7 @@
 //! connection through the handle its front registered; fronts map the disruptions to their own
 //! wire terms (AMQP: `amqp:link:detach-forced`, `com.microsoft:server-busy`, …).
 
+use crate::auth::now_millis;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -70,10 +71,6 @@ pub struct ActiveFault {
     pub description: String,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 /// A timed fault's switch: off (0) or on until a time, read with one atomic load when off.
 #[derive(Debug, Default)]
 struct Timed {
@@ -84,7 +81,7 @@ struct Timed {
 impl Timed {
     fn active(&self) -> Option<u64> {
         let until = self.until.load(Ordering::Acquire);
-        (until != 0 && now_ms() < until).then(|| self.micros.load(Ordering::Relaxed))
+        (until != 0 && now_millis() < until).then(|| self.micros.load(Ordering::Relaxed))
     }
 }
 
@@ -150,7 +147,7 @@ impl Faults {
         period: Duration,
         description: String,
     ) -> ActiveFault {
-        let until = now_ms() + period.as_millis() as i64;
+        let until = now_millis() + period.as_millis() as i64;
         timed.micros.store(micros, Ordering::Relaxed);
         timed.until.store(until, Ordering::Release);
         let fault = ActiveFault { id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1, kind, until, description };
@@ -204,11 +201,15 @@ impl Faults {
 
     /// The timed faults in force.
     pub fn active(&self) -> Vec<ActiveFault> {
-        let now = now_ms();
+        let now = now_millis();
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
         active.retain(|f| f.until > now);
-        self.active_gauge.set(active.len() as i64);
         active.clone()
+    }
+
+    /// Sets `ehub_faults_active` (timed faults end by themselves, so it is read when scraped).
+    pub(crate) fn refresh_metrics(&self) {
+        self.active_gauge.set(self.active().len() as i64);
     }
 
     /// Ends fault `id` (every timed fault when `None`); whether one was ended.

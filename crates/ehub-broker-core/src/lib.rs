@@ -26,7 +26,7 @@ mod metrics;
 mod runtime;
 mod state;
 
-pub use auth::{covers, entity_path, now_secs, Grant, TokenType};
+pub use auth::{covers, entity_path, now_millis, now_secs, Grant, TokenType};
 pub use config::{CoreConfig, HubConfig, Policy, Rights};
 pub use error::{CoreError, CoreErrorKind};
 pub use faults::{ActiveFault, ConnectionHandle, DetachCondition, Disruption, Faults};

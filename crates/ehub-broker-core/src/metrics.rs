@@ -14,7 +14,7 @@ use std::time::Duration;
 /// Label pairs (`hub`, `partition`, …).
 pub type Labels = Vec<(&'static str, String)>;
 
-fn partition_labels(hub: &str, partition: &str) -> Labels {
+pub(crate) fn partition_labels(hub: &str, partition: &str) -> Labels {
     vec![("hub", hub.to_ascii_lowercase()), ("partition", partition.to_owned())]
 }
 

@@ -2,10 +2,11 @@
 //! that enforces owner-level (epoch) rules. No wire protocol: a front registers a receiver
 //! with a callback that disconnects it in the front's own terms.
 
+use crate::auth::now_millis;
 use crate::config::{CoreConfig, HubConfig, Policy};
 use crate::error::CoreError;
 use crate::faults::Faults;
-use crate::metrics::{receiver_labels, CoreMetrics, PartitionCounters};
+use crate::metrics::{partition_labels, receiver_labels, CoreMetrics, PartitionCounters};
 use crate::runtime::RuntimeState;
 use ehub_partition_log::{AppendCallback, AppendEvent, LogConfig, LogError, LogStore, Partition};
 use std::collections::HashMap;
@@ -209,10 +210,6 @@ pub struct Broker {
     next_id: AtomicU64,
 }
 
-fn now_millis() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 impl Broker {
     /// Opens (recovering) every partition of every hub: those of the configuration, then those
     /// created at run time (recorded in `<data-dir>/_runtime.json`). A runtime record that
@@ -324,11 +321,12 @@ impl Broker {
         self.hubs.write().unwrap_or_else(|p| p.into_inner()).remove(&key);
         hub.deleted.store(true, Ordering::Release);
         let text = format!("The messaging entity '{}' was deleted.", hub.name);
-        for (cg, _) in hub.consumer_groups() {
+        let groups = hub.consumer_groups();
+        for (cg, _) in &groups {
             cg.displace_all(&text);
         }
-        let groups: Vec<String> = hub.consumer_groups().iter().map(|(g, _)| g.name.clone()).collect();
-        self.metrics.remove_hub(&hub.name, &hub.partition_ids, &groups);
+        let names: Vec<String> = groups.iter().map(|(g, _)| g.name.clone()).collect();
+        self.metrics.remove_hub(&hub.name, &hub.partition_ids, &names);
         // Writers still holding a partition write into unlinked files until they let go.
         remove_dir(&self.config.data_dir.join(&key))?;
         tracing::info!(entity = %hub.name, "hub deleted");
@@ -453,10 +451,10 @@ impl Broker {
     pub fn refresh_metrics(&self) {
         let hubs = self.hubs();
         self.metrics.hubs.set(hubs.len() as i64);
+        self.faults.refresh_metrics();
         for hub in hubs {
             for (id, p) in hub.partition_ids.iter().zip(&hub.partitions) {
-                let labels = vec![("hub", hub.name.to_ascii_lowercase()), ("partition", id.clone())];
-                self.metrics.last_sequence.get_or_create(&labels).set(p.committed_seq() - 1);
+                self.metrics.last_sequence.get_or_create(&partition_labels(&hub.name, id)).set(p.committed_seq() - 1);
             }
             for (g, _) in hub.consumer_groups() {
                 for (id, n) in hub.partition_ids.iter().zip(g.receiver_counts()) {
@@ -532,7 +530,7 @@ struct Observer {
 }
 
 impl ehub_partition_log::LogObserver for Observer {
-    fn fsync(&self, _files: usize, took: std::time::Duration) {
+    fn fsync(&self, took: std::time::Duration) {
         self.metrics.observe_fsync(took);
     }
 
@@ -557,7 +555,7 @@ fn hub_created_at(dir: &std::path::Path) -> Result<i64, LogError> {
             return Ok(v);
         }
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let now = now_millis();
     std::fs::write(&path, now.to_string()).map_err(|e| LogError::Io { path: path.clone(), source: e })?;
     Ok(now)
 }

@@ -206,6 +206,15 @@ struct TomlHub {
     consumer_groups: Vec<String>,
 }
 
+/// Parses a listener address that may be turned off: `HOST:PORT`, or `off` (or empty) for
+/// `None`.
+pub fn parse_listen(s: &str) -> Result<Option<SocketAddr>, std::net::AddrParseError> {
+    match s {
+        "" | "off" => Ok(None),
+        _ => s.parse().map(Some),
+    }
+}
+
 /// Parses a fsync policy name.
 pub fn parse_fsync(s: &str, interval_ms: u64) -> Option<FsyncPolicy> {
     match s.to_ascii_lowercase().as_str() {
@@ -321,11 +330,10 @@ impl BrokerConfig {
                 })
                 .collect::<Result<_, _>>()?;
         }
+        let optional_addr =
+            |key: &str, l: String| parse_listen(&l).map_err(|_| invalid(key, format!("'{l}' is not HOST:PORT or off")));
         if let Some(l) = f.blob.listen {
-            c.listen_blob = match l.as_str() {
-                "" | "off" => None,
-                _ => Some(l.parse().map_err(|_| invalid("blob.listen", format!("'{l}' is not HOST:PORT")))?),
-            };
+            c.listen_blob = optional_addr("blob.listen", l)?;
         }
         if let Some(a) = f.blob.auth {
             c.blob.auth = match a.as_str() {
@@ -346,12 +354,6 @@ impl BrokerConfig {
                 .map(|a| StorageAccount { name: a.name, keys: std::iter::once(a.key).chain(a.key2).collect() })
                 .collect();
         }
-        let optional_addr = |key: &str, l: String| -> Result<Option<SocketAddr>, ConfigError> {
-            match l.as_str() {
-                "" | "off" => Ok(None),
-                _ => Ok(Some(l.parse().map_err(|_| invalid(key, format!("'{l}' is not HOST:PORT or off")))?)),
-            }
-        };
         c.tls.source = match (f.tls.cert, f.tls.key, f.tls.self_signed.unwrap_or(false)) {
             (Some(_), _, true) | (_, Some(_), true) => {
                 return Err(invalid("tls.self_signed", "give either cert and key, or self_signed, not both"))

@@ -22,7 +22,7 @@ mod config;
 mod run;
 mod tls;
 
-pub use config::{parse_fsync, BrokerConfig, ConfigError};
+pub use config::{parse_fsync, parse_listen, BrokerConfig, ConfigError};
 pub use ehub_broker_admin::{AdminAuth, AdminConfig};
 pub use ehub_broker_amqp::{serve, serve_listeners, Listener, Protocol};
 pub use ehub_broker_core::{Broker, CoreConfig, HubConfig, Policy, Rights};

@@ -86,26 +86,8 @@ impl Admin {
         Ok(Admin { base, token, rt, timeout: std::time::Duration::from_secs(30), client })
     }
 
-    /// `GET path`; the body as text (for `/metrics`).
-    pub(crate) fn get_text(&self, path: &str) -> Result<String> {
-        let url = format!("{}{path}", self.base);
-        let req = http::Request::builder().uri(&url).body(Full::new(Bytes::new()))?;
-        self.rt.block_on(async {
-            let resp = tokio::time::timeout(self.timeout, self.client.request(req))
-                .await
-                .map_err(|_| anyhow!("GET {url}: no answer in {:?}", self.timeout))?
-                .with_context(|| format!("GET {url}: is `ehub serve` running with its management endpoint?"))?;
-            let status = resp.status();
-            let bytes = resp.into_body().collect().await?.to_bytes();
-            if !status.is_success() {
-                bail!("GET {url}: {status}");
-            }
-            Ok(String::from_utf8_lossy(&bytes).into_owned())
-        })
-    }
-
-    /// One request; the JSON answer, or the API's error as an error.
-    pub(crate) fn call(&self, method: http::Method, path: &str, body: Option<Value>) -> Result<Value> {
+    /// One request, signed; the status and the body.
+    fn request(&self, method: http::Method, path: &str, body: Option<Value>) -> Result<(http::StatusCode, Bytes)> {
         let url = format!("{}{path}", self.base);
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let req = http::Request::builder()
@@ -114,7 +96,7 @@ impl Admin {
             .header(http::header::AUTHORIZATION, &self.token)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))?;
-        let (status, bytes) = self.rt.block_on(async {
+        self.rt.block_on(async {
             let resp = tokio::time::timeout(self.timeout, self.client.request(req))
                 .await
                 .map_err(|_| anyhow!("{method} {url}: no answer in {:?}", self.timeout))?
@@ -124,9 +106,22 @@ impl Admin {
                     )
                 })?;
             let status = resp.status();
-            let bytes = resp.into_body().collect().await?.to_bytes();
-            Ok::<_, anyhow::Error>((status, bytes))
-        })?;
+            Ok((status, resp.into_body().collect().await?.to_bytes()))
+        })
+    }
+
+    /// `GET path`; the body as text (for `/metrics`).
+    pub(crate) fn get_text(&self, path: &str) -> Result<String> {
+        let (status, bytes) = self.request(http::Method::GET, path, None)?;
+        if !status.is_success() {
+            bail!("GET {}{path}: {status}", self.base);
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// One request; the JSON answer, or the API's error as an error.
+    pub(crate) fn call(&self, method: http::Method, path: &str, body: Option<Value>) -> Result<Value> {
+        let (status, bytes) = self.request(method, path, body)?;
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !status.is_success() {
             let message = value["error"]["message"].as_str().map_or_else(|| status.to_string(), str::to_owned);

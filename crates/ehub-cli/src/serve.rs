@@ -2,7 +2,7 @@
 
 use crate::ServeArgs;
 use anyhow::{bail, Context, Result};
-use ehub_broker::{parse_fsync, BrokerConfig, TlsSource};
+use ehub_broker::{parse_fsync, parse_listen, BrokerConfig, TlsSource};
 use std::time::Instant;
 
 pub(crate) fn run(args: &ServeArgs) -> Result<()> {
@@ -21,17 +21,13 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
     if let Some(l) = &args.listen_ws {
         cfg.listen_websocket = Some(l.parse().with_context(|| format!("--listen-ws '{l}' is not HOST:PORT"))?);
     }
+    let optional_addr =
+        |flag: &str, l: &str| parse_listen(l).with_context(|| format!("--{flag} '{l}' is not HOST:PORT or off"));
     if let Some(l) = &args.listen_blob {
-        cfg.listen_blob = match l.as_str() {
-            "off" | "" => None,
-            _ => Some(l.parse().with_context(|| format!("--listen-blob '{l}' is not HOST:PORT or off"))?),
-        };
+        cfg.listen_blob = optional_addr("listen-blob", l)?;
     }
     if let Some(l) = &args.listen_management {
-        cfg.listen_management = match l.as_str() {
-            "off" | "" => None,
-            _ => Some(l.parse().with_context(|| format!("--listen-management '{l}' is not HOST:PORT or off"))?),
-        };
+        cfg.listen_management = optional_addr("listen-management", l)?;
     }
     match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => cfg.tls.source = TlsSource::Files { cert: cert.clone(), key: key.clone() },
@@ -39,10 +35,7 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
         _ => {}
     }
     if let Some(l) = &args.listen_tls {
-        cfg.tls.listen = match l.as_str() {
-            "off" | "" => None,
-            _ => Some(l.parse().with_context(|| format!("--listen-tls '{l}' is not HOST:PORT or off"))?),
-        };
+        cfg.tls.listen = optional_addr("listen-tls", l)?;
     }
     if let Some(l) = &args.listen_wss {
         cfg.tls.listen_websocket = Some(l.parse().with_context(|| format!("--listen-wss '{l}' is not HOST:PORT"))?);

@@ -102,11 +102,14 @@ pub(crate) fn run(t: &Target, management: Option<&str>, a: &TopArgs) -> Result<(
         let now = parse(&admin.get_text("/metrics")?);
         let secs = at.elapsed().as_secs_f64().max(1e-3);
         at = Instant::now();
-        let rate = |name: &str, key: &(String, u32)| {
-            (now.by_partition(name).get(key).copied().unwrap_or(0.0)
-                - previous.by_partition(name).get(key).copied().unwrap_or(0.0))
-                / secs
+        // Per-partition rates from two scrapes, each series indexed once.
+        let rates = |name: &str| {
+            let (now_v, before) = (now.by_partition(name), previous.by_partition(name));
+            move |key: &(String, u32)| {
+                (now_v.get(key).copied().unwrap_or(0.0) - before.get(key).copied().unwrap_or(0.0)) / secs
+            }
         };
+        let (rate_in, rate_out) = (rates("ehub_events_in_total"), rates("ehub_events_out_total"));
         let last = now.by_partition("ehub_partition_last_sequence_number");
         let receivers = now.by_partition("ehub_receivers");
         let fsyncs = now.get("ehub_fsyncs_total") - previous.get("ehub_fsyncs_total");
@@ -115,13 +118,7 @@ pub(crate) fn run(t: &Target, management: Option<&str>, a: &TopArgs) -> Result<(
         let rows: Vec<_> = last
             .iter()
             .map(|(key, seq)| {
-                (
-                    key.clone(),
-                    rate("ehub_events_in_total", key),
-                    rate("ehub_events_out_total", key),
-                    *seq,
-                    receivers.get(key).copied().unwrap_or(0.0),
-                )
+                (key.clone(), rate_in(key), rate_out(key), *seq, receivers.get(key).copied().unwrap_or(0.0))
             })
             .collect();
         match t.output {

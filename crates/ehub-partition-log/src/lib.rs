@@ -75,8 +75,8 @@ impl std::fmt::Display for FsyncPolicy {
 
 /// Told about the writers' work, for metrics. Called on writer threads: keep it cheap.
 pub trait LogObserver: Send + Sync + std::fmt::Debug {
-    /// One fsync of a group commit (or of an interval), covering `files` files, took `took`.
-    fn fsync(&self, files: usize, took: Duration);
+    /// One fsync of a group commit (or of an interval) took `took`.
+    fn fsync(&self, took: Duration);
 
     /// A delay to wait before the next fsync (fault injection); none by default.
     fn fsync_delay(&self) -> Option<Duration> {

@@ -107,7 +107,7 @@ pub(crate) fn run(rx: Receiver<WriterMsg>, cfg: LogConfig) {
             let started = Instant::now();
             let results = sync_all(&files);
             if let Some(o) = &cfg.observer {
-                o.fsync(files.len(), started.elapsed());
+                o.fsync(started.elapsed());
             }
             if let Some(e) = results {
                 for p in &mut batch {
@@ -141,7 +141,7 @@ pub(crate) fn run(rx: Receiver<WriterMsg>, cfg: LogConfig) {
                 let started = Instant::now();
                 let result = sync_all(&files);
                 if let Some(o) = &cfg.observer {
-                    o.fsync(files.len(), started.elapsed());
+                    o.fsync(started.elapsed());
                 }
                 if let Some(e) = result {
                     tracing::error!(error = %e, "interval fsync failed");

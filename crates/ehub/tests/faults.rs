@@ -104,6 +104,8 @@ async fn our_client_rides_out_every_transient_fault_and_surfaces_link_stolen() {
         assert_eq!(busy["kind"], "server-busy");
         let (_, listed) = http(admin, "GET", "/faults", Some(&root()), None).await;
         assert_eq!(listed["active"][0]["id"], busy["id"], "{listed}");
+        let (_, text) = http_text(admin, "/metrics").await;
+        assert!(text.lines().any(|l| l == "ehub_faults_active 1"), "{text}");
         all.extend(round(&p, &mut r, "through-busy", 3).await);
         fault(admin, json!({"kind": "fsync-latency", "millis": 20, "seconds": 30})).await;
         fault(admin, json!({"kind": "frame-latency", "millis": 5, "seconds": 30})).await;
@@ -111,6 +113,8 @@ async fn our_client_rides_out_every_transient_fault_and_surfaces_link_stolen() {
         assert_eq!(http(admin, "DELETE", "/faults", Some(&root()), None).await.0, 200);
         let (_, listed) = http(admin, "GET", "/faults", Some(&root()), None).await;
         assert_eq!(listed["active"], json!([]));
+        let (_, text) = http_text(admin, "/metrics").await;
+        assert!(text.lines().any(|l| l == "ehub_faults_active 0"), "{text}");
 
         // Every event exactly once, in order.
         let expected: Vec<String> = [
