@@ -1,6 +1,6 @@
 """The official Python SDK under `ehub serve`'s fault injection (POST /faults on the management
 endpoint, what `ehub fault …` sends): it rides out detach-forced, closed connections and a
-server-busy period as on Azure, with every event received once and in order, and surfaces
+server-busy period and the service's idle rules as on Azure, with every event received once and in order, and surfaces
 link-stolen to the application."""
 import threading
 import time
@@ -64,6 +64,16 @@ def test_the_sdk_rides_out_faults_with_every_event_received_once_in_order(broker
             time.sleep(0.05)
         send("after-busy", 10)
         wait_received(len(sent))
+        # The service's idle rules, shortened: idle links are detached (detach-forced) and the
+        # connections left without links closed; the SDK reconnects on its next operation and
+        # the consumer goes on where it was.
+        status, body = call(broker, "POST", "/faults", {"kind": "idle-timeouts", "link_idle_seconds": 0.3,
+                                                        "connection_idle_seconds": 0.5, "seconds": 60})
+        assert status == 201, body
+        time.sleep(2)
+        send("after-idle", 10)
+        wait_received(len(sent))
+        assert call(broker, "DELETE", "/faults")[0] == 200
         # Every stored event reached the consumer once, in order: sequence numbers 0, 1, … with
         # no repeat (a send racing a closed connection may be stored twice, as on Azure: the
         # producer is at-least-once), and every body sent is among them.

@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,6 +91,8 @@ struct InjectFault {
     condition: Option<String>,
     seconds: Option<f64>,
     millis: Option<u64>,
+    link_idle_seconds: Option<f64>,
+    connection_idle_seconds: Option<f64>,
 }
 
 fn fault_json(f: &ActiveFault) -> Value {
@@ -133,9 +136,18 @@ fn inject(ep: &Endpoint, req: InjectFault) -> Result<Value, Refusal> {
         "server-busy" => fault_json(&faults.server_busy(req.hub.as_deref(), period()?)),
         "fsync-latency" => fault_json(&faults.fsync_latency(delay()?, period()?)),
         "frame-latency" => fault_json(&faults.frame_latency(delay()?, period()?)),
+        "idle-timeouts" => {
+            let secs = |v: Option<f64>, name: &str| match v {
+                Some(s) if s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
+                _ => Err(bad(format!("`{name}` (seconds, up to a day) is required"))),
+            };
+            let link = secs(req.link_idle_seconds, "link_idle_seconds")?;
+            let connection = secs(req.connection_idle_seconds, "connection_idle_seconds")?;
+            fault_json(&faults.idle_timeouts_for(link, connection, period()?))
+        }
         other => {
             return Err(bad(format!(
-                "'{other}' is not a fault: detach, close-connections, expire-tokens, server-busy, fsync-latency or frame-latency"
+                "'{other}' is not a fault: detach, close-connections, expire-tokens, server-busy, fsync-latency, frame-latency or idle-timeouts"
             )))
         }
     })
@@ -185,7 +197,8 @@ pub(crate) async fn handle(ep: &Arc<Endpoint>, req: http::Request<Incoming>) -> 
         ["hubs", hub, ..] => format!("sb://ehub/{hub}"),
         _ => "sb://ehub/".to_owned(),
     };
-    if let Err(r) = authorize(ep, &parts.headers, &audience) {
+    let peer = parts.extensions.get::<std::net::SocketAddr>().map(|a| a.ip());
+    if let Err(r) = authorize(ep, &parts.headers, &audience, peer) {
         return r.into_response();
     }
     let result = route(ep, &parts.method, &path, body).await;
@@ -199,7 +212,7 @@ fn method_not_allowed() -> Response {
         .into_response()
 }
 
-fn authorize(ep: &Endpoint, headers: &http::HeaderMap, audience: &str) -> Result<(), Refusal> {
+fn authorize(ep: &Endpoint, headers: &http::HeaderMap, audience: &str, peer: Option<IpAddr>) -> Result<(), Refusal> {
     if ep.config.auth == AdminAuth::None {
         return Ok(());
     }
@@ -212,7 +225,11 @@ fn authorize(ep: &Endpoint, headers: &http::HeaderMap, audience: &str) -> Result
         Some(t) => (TokenType::Jwt, t),
         None => (TokenType::Sas, value),
     };
-    let grant = ep.broker.authorize(kind, token, audience).map_err(unauthorized)?;
+    let grant = match peer {
+        Some(ip) => ep.broker.authorize_from(ip, kind, token, audience),
+        None => ep.broker.authorize(kind, token, audience),
+    }
+    .map_err(unauthorized)?;
     if !grant.rights.manage {
         return Err(Refusal(
             StatusCode::FORBIDDEN,

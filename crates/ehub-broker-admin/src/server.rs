@@ -94,8 +94,10 @@ impl Endpoint {
             };
             let (ep, stop) = (Arc::clone(&this), shutdown.clone());
             tracker.spawn(async move {
-                let service = service_fn(move |req: http::Request<Incoming>| {
+                let service = service_fn(move |mut req: http::Request<Incoming>| {
                     let ep = Arc::clone(&ep);
+                    // The client's address, for the failed-authorization limit.
+                    req.extensions_mut().insert(peer);
                     async move { Ok::<_, Infallible>(ep.handle(req).await) }
                 });
                 let conn = http1::Builder::new()

@@ -1,8 +1,10 @@
 //! One task per client connection. It owns the socket and the AMQP engine, and talks to the
 //! partition logs through callbacks that post [`Control`] messages back to it.
 
+use crate::limits::{sweep_interval, AmqpLimits};
 use crate::management;
 use crate::metrics::AmqpMetrics;
+use crate::server::ServeOptions;
 use crate::settle::{records_deliveries_late, Settlements};
 use bytes::{Bytes, BytesMut};
 use ehub_amqp_codec::{
@@ -16,12 +18,13 @@ use ehub_amqp_endpoint::{
     SendArgs,
 };
 use ehub_broker_core::{
-    covers, entity_path, now_secs, AdmitError, Broker, ConsumerGroup, DetachCondition, Displaced, Disruption, Hub,
-    ReceiverEntry, Rights, TokenType,
+    covers, entity_path, now_secs, AdmitError, Broker, ConnectionSlot, ConsumerGroup, DetachCondition, Displaced,
+    Disruption, Hub, ReceiverEntry, Rights, TokenType,
 };
 use ehub_model::{annotations, conditions, link as linkprops, nodes, EntityAddress, EventPosition};
 use ehub_partition_log::{AppendEvent, Appended, LogError, Partition, StartPosition, StoredEvent};
 use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -113,6 +116,15 @@ impl LinkKind {
             LinkKind::Refused => None,
         }
     }
+
+    /// Whether the link keeps its connection from counting as empty (the `$cbs` links do not).
+    fn holds_connection(&self) -> bool {
+        match self {
+            LinkKind::Producer { .. } | LinkKind::Consumer(_) | LinkKind::MgmtIn => true,
+            LinkKind::ReplyOut { node, .. } => *node == nodes::MANAGEMENT,
+            LinkKind::CbsIn | LinkKind::Refused => false,
+        }
+    }
 }
 
 /// Which right a link needs.
@@ -125,11 +137,19 @@ struct LinkInfo {
     /// The entity address and the claim this link needs for as long as it lives: when the
     /// last token granting it expires, the link is detached (as the service does).
     claim: Option<(String, Claim)>,
+    /// A transfer went over the link since the last idle sweep.
+    active: bool,
+    /// When the idle sweep last saw the link active (or it attached).
+    idle_since: Instant,
 }
 
 impl LinkInfo {
+    fn new(kind: LinkKind, name: String, target_address: Option<String>, claim: Option<(String, Claim)>) -> Self {
+        LinkInfo { kind, name, target_address, claim, active: false, idle_since: Instant::now() }
+    }
+
     fn refused(name: String) -> Self {
-        LinkInfo { kind: LinkKind::Refused, name, target_address: None, claim: None }
+        LinkInfo::new(LinkKind::Refused, name, None, None)
     }
 }
 
@@ -139,9 +159,51 @@ struct Token {
     rights: Rights,
 }
 
+/// Whether a connection was admitted, or is only to be told why not.
+pub(crate) enum Admitted {
+    /// It holds a connection slot.
+    Slot(ConnectionSlot),
+    /// A limit refused it: answer its `open` with this error and close.
+    Refused(AmqpError),
+}
+
+/// A connection accepted and not yet running: what [`ConnTask`] needs besides its transport,
+/// which the listener may still have to wrap (TLS, WebSockets).
+pub(crate) struct NewConn {
+    broker: Arc<Broker>,
+    peer: SocketAddr,
+    peer_text: String,
+    options: ServeOptions,
+    admitted: Admitted,
+}
+
+impl NewConn {
+    pub(crate) fn new(broker: Arc<Broker>, peer: SocketAddr, options: ServeOptions, admitted: Admitted) -> Self {
+        NewConn { broker, peer, peer_text: peer.to_string(), options, admitted }
+    }
+
+    pub(crate) fn peer(&self) -> &str {
+        &self.peer_text
+    }
+
+    pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(self, io: S, stop: CancellationToken) {
+        ConnTask::new(self, io).run(stop).await
+    }
+}
+
 pub(crate) struct ConnTask<S> {
     broker: Arc<Broker>,
     metrics: Arc<AmqpMetrics>,
+    limits: AmqpLimits,
+    /// The connection's slot (released when the task ends); `None` for a refused connection.
+    slot: Option<ConnectionSlot>,
+    /// For a refused connection: the error its `open` is answered with.
+    refusal: Option<AmqpError>,
+    ip: IpAddr,
+    /// When links are next checked for idleness.
+    next_sweep: Instant,
+    /// Since when the connection has had no link that holds it open.
+    empty_since: Option<Instant>,
     /// This connection's id among those fault injection reaches.
     conn_id: u64,
     /// Until the peer's AMQP open arrives: when the connection is dropped without one.
@@ -176,19 +238,19 @@ fn now_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-pub(crate) fn engine_config(broker: &Broker) -> ConnectionConfig {
+pub(crate) fn engine_config(broker: &Broker, limits: &AmqpLimits) -> ConnectionConfig {
     ConnectionConfig {
         container_id: format!("ehub-{}", uuid::Uuid::new_v4().simple()),
         hostname: None,
-        max_frame_size: 65536,
-        channel_max: 4999,
+        max_frame_size: limits.max_frame_size,
+        channel_max: limits.max_sessions_per_connection.saturating_sub(1),
         idle_timeout: None,
         sasl: SaslConfig::Server {
             mechanisms: vec![Symbol::from("MSSBCBS"), Symbol::from("ANONYMOUS"), Symbol::from("PLAIN")],
             allow_no_sasl: true,
         },
         session_window: 5000,
-        handle_max: 255,
+        handle_max: limits.max_links_per_session.saturating_sub(1),
         max_message_size: broker.config().max_message_size,
         // Informational: lets tools such as `ehub bench` report the durability policy they
         // measured. The service sends no properties; clients ignore unknown ones.
@@ -202,22 +264,38 @@ pub(crate) fn engine_config(broker: &Broker) -> ConnectionConfig {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
-    pub(crate) fn new(broker: Arc<Broker>, io: S, peer: String, metrics: Arc<AmqpMetrics>) -> Self {
+    fn new(new: NewConn, io: S) -> Self {
+        let NewConn { broker, peer, peer_text, options, admitted } = new;
+        let ServeOptions { metrics, limits } = options;
         let (ctl_tx, ctl_rx) = unbounded_channel();
-        let conn = Connection::new(ConnectionRole::Acceptor, engine_config(&broker), Instant::now());
-        metrics.connections.inc();
+        let conn = Connection::new(ConnectionRole::Acceptor, engine_config(&broker, &limits), Instant::now());
         let conn_id = broker.next_id();
         let handshake_timeout = broker.config().handshake_timeout;
-        let tx = ctl_tx.clone();
-        broker.faults().register_connection(
-            conn_id,
-            Box::new(move |d| {
-                let _ = tx.send(Control::Disrupt(d.clone()));
-            }),
-        );
+        let (slot, refusal) = match admitted {
+            Admitted::Slot(s) => (Some(s), None),
+            Admitted::Refused(e) => (None, Some(e)),
+        };
+        if slot.is_some() {
+            metrics.connections.inc();
+            let tx = ctl_tx.clone();
+            broker.faults().register_connection(
+                conn_id,
+                Box::new(move |d| {
+                    let _ = tx.send(Control::Disrupt(d.clone()));
+                }),
+            );
+        }
+        let (link_idle, empty) =
+            broker.faults().idle_timeouts().unwrap_or((limits.link_idle_timeout, limits.empty_connection_timeout));
         ConnTask {
             broker,
             metrics,
+            next_sweep: Instant::now() + sweep_interval(link_idle, empty),
+            limits,
+            slot,
+            refusal,
+            ip: peer.ip(),
+            empty_since: None,
             conn_id,
             sessions: 0,
             conn,
@@ -231,7 +309,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             annotations: BytesMut::with_capacity(128),
             acks: Vec::new(),
             settlements: Settlements::default(),
-            peer,
+            peer: peer_text,
         }
     }
 
@@ -239,6 +317,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         let result = self.run_inner(&shutdown).await;
         match &result {
             Ok(()) => debug!(peer = %self.peer, "connection closed"),
+            // The peer went past a limit it was told in `open` or `begin` (channel-max,
+            // handle-max, max-frame-size): the engine closed the connection with the condition.
+            Err(EndpointError::Protocol(e)) => {
+                info!(peer = %self.peer, condition = e.condition.as_str(), description = e.description.as_deref().unwrap_or(""), "connection closed: protocol violation");
+                self.metrics.refuse(e.condition.as_str());
+            }
             Err(e) => debug!(peer = %self.peer, error = %e, "connection ended with error"),
         }
         let _ = self.transport.flush(&mut self.conn).await;
@@ -246,9 +330,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         for id in ids {
             self.forget_link(id);
         }
-        self.broker.faults().unregister_connection(self.conn_id);
         self.metrics.sessions.dec_by(self.sessions);
-        self.metrics.connections.dec();
+        if self.slot.take().is_some() {
+            self.broker.faults().unregister_connection(self.conn_id);
+            self.metrics.connections.dec();
+        }
     }
 
     async fn run_inner(&mut self, shutdown: &CancellationToken) -> Result<(), EndpointError> {
@@ -306,6 +392,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 _ = sleep_until(confirm_deadline) => {
                     self.settlements.confirm_due(&mut self.conn, Instant::now());
                 }
+                _ = tokio::time::sleep_until(self.next_sweep.into()) => {
+                    self.sweep(Instant::now());
+                }
             }
         }
     }
@@ -323,6 +412,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             Event::SaslInit { mechanism, .. } => debug!(peer = %self.peer, mechanism = mechanism.as_str(), "sasl"),
             Event::Opened(o) => {
                 self.handshake_deadline = None;
+                if let Some(error) = self.refusal.take() {
+                    info!(peer = %self.peer, description = error.description.as_deref().unwrap_or(""), "refusing the connection");
+                    self.conn.close(Some(error));
+                    return Ok(());
+                }
+                if let Some(slot) = &mut self.slot {
+                    slot.opened();
+                }
                 let twice = records_deliveries_late(&o);
                 if twice {
                     self.settlements.settle_twice();
@@ -420,9 +517,73 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         self.update_token_deadline();
     }
 
+    /// The link idle timeout and the empty connection timeout in force now.
+    fn idle_timeouts(&self) -> (Duration, Duration) {
+        self.broker
+            .faults()
+            .idle_timeouts()
+            .unwrap_or((self.limits.link_idle_timeout, self.limits.empty_connection_timeout))
+    }
+
+    /// Detaches producer and consumer links idle for the link idle timeout
+    /// (`amqp:link:detach-forced`), and closes the connection when it has held no link but
+    /// `$cbs` ones for the empty connection timeout (`amqp:connection:forced`), as the service
+    /// does after 30 minutes and 300 seconds.
+    fn sweep(&mut self, now: Instant) {
+        let (link_idle, empty) = self.idle_timeouts();
+        self.next_sweep = now + sweep_interval(link_idle, empty);
+        if self.handshake_deadline.is_some() {
+            return;
+        }
+        let mut held = false;
+        let mut idle = Vec::new();
+        for (id, l) in self.links.iter_mut() {
+            held |= l.kind.holds_connection();
+            if !matches!(l.kind, LinkKind::Producer { .. } | LinkKind::Consumer(_)) {
+                continue;
+            }
+            if std::mem::take(&mut l.active) {
+                l.idle_since = now;
+            } else if now.duration_since(l.idle_since) >= link_idle {
+                idle.push((*id, l.name.clone()));
+            }
+        }
+        for (link, name) in idle {
+            info!(peer = %self.peer, link = %name, idle_secs = link_idle.as_secs_f64(), "link idle: detaching it");
+            let _ = self.conn.detach(
+                link,
+                Some(AmqpError::new(
+                    conditions::DETACH_FORCED,
+                    format!(
+                        "The link '{name}' is force detached. Code: ServerError. Details: AmqpMessageConsumer.IdleTimerExpired: Idleness timeout: {}.",
+                        humantime_secs(link_idle)
+                    ),
+                )),
+            );
+            self.forget_link(link);
+            self.links.insert(link, LinkInfo::refused(name));
+        }
+        if held {
+            self.empty_since = None;
+        } else if now.duration_since(*self.empty_since.get_or_insert(now)) >= empty {
+            info!(peer = %self.peer, idle_secs = empty.as_secs_f64(), "connection without links: closing it");
+            self.conn.close(Some(AmqpError::new(
+                conditions::CONNECTION_FORCED,
+                format!(
+                    "The connection was inactive for more than the allowed {} seconds and is closed by the container.",
+                    empty.as_secs()
+                ),
+            )));
+        }
+    }
+
     /// Applies an injected fault to this connection.
     fn disrupt(&mut self, d: Disruption) {
         match d {
+            Disruption::IdleTimeoutsChanged => {
+                let (link_idle, empty) = self.idle_timeouts();
+                self.next_sweep = self.next_sweep.min(Instant::now() + sweep_interval(link_idle, empty));
+            }
             Disruption::Close => {
                 info!(peer = %self.peer, "fault: closing the connection");
                 self.conn.close(Some(AmqpError::new(
@@ -581,7 +742,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         if let Some(role) = kind.role() {
             self.metrics.link(role).inc();
         }
-        self.links.insert(link, LinkInfo { kind, name, target_address, claim });
+        self.links.insert(link, LinkInfo::new(kind, name, target_address, claim));
         if claimed {
             self.update_token_deadline();
         }
@@ -717,6 +878,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 self.queue_reply(d.link, if is_cbs { nodes::CBS } else { nodes::MANAGEMENT }, &request, response)?;
             }
             LinkKind::Producer { hub, partition, inflight } => {
+                info.active = true;
                 if hub.is_deleted() {
                     let text = format!("The messaging entity '{}' could not be found.", hub.name);
                     let _ = self.ctl_tx.send(Control::Detach {
@@ -912,7 +1074,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         loop {
             let credit = self.conn.credit(link);
             let drain = self.conn.link(link).is_some_and(|l| l.drain);
-            let Some(LinkInfo { kind: LinkKind::Consumer(c), .. }) = self.links.get_mut(&link) else { return Ok(()) };
+            let Some(LinkInfo { kind: LinkKind::Consumer(c), active, .. }) = self.links.get_mut(&link) else {
+                return Ok(());
+            };
             if credit == 0 {
                 return Ok(());
             }
@@ -940,6 +1104,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                     sent += 1;
                     sent_bytes += e.payload.len() as u64;
                 }
+                *active |= sent > 0;
                 let counters = &c.hub.counters[c.pidx];
                 counters.events_out.inc_by(sent);
                 counters.bytes_out.inc_by(sent_bytes);
@@ -1083,8 +1248,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         };
         let result = match (ttype.as_str(), token) {
             (_, None) => Err("The put-token request carries no token.".to_string()),
-            (nodes::JWT_TOKEN_TYPE, Some(t)) => self.broker.authorize(TokenType::Jwt, &t, &audience),
-            (nodes::SAS_TOKEN_TYPE, Some(t)) => self.broker.authorize(TokenType::Sas, &t, &audience),
+            (nodes::JWT_TOKEN_TYPE, Some(t)) => self.broker.authorize_from(self.ip, TokenType::Jwt, &t, &audience),
+            (nodes::SAS_TOKEN_TYPE, Some(t)) => self.broker.authorize_from(self.ip, TokenType::Sas, &t, &audience),
             (other, Some(_)) => Err(format!("The token type '{other}' is not supported.")),
         }
         .map(|g| Token { path: g.path, expiry: g.expiry, rights: g.rights });
@@ -1122,7 +1287,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         let mut ok = self.tokens.iter().any(|t| t.expiry > now && t.path.split('/').next() == Some(hub_l.as_str()));
         if !ok {
             if let Some(tok) = ehub_amqp_codec::map_get(app, "security_token").and_then(|v| v.as_text()) {
-                ok = self.broker.authorize(TokenType::Sas, tok, &format!("sb://ehub/{hub}")).is_ok();
+                ok = self.broker.authorize_from(self.ip, TokenType::Sas, tok, &format!("sb://ehub/{hub}")).is_ok();
             }
         }
         if !ok && self.broker.hub(&hub).is_some() {
@@ -1279,6 +1444,15 @@ impl<'a> DeliveryAnnotations<'a> {
         }
         out.truncate(start);
         out.extend_from_slice(&e.payload);
+    }
+}
+
+/// `30 minutes`, `300 seconds`, `1.5 seconds`: a timeout for an error text.
+fn humantime_secs(d: Duration) -> String {
+    match d.as_secs() {
+        s if s >= 60 && s % 60 == 0 => format!("{} minutes", s / 60),
+        s if d.subsec_millis() == 0 => format!("{s} seconds"),
+        _ => format!("{} seconds", d.as_secs_f64()),
     }
 }
 

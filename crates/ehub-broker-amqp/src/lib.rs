@@ -17,10 +17,12 @@
 #![warn(missing_docs)]
 
 mod connection;
+mod limits;
 mod management;
 mod metrics;
 mod server;
 mod settle;
 
+pub use limits::AmqpLimits;
 pub use metrics::AmqpMetrics;
-pub use server::{serve, serve_listeners, serve_listeners_with_metrics, Listener, Protocol};
+pub use server::{serve, serve_listeners, serve_listeners_with, Listener, Protocol, ServeOptions};

@@ -1,8 +1,11 @@
 //! The listeners: accept connections, cap their number, and shut down cleanly.
 
-use crate::connection::ConnTask;
+use crate::connection::{Admitted, NewConn};
+use crate::limits::AmqpLimits;
 use crate::metrics::AmqpMetrics;
+use ehub_amqp_codec::Error as AmqpError;
 use ehub_broker_core::Broker;
+use ehub_model::conditions;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -43,34 +46,49 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: Cancell
     serve_listeners(broker, vec![Listener { socket: listener, protocol: Protocol::Amqp }], shutdown).await
 }
 
-/// [`serve`] on several listeners at once, sharing one connection limit.
+/// [`serve`] on several listeners at once, sharing the core's connection limits.
 pub async fn serve_listeners(
     broker: Arc<Broker>,
     listeners: Vec<Listener>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    serve_listeners_with_metrics(broker, listeners, shutdown, Arc::default()).await
+    serve_listeners_with(broker, listeners, shutdown, ServeOptions::default()).await
 }
 
-/// [`serve_listeners`], counting connections, sessions, links and refusals in `metrics`.
-pub async fn serve_listeners_with_metrics(
+/// The AMQP front's settings besides the listeners.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Where connections, sessions, links and refusals are counted.
+    pub metrics: Arc<AmqpMetrics>,
+    /// Per-connection limits and idle rules.
+    pub limits: AmqpLimits,
+}
+
+/// Connections refused over a limit that are still told why (an AMQP `close` with
+/// `amqp:resource-limit-exceeded` after their `open`) at once; past this they are dropped.
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+/// Time a refused connection gets to send its `open` and read the refusal.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// [`serve_listeners`] with `options`.
+pub async fn serve_listeners_with(
     broker: Arc<Broker>,
     listeners: Vec<Listener>,
     shutdown: CancellationToken,
-    metrics: Arc<AmqpMetrics>,
+    options: ServeOptions,
 ) -> std::io::Result<()> {
-    let limit = Arc::new(Semaphore::new(broker.config().max_connections));
     let tracker = TaskTracker::new();
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     let acceptors: Vec<_> = listeners
         .into_iter()
         .map(|l| {
             tokio::spawn(accept_loop(
                 Arc::clone(&broker),
                 l,
-                Arc::clone(&limit),
+                Arc::clone(&refusals),
                 tracker.clone(),
                 shutdown.clone(),
-                Arc::clone(&metrics),
+                options.clone(),
             ))
         })
         .collect();
@@ -88,10 +106,10 @@ pub async fn serve_listeners_with_metrics(
 async fn accept_loop(
     broker: Arc<Broker>,
     listener: Listener,
-    limit: Arc<Semaphore>,
+    refusals: Arc<Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
-    metrics: Arc<AmqpMetrics>,
+    options: ServeOptions,
 ) {
     loop {
         let (sock, peer) = tokio::select! {
@@ -105,45 +123,53 @@ async fn accept_loop(
                 }
             },
         };
-        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-            warn!(peer = %peer, "connection limit reached; refusing connection");
-            drop(sock);
-            continue;
-        };
         let _ = sock.set_nodelay(true);
-        let (broker, stop, protocol) = (Arc::clone(&broker), shutdown.clone(), listener.protocol.clone());
-        let metrics = Arc::clone(&metrics);
-        tracker.spawn(async move {
-            run_connection(broker, sock, peer.to_string(), protocol, stop, metrics).await;
-            drop(permit);
-        });
+        let admitted = broker.admission().admit(peer.ip());
+        let (broker, stop, protocol, options) =
+            (Arc::clone(&broker), shutdown.clone(), listener.protocol.clone(), options.clone());
+        match admitted {
+            Ok(slot) => {
+                tracker.spawn(async move {
+                    let task = NewConn::new(broker, peer, options, Admitted::Slot(slot));
+                    run_connection(task, sock, protocol, stop).await;
+                });
+            }
+            Err(why) => {
+                let limit = broker.admission().limit(why);
+                warn!(peer = %peer, limit = why.as_str(), max = limit, "connection refused: limit reached");
+                options.metrics.refuse(why.as_str());
+                // Tell the client why when few refusals are in flight; drop it otherwise, so
+                // that a flood costs nothing but the accept.
+                let Ok(permit) = Arc::clone(&refusals).try_acquire_owned() else { continue };
+                let error = AmqpError::new(conditions::RESOURCE_LIMIT_EXCEEDED, why.description(limit));
+                tracker.spawn(async move {
+                    let task = NewConn::new(broker, peer, options, Admitted::Refused(error));
+                    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, run_connection(task, sock, protocol, stop)).await;
+                    drop(permit);
+                });
+            }
+        }
     }
 }
 
-async fn run_connection(
-    broker: Arc<Broker>,
-    sock: TcpStream,
-    peer: String,
-    protocol: Protocol,
-    stop: CancellationToken,
-    metrics: Arc<AmqpMetrics>,
-) {
+async fn run_connection(task: NewConn, sock: TcpStream, protocol: Protocol, stop: CancellationToken) {
+    let peer = task.peer().to_owned();
     match protocol {
-        Protocol::Amqp => ConnTask::new(broker, sock, peer, metrics).run(stop).await,
+        Protocol::Amqp => task.run(sock, stop).await,
         Protocol::AmqpWebSocket => {
             if let Some(ws) = upgrade(sock, &peer, &stop).await {
-                ConnTask::new(broker, ws, peer, metrics).run(stop).await
+                task.run(ws, stop).await
             }
         }
         Protocol::AmqpTls(config) => {
             if let Some(tls) = handshake(config, sock, &peer, &stop).await {
-                ConnTask::new(broker, tls, peer, metrics).run(stop).await
+                task.run(tls, stop).await
             }
         }
         Protocol::AmqpWebSocketTls(config) => {
             let Some(tls) = handshake(config, sock, &peer, &stop).await else { return };
             if let Some(ws) = upgrade(tls, &peer, &stop).await {
-                ConnTask::new(broker, ws, peer, metrics).run(stop).await
+                task.run(ws, stop).await
             }
         }
     }

@@ -555,3 +555,122 @@ async fn connections_that_do_not_open_within_the_handshake_timeout_are_closed() 
     .await
     .unwrap();
 }
+
+/// A broker with `core` settings (its data directory is set here) and AMQP `limits`.
+async fn start_limited(core: CoreConfig, limits: ehub_broker_amqp::AmqpLimits) -> TestBroker {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(CoreConfig { data_dir: dir.path().to_owned(), ..core }).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let listeners = vec![ehub_broker_amqp::Listener { socket: listener, protocol: ehub_broker_amqp::Protocol::Amqp }];
+    let options = ehub_broker_amqp::ServeOptions { limits, ..Default::default() };
+    let handle =
+        tokio::spawn(
+            async move { ehub_broker_amqp::serve_listeners_with(broker, listeners, s, options).await.unwrap() },
+        );
+    TestBroker { addr, stop, _dir: dir, handle }
+}
+
+/// Connects and expects the broker to answer `open` and close at once with `condition`.
+async fn expect_refused(addr: std::net::SocketAddr, condition: &str, text: &str) {
+    let mut c = Client::connect(addr).await;
+    let ev = c.until(|e| matches!(e, Event::Closed { .. })).await;
+    let Event::Closed { error: Some(e) } = ev else { panic!("{ev:?}") };
+    assert_eq!(e.condition.as_str(), condition, "{e:?}");
+    assert!(e.description.as_deref().unwrap_or("").contains(text), "{e:?}");
+}
+
+/// Connections past the per-address limit, and past the limit of connections that have not
+/// opened yet, are answered with `amqp:resource-limit-exceeded` and a reason; connections
+/// already open are not disturbed, and a slot given back is usable again.
+#[tokio::test]
+async fn connections_over_a_limit_are_refused_with_the_reason_and_others_go_on() {
+    tokio::time::timeout(T, async {
+        let core = CoreConfig { max_connections_per_address: 2, max_pending_connections: 1, ..Default::default() };
+        let b = start_limited(core, Default::default()).await;
+        let mut c1 = Client::connect(b.addr).await;
+        let c2 = Client::connect(b.addr).await;
+        expect_refused(b.addr, "amqp:resource-limit-exceeded", "from one client address").await;
+        assert_eq!(c1.put_token("SAS_KEY_VALUE", "sb://localhost/eh1").await, 202, "open connections go on");
+        drop(c2);
+        drop(c1);
+        // One connection that has not opened holds the only pending slot.
+        let silent = TcpStream::connect(b.addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        expect_refused(b.addr, "amqp:resource-limit-exceeded", "have not completed their handshake").await;
+        // … and once it goes, connections are admitted again.
+        drop(silent);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut c3 = Client::connect(b.addr).await;
+        assert_eq!(c3.put_token("SAS_KEY_VALUE", "sb://localhost/eh1").await, 202);
+        stop(b).await;
+    })
+    .await
+    .unwrap();
+}
+
+/// The session, link and frame limits are advertised in `open` and `begin`; a client that
+/// goes past them anyway loses its connection with `amqp:not-allowed`, and only its own.
+#[tokio::test]
+async fn session_link_and_frame_limits_are_advertised_and_enforced() {
+    tokio::time::timeout(T, async {
+        let limits = ehub_broker_amqp::AmqpLimits {
+            max_sessions_per_connection: 2,
+            max_links_per_session: 3,
+            max_frame_size: 4096,
+            ..Default::default()
+        };
+        let b = start_limited(CoreConfig::default(), limits).await;
+        let sock = TcpStream::connect(b.addr).await.unwrap();
+        let cfg =
+            ConnectionConfig { sasl: SaslConfig::Anonymous, hostname: Some("localhost".into()), ..Default::default() };
+        let mut c = Client {
+            conn: Connection::new(ConnectionRole::Initiator, cfg, Instant::now()),
+            t: Transport::new(sock),
+            events: vec![],
+        };
+        let Event::Opened(o) = c.until(|e| matches!(e, Event::Opened(_))).await else { unreachable!() };
+        assert_eq!((o.max_frame_size, o.channel_max), (Some(4096), Some(1)));
+        c.session().await;
+        c.session().await;
+        assert!(c.conn.begin().is_err(), "our engine keeps to the advertised channel-max");
+        // A begin on channel 7, past channel-max 1, written by hand.
+        let mut frame = BytesMut::new();
+        let begin = Begin { next_outgoing_id: 0, incoming_window: 100, outgoing_window: 100, ..Default::default() };
+        encode_frame(&mut frame, 7, &Performative::Begin(begin), &[]).unwrap();
+        c.t.get_mut().write_all(&frame).await.unwrap();
+        let ev = c.until(|e| matches!(e, Event::Closed { .. })).await;
+        let Event::Closed { error: Some(e) } = ev else { panic!("{ev:?}") };
+        assert_eq!(e.condition.as_str(), "amqp:not-allowed", "{e:?}");
+        let mut other = Client::connect(b.addr).await;
+        assert_eq!(other.put_token("SAS_KEY_VALUE", "sb://localhost/eh1").await, 202);
+        stop(b).await;
+    })
+    .await
+    .unwrap();
+}
+
+/// After `max_auth_failures` refused tokens from one address, even a valid token from it is
+/// refused until the window ends.
+#[tokio::test]
+async fn failed_authorizations_are_rate_limited_per_address() {
+    tokio::time::timeout(T, async {
+        let core =
+            CoreConfig { max_auth_failures: 3, auth_failure_window: Duration::from_millis(1500), ..Default::default() };
+        let b = start_limited(core, Default::default()).await;
+        let mut c = Client::connect(b.addr).await;
+        assert_eq!(c.put_token("SAS_KEY_VALUE", "sb://localhost/eh1").await, 202);
+        for _ in 0..3 {
+            assert_eq!(c.put_token("wrong", "sb://localhost/eh1").await, 401);
+        }
+        let mut fresh = Client::connect(b.addr).await;
+        assert_eq!(fresh.put_token("SAS_KEY_VALUE", "sb://localhost/eh1").await, 401, "throttled");
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        assert_eq!(fresh.put_token("SAS_KEY_VALUE", "sb://localhost/eh1").await, 202, "the window ended");
+        stop(b).await;
+    })
+    .await
+    .unwrap();
+}

@@ -170,6 +170,9 @@ pub struct Endpoint {
     store: Arc<BlobStore>,
     config: BlobConfig,
     keys: HashMap<String, Vec<SharedKey>>,
+    /// The broker's failed-authorization limit per client address, shared with its other
+    /// fronts, when the endpoint runs inside a broker.
+    auth_limit: Option<Arc<ehub_broker_core::Admission>>,
     /// Requests answered, by operation and status.
     requests: Family<Vec<(&'static str, String)>, Counter>,
 }
@@ -201,7 +204,20 @@ impl Endpoint {
                 .map_err(|source| Error::InvalidKey { account: a.name.clone(), source })?;
             keys.insert(a.name.clone(), decoded);
         }
-        Ok(Arc::new(Endpoint { store, config, keys, requests: Family::default() }))
+        Ok(Arc::new(Endpoint { store, config, keys, auth_limit: None, requests: Family::default() }))
+    }
+
+    /// [`Endpoint::new`], with failed authorizations counted per client address in the
+    /// broker's `admission`: an address that failed too often lately is refused unchecked
+    /// until its window ends.
+    pub fn with_auth_limit(
+        store: Arc<BlobStore>,
+        config: BlobConfig,
+        admission: Arc<ehub_broker_core::Admission>,
+    ) -> Result<Arc<Self>, Error> {
+        let mut e = Arc::into_inner(Self::new(store, config)?).expect("just made");
+        e.auth_limit = Some(admission);
+        Ok(Arc::new(e))
     }
 
     /// The store behind the front.
@@ -285,7 +301,7 @@ impl Endpoint {
             Err(e) => Err(e),
             Ok(r) => {
                 op = r.operation.name();
-                match auth::authorize(self, &parts.method, &parts.uri, &parts.headers, &r, peer) {
+                match self.authorize(&parts, &r, peer) {
                     Err(e) => Err(e),
                     Ok(()) => self.execute(r, &parts.headers, body).await,
                 }
@@ -318,6 +334,26 @@ impl Endpoint {
             "Blob request"
         );
         resp
+    }
+
+    /// Checks the request's credentials under the failed-authorization limit.
+    fn authorize(&self, parts: &http::request::Parts, r: &Request, peer: SocketAddr) -> Result<(), ApiError> {
+        if let Some(wait) = self.auth_limit.as_ref().and_then(|a| a.auth_throttled(peer.ip())) {
+            return Err(ApiError::new(
+                http::StatusCode::FORBIDDEN,
+                "AuthenticationFailed",
+                format!(
+                    "Too many failed authentication attempts from {}. Try again in {} seconds.",
+                    peer.ip(),
+                    wait.as_secs().max(1)
+                ),
+            ));
+        }
+        let result = auth::authorize(self, &parts.method, &parts.uri, &parts.headers, r, peer);
+        if let (Err(_), Some(a)) = (&result, &self.auth_limit) {
+            a.auth_failed(peer.ip());
+        }
+        result
     }
 
     async fn execute(

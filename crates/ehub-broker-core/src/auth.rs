@@ -66,6 +66,29 @@ impl Broker {
         }
     }
 
+    /// [`Broker::authorize`] for a client at `ip`, under the failed-authorization limit: an
+    /// address that failed too often lately is refused unchecked until its window ends, and a
+    /// failure here counts against it.
+    pub fn authorize_from(
+        &self,
+        ip: std::net::IpAddr,
+        token_type: TokenType,
+        token: &str,
+        audience: &str,
+    ) -> Result<Grant, String> {
+        if let Some(wait) = self.admission().auth_throttled(ip) {
+            return Err(format!(
+                "Too many failed authorization attempts from {ip}. Try again in {} seconds.",
+                wait.as_secs().max(1)
+            ));
+        }
+        let r = self.authorize(token_type, token, audience);
+        if r.is_err() {
+            self.admission().auth_failed(ip);
+        }
+        r
+    }
+
     fn check_sas(&self, token: &str, audience: &str) -> Result<Grant, String> {
         let t = ehub_model::parse_sas_token(token).map_err(|e| format!("InvalidSignature: {e}"))?;
         let policy = self.policy(&t.key_name);

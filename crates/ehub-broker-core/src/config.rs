@@ -56,6 +56,16 @@ pub struct HubConfig {
 pub struct CoreConfig {
     /// Simultaneous connections across the fronts that count them.
     pub max_connections: usize,
+    /// Simultaneous connections from one client address.
+    pub max_connections_per_address: usize,
+    /// Connections that have not finished their handshake (TLS, SASL, AMQP open) at once.
+    pub max_pending_connections: usize,
+    /// Failed authorizations (refused tokens) from one client address within
+    /// [`CoreConfig::auth_failure_window`] before its further attempts are refused unchecked
+    /// until the window ends; 0: no limit.
+    pub max_auth_failures: u32,
+    /// The window [`CoreConfig::max_auth_failures`] counts in.
+    pub auth_failure_window: Duration,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Durability policy.
@@ -99,6 +109,10 @@ impl Default for CoreConfig {
     fn default() -> Self {
         CoreConfig {
             max_connections: 10_000,
+            max_connections_per_address: 10_000,
+            max_pending_connections: 1_000,
+            max_auth_failures: 30,
+            auth_failure_window: Duration::from_secs(60),
             data_dir: PathBuf::from("./ehub-data"),
             fsync: FsyncPolicy::Always,
             segment_bytes: 128 << 20,

@@ -53,6 +53,8 @@ pub enum Disruption {
     },
     /// Treat every token as expired now: links whose claims lapse are detached as on expiry.
     ExpireTokens,
+    /// The idle timeouts changed ([`Faults::idle_timeouts`]): look for idle links sooner.
+    IdleTimeoutsChanged,
 }
 
 /// How the core reaches one connection (the front sends itself a message).
@@ -63,7 +65,7 @@ pub type ConnectionHandle = Box<dyn Fn(&Disruption) + Send + Sync>;
 pub struct ActiveFault {
     /// Its id (to end it early).
     pub id: u64,
-    /// `server-busy`, `fsync-latency` or `frame-latency`.
+    /// `server-busy`, `fsync-latency`, `frame-latency` or `idle-timeouts`.
     pub kind: &'static str,
     /// Unix milliseconds when it ends by itself.
     pub until: i64,
@@ -93,6 +95,8 @@ pub struct Faults {
     busy_hub: Mutex<Option<String>>,
     fsync: Timed,
     frames: Timed,
+    idle: Timed,
+    idle_connection_micros: AtomicU64,
     active: Mutex<Vec<ActiveFault>>,
     next_id: AtomicU64,
     injected: Family<Vec<(&'static str, String)>, Counter>,
@@ -178,6 +182,35 @@ impl Faults {
         self.start("frame-latency", &self.frames, delay.as_micros() as u64, period, d)
     }
 
+    /// Shortens the service's idle rules for `period`: links idle for `link` are detached,
+    /// connections without links for `connection` are closed (normally 30 minutes and 300
+    /// seconds), so that reconnect code meets them in a test run.
+    pub fn idle_timeouts_for(&self, link: Duration, connection: Duration, period: Duration) -> ActiveFault {
+        self.idle_connection_micros.store(connection.as_micros() as u64, Ordering::Relaxed);
+        let d = format!(
+            "links idle for {} s detached, connections without links for {} s closed",
+            link.as_secs_f64(),
+            connection.as_secs_f64()
+        );
+        let fault = self.start("idle-timeouts", &self.idle, link.as_micros() as u64, period, d);
+        self.notify(&Disruption::IdleTimeoutsChanged);
+        fault
+    }
+
+    /// The idle timeouts a fault imposes now (link, connection), if one does.
+    pub fn idle_timeouts(&self) -> Option<(Duration, Duration)> {
+        self.idle.active().map(|link| {
+            (Duration::from_micros(link), Duration::from_micros(self.idle_connection_micros.load(Ordering::Relaxed)))
+        })
+    }
+
+    /// Sends `d` to every connection without counting it as a fault.
+    fn notify(&self, d: &Disruption) {
+        for h in self.connections.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            (h.0)(d);
+        }
+    }
+
     /// Whether sends to `hub` are to be answered with server-busy now.
     pub fn is_server_busy(&self, hub: &str) -> bool {
         self.busy.active().is_some()
@@ -221,6 +254,7 @@ impl Faults {
                 let timed = match f.kind {
                     "server-busy" => &self.busy,
                     "fsync-latency" => &self.fsync,
+                    "idle-timeouts" => &self.idle,
                     _ => &self.frames,
                 };
                 timed.until.store(0, Ordering::Release);

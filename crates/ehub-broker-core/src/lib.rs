@@ -18,6 +18,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod admission;
 mod auth;
 mod config;
 mod error;
@@ -26,6 +27,7 @@ mod metrics;
 mod runtime;
 mod state;
 
+pub use admission::{Admission, ConnectionSlot, Refusal};
 pub use auth::{covers, entity_path, now_millis, now_secs, Grant, TokenType};
 pub use config::{CoreConfig, HubConfig, Policy, Rights};
 pub use error::{CoreError, CoreErrorKind};

@@ -2,6 +2,7 @@
 //! that enforces owner-level (epoch) rules. No wire protocol: a front registers a receiver
 //! with a callback that disconnects it in the front's own terms.
 
+use crate::admission::Admission;
 use crate::auth::now_millis;
 use crate::config::{CoreConfig, HubConfig, Policy};
 use crate::error::CoreError;
@@ -203,6 +204,7 @@ pub struct Broker {
     store: LogStore,
     metrics: Arc<CoreMetrics>,
     faults: Arc<Faults>,
+    admission: Arc<Admission>,
     hubs: RwLock<HashMap<String, Arc<Hub>>>,
     /// What was created at run time, as persisted; held while a change is applied so that
     /// changes are serialised and the file always matches the map.
@@ -216,6 +218,13 @@ impl Broker {
     /// contradicts the configuration is an error naming both, never resolved silently.
     pub fn open(config: impl Into<CoreConfig>) -> Result<Arc<Self>, CoreError> {
         let config = config.into();
+        let admission = Arc::new(Admission::new(
+            config.max_connections,
+            config.max_connections_per_address,
+            config.max_pending_connections,
+            config.max_auth_failures,
+            config.auth_failure_window,
+        ));
         let metrics = Arc::new(CoreMetrics::default());
         let faults = Arc::new(Faults::default());
         let observer = Arc::new(Observer { metrics: Arc::clone(&metrics), faults: Arc::clone(&faults) });
@@ -257,6 +266,7 @@ impl Broker {
             hubs: RwLock::new(hubs),
             runtime: Mutex::new(runtime),
             next_id: AtomicU64::new(1),
+            admission,
         }))
     }
 
@@ -434,6 +444,11 @@ impl Broker {
                 done(r)
             }),
         );
+    }
+
+    /// Connection slots and the failed-authorization limiter.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
     }
 
     /// Fault injection: what is in force, and the connections it reaches.

@@ -2,6 +2,7 @@
 
 use crate::tls::{TlsConfig, TlsSource};
 use ehub_broker_admin::{AdminAuth, AdminConfig};
+use ehub_broker_amqp::AmqpLimits;
 use ehub_broker_blob::{BlobAuth, BlobConfig, StorageAccount};
 use ehub_broker_core::{CoreConfig, HubConfig, Policy, Rights};
 use ehub_partition_log::FsyncPolicy;
@@ -78,6 +79,8 @@ pub struct BrokerConfig {
     pub listen_management: Option<SocketAddr>,
     /// The management endpoint's settings.
     pub management: AdminConfig,
+    /// The AMQP front's limits: sessions, links, frame size, idle rules.
+    pub amqp: AmqpLimits,
     /// The core's settings: storage, limits, auth policies, hubs.
     pub core: CoreConfig,
 }
@@ -99,6 +102,7 @@ impl Default for BrokerConfig {
             tls: TlsConfig::default(),
             listen_management: Some("127.0.0.1:5300".parse().expect("valid address")),
             management: AdminConfig::default(),
+            amqp: AmqpLimits::default(),
             core: CoreConfig::default(),
         }
     }
@@ -180,6 +184,15 @@ struct TomlLimits {
     max_consumer_groups_per_hub: Option<usize>,
     max_partitions_per_hub: Option<u32>,
     handshake_timeout_secs: Option<f64>,
+    max_connections_per_address: Option<usize>,
+    max_pending_connections: Option<usize>,
+    max_sessions_per_connection: Option<u16>,
+    max_links_per_session: Option<u32>,
+    max_frame_size: Option<u32>,
+    max_auth_failures: Option<u32>,
+    auth_failure_window_secs: Option<f64>,
+    link_idle_timeout_secs: Option<f64>,
+    empty_connection_timeout_secs: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -395,6 +408,41 @@ impl BrokerConfig {
             }
             c.core.handshake_timeout = Duration::from_secs_f64(v);
         }
+        let l = &f.limits;
+        let secs = |v: Option<f64>, key: &str, into: &mut Duration| -> Result<(), ConfigError> {
+            if let Some(v) = v {
+                if !(v > 0.0 && v <= 86_400.0) {
+                    return Err(invalid(key, format!("{v} is not in (0, 86400]")));
+                }
+                *into = Duration::from_secs_f64(v);
+            }
+            Ok(())
+        };
+        secs(l.auth_failure_window_secs, "limits.auth_failure_window_secs", &mut c.core.auth_failure_window)?;
+        secs(l.link_idle_timeout_secs, "limits.link_idle_timeout_secs", &mut c.amqp.link_idle_timeout)?;
+        secs(
+            l.empty_connection_timeout_secs,
+            "limits.empty_connection_timeout_secs",
+            &mut c.amqp.empty_connection_timeout,
+        )?;
+        if let Some(v) = l.max_connections_per_address {
+            c.core.max_connections_per_address = v;
+        }
+        if let Some(v) = l.max_pending_connections {
+            c.core.max_pending_connections = v;
+        }
+        if let Some(v) = l.max_auth_failures {
+            c.core.max_auth_failures = v;
+        }
+        if let Some(v) = l.max_sessions_per_connection {
+            c.amqp.max_sessions_per_connection = v;
+        }
+        if let Some(v) = l.max_links_per_session {
+            c.amqp.max_links_per_session = v;
+        }
+        if let Some(v) = l.max_frame_size {
+            c.amqp.max_frame_size = v;
+        }
         if let Some(hs) = f.hubs {
             c.core.hubs = hs
                 .into_iter()
@@ -460,6 +508,18 @@ impl BrokerConfig {
         if self.core.max_message_size < 1024 {
             return Err(invalid("limits.max_message_size", "must be at least 1024"));
         }
+        if !(512..=16 << 20).contains(&self.amqp.max_frame_size) {
+            return Err(invalid("limits.max_frame_size", "must be in 512..=16777216 (AMQP's minimum is 512)"));
+        }
+        if self.amqp.max_sessions_per_connection == 0 || self.amqp.max_links_per_session == 0 {
+            return Err(invalid("limits", "max_sessions_per_connection and max_links_per_session must be at least 1"));
+        }
+        if self.core.max_connections_per_address == 0 || self.core.max_pending_connections == 0 {
+            return Err(invalid(
+                "limits",
+                "max_connections_per_address and max_pending_connections must be at least 1",
+            ));
+        }
         if self.core.segment_bytes < 4096 {
             return Err(invalid("storage.segment_bytes", "must be at least 4096"));
         }
@@ -506,6 +566,13 @@ mod tests {
         assert_eq!(c.core.max_consumer_groups_per_hub, d.core.max_consumer_groups_per_hub);
         assert_eq!(c.core.max_partitions_per_hub, d.core.max_partitions_per_hub);
         assert_eq!(c.core.handshake_timeout, d.core.handshake_timeout);
+        assert_eq!(c.core.max_connections_per_address, d.core.max_connections_per_address);
+        assert_eq!(c.core.max_pending_connections, d.core.max_pending_connections);
+        assert_eq!(
+            (c.core.max_auth_failures, c.core.auth_failure_window),
+            (d.core.max_auth_failures, d.core.auth_failure_window)
+        );
+        assert_eq!(c.amqp, d.amqp);
         c.validate().unwrap();
     }
 

@@ -3,7 +3,7 @@
 
 use crate::BrokerConfig;
 use ehub_blob_store::{BlobStore, BlobStoreConfig, Durability};
-use ehub_broker_amqp::{serve_listeners_with_metrics, Listener, Protocol};
+use ehub_broker_amqp::{serve_listeners_with, Listener, Protocol, ServeOptions};
 use ehub_broker_blob::Endpoint;
 use ehub_broker_core::Broker;
 use ehub_partition_log::FsyncPolicy;
@@ -193,7 +193,11 @@ pub async fn start(config: BrokerConfig) -> Result<Running, Error> {
             .await
             .map_err(std::io::Error::other)?
             .map_err(|source| Error::BlobStore { path, source })?;
-        let endpoint = Endpoint::new(std::sync::Arc::clone(&store), config.blob.clone())?;
+        let endpoint = Endpoint::with_auth_limit(
+            std::sync::Arc::clone(&store),
+            config.blob.clone(),
+            std::sync::Arc::clone(broker.admission()),
+        )?;
         endpoint.create_configured_containers().await?;
         let socket = bind("the Blob endpoint", addr).await?;
         blob = Some(socket.local_addr()?);
@@ -223,7 +227,8 @@ pub async fn start(config: BrokerConfig) -> Result<Running, Error> {
         let admin_task = admin_front.map(|(endpoint, socket)| tokio::spawn(endpoint.serve(socket, stop.clone())));
         let blob_task =
             blob_front.map(|(endpoint, socket, store)| (tokio::spawn(endpoint.serve(socket, stop.clone())), store));
-        let amqp_result = serve_listeners_with_metrics(broker, listeners, stop, amqp_metrics).await;
+        let options = ServeOptions { metrics: amqp_metrics, limits: config.amqp.clone() };
+        let amqp_result = serve_listeners_with(broker, listeners, stop, options).await;
         if let Some((t, store)) = blob_task {
             t.await.map_err(std::io::Error::other)??;
             tokio::task::spawn_blocking(move || store.shutdown()).await.map_err(std::io::Error::other)?;

@@ -271,6 +271,20 @@ pub(crate) enum FaultCommand {
         #[arg(long)]
         seconds: f64,
     },
+    /// Shorten the service's idle rules for a while: links idle for --link-idle-seconds are
+    /// detached (amqp:link:detach-forced; normally 30 minutes), connections without links for
+    /// --connection-idle-seconds are closed (amqp:connection:forced; normally 300 s).
+    IdleTimeouts {
+        /// Link idle timeout during the fault.
+        #[arg(long, default_value_t = 5.0)]
+        link_idle_seconds: f64,
+        /// Empty connection timeout during the fault.
+        #[arg(long, default_value_t = 5.0)]
+        connection_idle_seconds: f64,
+        /// How long.
+        #[arg(long)]
+        seconds: f64,
+    },
     /// List the timed faults in force.
     List,
     /// End one timed fault early, or all of them.
@@ -302,6 +316,12 @@ pub(crate) fn fault(
         FaultCommand::FrameLatency { millis, seconds } => {
             inject(json!({"kind": "frame-latency", "millis": millis, "seconds": seconds}))?
         }
+        FaultCommand::IdleTimeouts { link_idle_seconds, connection_idle_seconds, seconds } => inject(json!({
+            "kind": "idle-timeouts",
+            "link_idle_seconds": link_idle_seconds,
+            "connection_idle_seconds": connection_idle_seconds,
+            "seconds": seconds
+        }))?,
         FaultCommand::List => admin.call(http::Method::GET, "/faults", None)?,
         FaultCommand::Clear { id } => {
             let path = id.map_or_else(|| "/faults".to_owned(), |id| format!("/faults/{id}"));

@@ -33,6 +33,15 @@ fn serve() -> Server {
 
 /// An `ehub serve` on a free port and a temporary data directory, with `extra` arguments.
 fn serve_with(extra: &[&std::ffi::OsStr]) -> Server {
+    serve_logged(extra, "info", None)
+}
+
+/// [`serve_with`] at log filter `log`, every log line copied into `capture` when given.
+fn serve_logged(
+    extra: &[&std::ffi::OsStr],
+    log: &str,
+    capture: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("ehub"))
@@ -48,13 +57,16 @@ fn serve_with(extra: &[&std::ffi::OsStr]) -> Server {
         ])
         .arg(dir.path())
         .args(extra)
-        .env("EHUB_LOG", "info")
+        .env("EHUB_LOG", log)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let (blob, management, listening) = loop {
         let line = lines.next().expect("ehub serve exited before listening").unwrap();
+        if let Some(c) = &capture {
+            c.lock().unwrap().push(line.clone());
+        }
         if line.contains("ehub broker listening") {
             let field = |name: &str| {
                 line.split(&format!("{name}=")).nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_owned()
@@ -63,7 +75,13 @@ fn serve_with(extra: &[&std::ffi::OsStr]) -> Server {
         }
     };
     // Keep draining the log so the broker never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Some(c) = &capture {
+                c.lock().unwrap().push(line);
+            }
+        }
+    });
     let cs = format!(
         "Endpoint=sb://127.0.0.1:{port};SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;"
     );
@@ -665,4 +683,39 @@ fn send_and_receive_over_tls_with_the_development_ca() {
     c.timeout(T).env_remove("EVENTHUB_CONNECTION_STRING").args(["--connection-string", cs, "--hub", "eh1"]);
     c.args(["--custom-endpoint", &format!("amqps://localhost:{port}"), "send", "--partition", "3", "x"]);
     c.assert().failure().code(4);
+}
+
+/// At the most verbose log level, with good and bad credentials on every front (AMQP CBS, the
+/// management API, the Blob endpoint), no key, token or signature reaches the broker's log.
+#[test]
+fn no_key_token_or_signature_appears_in_the_log_even_at_trace() {
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = serve_logged(&[], "trace", Some(log.clone()));
+    ehub(&s).args(["send", "--partition", "0", "hello"]).assert().success();
+    let wrong = s.cs.replace("SAS_KEY_VALUE", "WRONG_KEY_VALUE");
+    let bad = |args: &[&str]| {
+        let mut c = Command::cargo_bin("ehub").unwrap();
+        c.timeout(T).env_remove("EVENTHUB_CONNECTION_STRING");
+        c.args(["--connection-string", &wrong, "--hub", "eh1", "--management", &s.management]).args(args);
+        c.assert().failure();
+    };
+    bad(&["send", "--partition", "0", "refused"]);
+    bad(&["hubs", "list"]);
+    let wrong_storage = s.storage.replace(ehub_storage_auth::DEV_ACCOUNT_KEY, "V1JPTkdfS0VZX1ZBTFVFX1dST05HX0tFWQ==");
+    ehub(&s).env("AZURE_STORAGE_CONNECTION_STRING", &wrong_storage).args(["checkpoints", "list"]).assert().failure();
+    ehub(&s).env("AZURE_STORAGE_CONNECTION_STRING", &s.storage).args(["checkpoints", "list"]).assert().success();
+    std::thread::sleep(Duration::from_millis(300));
+    let text = log.lock().unwrap().join("\n");
+    assert!(text.contains("frame in") && text.contains("token refused"), "the log is at trace level: {text}");
+    for secret in [
+        "SAS_KEY_VALUE",
+        "WRONG_KEY_VALUE",
+        "SharedAccessSignature",
+        "sig=",
+        ehub_storage_auth::DEV_ACCOUNT_KEY,
+        "V1JPTkdfS0VZX1ZBTFVFX1dST05HX0tFWQ",
+        "SharedKey devstoreaccount1:",
+    ] {
+        assert!(!text.contains(secret), "the log shows '{secret}'");
+    }
 }

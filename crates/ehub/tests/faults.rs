@@ -152,3 +152,67 @@ async fn our_client_rides_out_every_transient_fault_and_surfaces_link_stolen() {
     .await
     .unwrap();
 }
+
+/// The service's idle rules, shortened by the `idle-timeouts` fault: idle producer and
+/// consumer links are detached (`amqp:link:detach-forced`), then the connections left without
+/// links are closed (`amqp:connection:forced`). Our client reattaches and reconnects on its
+/// next operation, and the receiver goes on where it was, with no event lost or repeated.
+#[tokio::test]
+async fn idle_links_are_detached_and_empty_connections_closed_and_our_client_carries_on() {
+    tokio::time::timeout(T, async {
+        let broker = ehub_broker::TestBroker::start().await.unwrap();
+        let admin = broker.management_addr();
+        let cs = broker.connection_string();
+        let p = ProducerClient::builder().open_with_connection_string(&cs, Some("eh1")).await.unwrap();
+        let c = ConsumerClient::builder().open_with_connection_string(&cs, Some("eh1")).await.unwrap();
+        let earliest = OpenReceiverOptions { start_position: EventPosition::Earliest, ..Default::default() };
+        let mut r = c.open_receiver_on_partition("0", Some(earliest)).await.unwrap();
+        let mut all = round(&p, &mut r, "before", 3).await;
+        let f = fault(
+            admin,
+            json!({"kind": "idle-timeouts", "link_idle_seconds": 0.3, "connection_idle_seconds": 0.5, "seconds": 60}),
+        )
+        .await;
+        assert_eq!(f["kind"], "idle-timeouts", "{f}");
+        wait_for(admin, r#"ehub_amqp_links{role="producer"}"#, 0.0).await;
+        wait_for(admin, r#"ehub_amqp_links{role="consumer"}"#, 0.0).await;
+        wait_for(admin, "ehub_amqp_connections", 0.0).await;
+        all.extend(round(&p, &mut r, "after-idle", 3).await);
+        assert_eq!(http(admin, "DELETE", "/faults", Some(&root()), None).await.0, 200);
+        let expected: Vec<String> =
+            ["before", "after-idle"].iter().flat_map(|l| (0..3).map(move |i| format!("{l}-{i}"))).collect();
+        assert_eq!(all, expected);
+        let (_, text) = http_text(admin, "/metrics").await;
+        assert!(text.contains(r#"ehub_faults_injected_total{kind="idle-timeouts"}"#), "{text}");
+        c.close().await;
+        p.close().await;
+        broker.stop().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+/// With a small `max_frame_size`, events far larger than a frame go both ways in several
+/// transfer frames.
+#[tokio::test]
+async fn events_larger_than_the_frame_size_go_in_several_frames() {
+    tokio::time::timeout(T, async {
+        let mut config = ehub_broker::BrokerConfig::default();
+        config.amqp.max_frame_size = 512;
+        let broker = ehub_broker::TestBroker::start_with(config).await.unwrap();
+        let cs = broker.connection_string();
+        let p = ProducerClient::builder().open_with_connection_string(&cs, Some("eh1")).await.unwrap();
+        let c = ConsumerClient::builder().open_with_connection_string(&cs, Some("eh1")).await.unwrap();
+        let earliest = OpenReceiverOptions { start_position: EventPosition::Earliest, ..Default::default() };
+        let mut r = c.open_receiver_on_partition("0", Some(earliest)).await.unwrap();
+        let big = "x".repeat(20_000);
+        p.send_event(big.clone(), to0()).await.unwrap();
+        let got = r.receive_batch(1, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(got[0].body_as_str().unwrap(), big);
+        c.close().await;
+        p.close().await;
+        broker.stop().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
