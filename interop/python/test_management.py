@@ -69,3 +69,29 @@ def test_the_sdk_uses_a_hub_and_consumer_group_created_at_run_time(broker):
         with pytest.raises(EventHubError) as e:
             p.get_partition_ids()
     assert "could not be found" in str(e.value)
+
+
+def test_the_sdk_sees_and_uses_partitions_added_while_it_runs(broker):
+    status, hub = call(broker, "PUT", "/hubs/growing", {"partition_count": 2})
+    assert status == 201, hub
+    with EventHubProducerClient.from_connection_string(broker.conn_str(), eventhub_name="growing") as p:
+        assert p.get_partition_ids() == ["0", "1"]
+        status, hub = call(broker, "PATCH", "/hubs/growing", {"partition_count": 4})
+        assert status == 200 and hub["partition_ids"] == ["0", "1", "2", "3"], hub
+        assert call(broker, "PATCH", "/hubs/growing", {"partition_count": 3})[0] == 400
+        assert p.get_partition_ids() == ["0", "1", "2", "3"]
+        batch = p.create_batch(partition_id="3")
+        batch.add(EventData("on a new partition"))
+        p.send_batch(batch)
+    got = []
+    c = EventHubConsumerClient.from_connection_string(broker.conn_str(), consumer_group="$Default",
+                                                      eventhub_name="growing")
+
+    def on_event(ctx, e):
+        if e is not None:
+            got.append((ctx.partition_id, e.body_as_str()))
+            c.close()
+
+    with c:
+        c.receive(on_event, starting_position="-1", max_wait_time=1)
+    assert got == [("3", "on a new partition")]

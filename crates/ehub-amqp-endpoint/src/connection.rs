@@ -457,7 +457,8 @@ impl Connection {
             role,
             phase: Phase::Header,
             sasl_done: false,
-            out: BytesMut::with_capacity(16 * 1024),
+            // Grows with the first burst of frames; an idle connection keeps it small.
+            out: BytesMut::with_capacity(1024),
             events: VecDeque::new(),
             remote_open: None,
             open_sent: false,

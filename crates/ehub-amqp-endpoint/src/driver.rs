@@ -12,30 +12,48 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::sleep_until;
 
-/// Default read buffer reservation.
+/// The largest read buffer reservation, reached while reads keep filling the buffer.
 pub const READ_CHUNK: usize = 64 * 1024;
+/// The smallest reservation, where an idle connection's buffer settles.
+const MIN_READ_CHUNK: usize = 1024;
 
 /// A socket plus its read buffer.
+///
+/// The buffer adapts: a read that fills it doubles the next reservation (up to
+/// [`READ_CHUNK`]), a read of less than a quarter halves it, and an emptied buffer much larger
+/// than the reservation is given back. A busy connection reads 64 KiB at a time; an idle one
+/// holds 1 KiB, so that thousands of idle connections cost little memory.
 #[derive(Debug)]
 pub struct Transport<S> {
     io: S,
     /// Bytes read but not yet consumed by the engine.
     pub read_buf: BytesMut,
+    chunk: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
     /// Wraps a socket.
     pub fn new(io: S) -> Self {
-        Transport { io, read_buf: BytesMut::with_capacity(READ_CHUNK) }
+        Transport { io, read_buf: BytesMut::new(), chunk: MIN_READ_CHUNK }
     }
 
     /// Reads once into the buffer. Returns 0 at end of stream. Cancel-safe: a cancelled read
     /// loses no bytes (tokio's `read_buf` only advances after data is copied).
     pub async fn read_into(&mut self) -> io::Result<usize> {
-        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
-            self.read_buf.reserve(READ_CHUNK);
+        if self.read_buf.is_empty() && self.read_buf.capacity() > 4 * self.chunk {
+            self.read_buf = BytesMut::new();
         }
-        self.io.read_buf(&mut self.read_buf).await
+        if self.read_buf.capacity() - self.read_buf.len() < self.chunk / 4 {
+            self.read_buf.reserve(self.chunk);
+        }
+        let spare = self.read_buf.capacity() - self.read_buf.len();
+        let n = self.io.read_buf(&mut self.read_buf).await?;
+        if n >= spare {
+            self.chunk = (self.chunk * 2).min(READ_CHUNK);
+        } else if n < self.chunk / 4 {
+            self.chunk = (self.chunk / 2).max(MIN_READ_CHUNK);
+        }
+        Ok(n)
     }
 
     /// Feeds buffered input to the engine.

@@ -81,6 +81,13 @@ fn hub_json(h: &Hub) -> Value {
     })
 }
 
+/// `PATCH /hubs/{hub}`: what may change on a hub.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct UpdateHub {
+    partition_count: Option<u32>,
+}
+
 /// `POST /faults`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -282,6 +289,19 @@ async fn route(ep: &Arc<Endpoint>, method: &Method, path: &[&str], body: Incomin
             };
             let created = blocking(move || broker.create_hub(config)).await?;
             Ok(respond(StatusCode::CREATED, hub_json(&created)))
+        }
+        (&Method::PATCH, ["hubs", hub]) => {
+            let req: UpdateHub = read_json(body).await?;
+            let Some(partitions) = req.partition_count else {
+                return Err(Refusal(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidBody",
+                    "`partition_count` (the new, larger count) is required".into(),
+                ));
+            };
+            let name = (*hub).to_owned();
+            let grown = blocking(move || broker.grow_partitions(&name, partitions)).await?;
+            Ok(respond(StatusCode::OK, hub_json(&grown)))
         }
         (&Method::DELETE, ["hubs", hub]) => {
             let name = (*hub).to_owned();

@@ -43,24 +43,25 @@ const BROKER_KEYS: [&str; 4] =
     [annotations::SEQUENCE_NUMBER, annotations::OFFSET, annotations::ENQUEUED_TIME, annotations::PARTITION_KEY];
 
 /// Messages posted to a connection task by storage callbacks, helper tasks and other
-/// connections.
+/// connections. Payloads are boxed to keep the message at 32 bytes: the channel allocates a
+/// block of 32 messages up front, per connection, idle ones too.
 #[derive(Debug)]
 pub(crate) enum Control {
     Ack {
         link: LinkId,
         delivery_id: u32,
         settled: bool,
-        result: Result<Appended, String>,
+        result: Box<Result<Appended, String>>,
     },
     Resolved {
         link: LinkId,
         id: u64,
-        result: Result<i64, LogError>,
+        result: Box<Result<i64, LogError>>,
     },
     ReadDone {
         link: LinkId,
         id: u64,
-        result: Result<Vec<StoredEvent>, LogError>,
+        result: Box<Result<Vec<StoredEvent>, LogError>>,
     },
     Wake {
         link: LinkId,
@@ -68,10 +69,10 @@ pub(crate) enum Control {
     },
     Detach {
         link: LinkId,
-        error: AmqpError,
+        error: Box<AmqpError>,
     },
     /// An injected fault (`ehub fault …`).
-    Disrupt(Disruption),
+    Disrupt(Box<Disruption>),
 }
 
 struct Consumer {
@@ -200,8 +201,9 @@ pub(crate) struct ConnTask<S> {
     /// For a refused connection: the error its `open` is answered with.
     refusal: Option<AmqpError>,
     ip: IpAddr,
-    /// When links are next checked for idleness.
-    next_sweep: Instant,
+    /// When links are next checked for idleness: one timer for the connection's life, reset
+    /// rather than made anew per loop turn (registering a timer per turn costs the hot path).
+    sweep_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// Since when the connection has had no link that holds it open.
     empty_since: Option<Instant>,
     /// This connection's id among those fault injection reaches.
@@ -281,7 +283,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             broker.faults().register_connection(
                 conn_id,
                 Box::new(move |d| {
-                    let _ = tx.send(Control::Disrupt(d.clone()));
+                    let _ = tx.send(Control::Disrupt(Box::new(d.clone())));
                 }),
             );
         }
@@ -290,7 +292,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         ConnTask {
             broker,
             metrics,
-            next_sweep: Instant::now() + sweep_interval(link_idle, empty),
+            sweep_timer: Box::pin(tokio::time::sleep(sweep_interval(link_idle, empty))),
             limits,
             slot,
             refusal,
@@ -392,7 +394,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 _ = sleep_until(confirm_deadline) => {
                     self.settlements.confirm_due(&mut self.conn, Instant::now());
                 }
-                _ = tokio::time::sleep_until(self.next_sweep.into()) => {
+                _ = &mut self.sweep_timer => {
                     self.sweep(Instant::now());
                 }
             }
@@ -531,7 +533,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
     /// does after 30 minutes and 300 seconds.
     fn sweep(&mut self, now: Instant) {
         let (link_idle, empty) = self.idle_timeouts();
-        self.next_sweep = now + sweep_interval(link_idle, empty);
+        self.sweep_timer.as_mut().reset((now + sweep_interval(link_idle, empty)).into());
         if self.handshake_deadline.is_some() {
             return;
         }
@@ -582,7 +584,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         match d {
             Disruption::IdleTimeoutsChanged => {
                 let (link_idle, empty) = self.idle_timeouts();
-                self.next_sweep = self.next_sweep.min(Instant::now() + sweep_interval(link_idle, empty));
+                let sooner = (Instant::now() + sweep_interval(link_idle, empty)).into();
+                if sooner < self.sweep_timer.deadline() {
+                    self.sweep_timer.as_mut().reset(sooner);
+                }
             }
             Disruption::Close => {
                 info!(peer = %self.peer, "fault: closing the connection");
@@ -752,7 +757,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             let pos = c.start.take().unwrap_or(StartPosition::Latest);
             tokio::task::spawn_blocking(move || {
                 let result = part.resolve(&pos);
-                let _ = tx.send(Control::Resolved { link, id, result });
+                let _ = tx.send(Control::Resolved { link, id, result: Box::new(result) });
             });
         }
         Ok(())
@@ -819,7 +824,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 Displaced::Stolen(text) => AmqpError::new(conditions::LINK_STOLEN, text),
                 Displaced::Deleted(text) => AmqpError::new(conditions::NOT_FOUND, text),
             };
-            let _ = ctl.send(Control::Detach { link, error });
+            let _ = ctl.send(Control::Detach { link, error: Box::new(error) });
         });
         cg.admit(
             pidx,
@@ -879,11 +884,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             }
             LinkKind::Producer { hub, partition, inflight } => {
                 info.active = true;
+                if hub.is_replaced() {
+                    // The hub grew: route over every partition from now on.
+                    if let Some(h) = self.broker.hub(&hub.name) {
+                        *hub = h;
+                    }
+                }
                 if hub.is_deleted() {
                     let text = format!("The messaging entity '{}' could not be found.", hub.name);
                     let _ = self.ctl_tx.send(Control::Detach {
                         link: d.link,
-                        error: AmqpError::new(conditions::NOT_FOUND, text.clone()),
+                        error: Box::new(AmqpError::new(conditions::NOT_FOUND, text.clone())),
                     });
                     return reject(
                         &mut self.conn,
@@ -942,8 +953,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                     idx,
                     events,
                     Box::new(move |r| {
-                        let _ =
-                            tx.send(Control::Ack { link, delivery_id, settled, result: r.map_err(|e| e.to_string()) });
+                        let _ = tx.send(Control::Ack {
+                            link,
+                            delivery_id,
+                            settled,
+                            result: Box::new(r.map_err(|e| e.to_string())),
+                        });
                     }),
                 );
                 if top_up {
@@ -974,7 +989,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 if c.id != id {
                     return;
                 }
-                match result {
+                match *result {
                     Ok(seq) => {
                         c.next_seq = Some(seq);
                         c.busy = false;
@@ -996,7 +1011,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                     return;
                 }
                 c.busy = false;
-                match result {
+                match *result {
                     Ok(events) => {
                         if let Some(last) = events.last() {
                             c.next_seq = Some(last.sequence_number + 1);
@@ -1016,13 +1031,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                     }
                 }
             }
-            Control::Disrupt(d) => self.disrupt(d),
+            Control::Disrupt(d) => self.disrupt(*d),
             Control::Detach { link, error } => {
                 if matches!(
                     self.links.get(&link),
                     Some(LinkInfo { kind: LinkKind::Consumer(_) | LinkKind::Producer { .. }, .. })
                 ) {
-                    let _ = self.conn.detach(link, Some(error));
+                    let _ = self.conn.detach(link, Some(*error));
                     self.forget_link(link);
                     self.links.insert(link, LinkInfo::refused(String::new()));
                 }
@@ -1132,7 +1147,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 let (part, id, tx) = (Arc::clone(&c.part), c.id, self.ctl_tx.clone());
                 tokio::task::spawn_blocking(move || {
                     let result = part.read(next, READ_BATCH, 4 << 20);
-                    let _ = tx.send(Control::ReadDone { link, id, result });
+                    let _ = tx.send(Control::ReadDone { link, id, result: Box::new(result) });
                 });
                 if c.buffer.is_empty() {
                     return Ok(());

@@ -19,6 +19,15 @@ pub(crate) struct RuntimeState {
     /// Consumer groups created at run time on the configuration file's hubs.
     #[serde(default)]
     pub(crate) consumer_groups: Vec<RuntimeGroup>,
+    /// Partition counts the configuration file's hubs grew to at run time.
+    #[serde(default)]
+    pub(crate) grown: Vec<GrownHub>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct GrownHub {
+    pub(crate) hub: String,
+    pub(crate) partitions: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,6 +107,14 @@ impl RuntimeState {
                 )));
             }
         }
+        for g in &self.grown {
+            if !configured.iter().any(|c| same(&c.name, &g.hub)) {
+                return Err(CoreError::Conflict(format!(
+                    "Event Hub '{}' grew to {} partitions while the broker ran, and the configuration file no longer declares it (recorded in {}). Declare the hub again, or remove the entry from {}.",
+                    g.hub, g.partitions, path.display(), path.display()
+                )));
+            }
+        }
         for g in &self.consumer_groups {
             if !configured.iter().any(|c| same(&c.name, &g.hub)) {
                 return Err(CoreError::Conflict(format!(
@@ -107,6 +124,20 @@ impl RuntimeState {
             }
         }
         Ok(())
+    }
+
+    /// The partition count a configured hub grew to at run time, if it did.
+    pub(crate) fn grown_partitions(&self, hub: &str) -> Option<u32> {
+        self.grown.iter().find(|g| same(&g.hub, hub)).map(|g| g.partitions)
+    }
+
+    pub(crate) fn set_partitions(&mut self, hub: &str, configured_hub: bool, partitions: u32) {
+        if configured_hub {
+            self.grown.retain(|g| !same(&g.hub, hub));
+            self.grown.push(GrownHub { hub: hub.to_owned(), partitions });
+        } else if let Some(h) = self.hubs.iter_mut().find(|h| same(&h.name, hub)) {
+            h.partitions = partitions;
+        }
     }
 
     pub(crate) fn groups_of<'a>(&'a self, hub: &'a str) -> impl Iterator<Item = &'a RuntimeGroup> + 'a {

@@ -64,7 +64,8 @@ pub struct ConsumerGroup {
     pub name: String,
     /// Unix milliseconds when it was created (the hub's creation for configured groups).
     pub created_at: i64,
-    receivers: Vec<Mutex<Vec<ReceiverEntry>>>,
+    /// Per partition; grows with the hub's partition count.
+    receivers: RwLock<Vec<Mutex<Vec<ReceiverEntry>>>>,
 }
 
 impl ConsumerGroup {
@@ -72,18 +73,30 @@ impl ConsumerGroup {
         ConsumerGroup {
             name: name.to_owned(),
             created_at,
-            receivers: (0..partitions).map(|_| Mutex::new(Vec::new())).collect(),
+            receivers: RwLock::new((0..partitions).map(|_| Mutex::new(Vec::new())).collect()),
+        }
+    }
+
+    fn receivers(&self) -> std::sync::RwLockReadGuard<'_, Vec<Mutex<Vec<ReceiverEntry>>>> {
+        self.receivers.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes room for receivers of `partitions` partitions (the hub grew).
+    fn grow(&self, partitions: usize) {
+        let mut r = self.receivers.write().unwrap_or_else(|p| p.into_inner());
+        while r.len() < partitions {
+            r.push(Mutex::new(Vec::new()));
         }
     }
 
     /// Receivers connected to each partition.
     pub fn receiver_counts(&self) -> Vec<usize> {
-        self.receivers.iter().map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).len()).collect()
+        self.receivers().iter().map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).len()).collect()
     }
 
     /// Disconnects every receiver (the group or its hub is going away).
     fn displace_all(&self, text: &str) {
-        for list in &self.receivers {
+        for list in self.receivers().iter() {
             let gone: Vec<ReceiverEntry> = list.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
             for r in gone {
                 (r.on_displaced)(Displaced::Deleted(text.to_owned()));
@@ -94,7 +107,8 @@ impl ConsumerGroup {
     /// Applies the service's epoch rules (reference §10.3). On success the new receiver is
     /// registered and every displaced receiver's `on_displaced` is called.
     pub fn admit(&self, partition: usize, new: ReceiverEntry, max_non_epoch: usize) -> Result<(), AdmitError> {
-        let mut list = self.receivers[partition].lock().unwrap_or_else(|p| p.into_inner());
+        let receivers = self.receivers();
+        let mut list = receivers[partition].lock().unwrap_or_else(|p| p.into_inner());
         let name = |n: &Option<String>| n.clone().unwrap_or_else(|| "nil".into());
         let existing_epoch = list.iter().filter_map(|r| r.epoch).max();
         match (new.epoch, existing_epoch) {
@@ -132,7 +146,7 @@ impl ConsumerGroup {
 
     /// Unregisters receiver `id`.
     pub fn remove(&self, partition: usize, id: u64) {
-        self.receivers[partition].lock().unwrap_or_else(|p| p.into_inner()).retain(|r| r.id != id);
+        self.receivers()[partition].lock().unwrap_or_else(|p| p.into_inner()).retain(|r| r.id != id);
     }
 }
 
@@ -144,6 +158,9 @@ pub enum Origin {
     /// Created while the broker ran (kept in the data directory across restarts).
     Runtime,
 }
+
+/// A hub's consumer groups by lower-case name, with where each was declared.
+type GroupMap = HashMap<String, (Arc<ConsumerGroup>, Origin)>;
 
 /// One Event Hub.
 #[derive(Debug)]
@@ -160,11 +177,14 @@ pub struct Hub {
     pub partition_ids: Vec<String>,
     /// Each partition's traffic counters (metrics), by index.
     pub counters: Vec<PartitionCounters>,
-    /// Consumer groups by lower-case name.
-    consumer_groups: RwLock<HashMap<String, (Arc<ConsumerGroup>, Origin)>>,
+    /// Consumer groups by lower-case name; shared with the hub's later handles when its
+    /// partition count grows.
+    consumer_groups: Arc<RwLock<GroupMap>>,
     /// Where sends without a partition or key go next.
     pub round_robin: AtomicU64,
     deleted: AtomicBool,
+    /// The hub's partition count grew: a newer handle holds every partition.
+    replaced: AtomicBool,
 }
 
 impl Hub {
@@ -194,6 +214,13 @@ impl Hub {
     /// on links opened before.
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Whether the hub's partition count grew since this handle was taken: fronts that route
+    /// sends over the partitions take the new handle from [`Broker::hub`]. This handle's
+    /// partitions stay valid (the new one has the same first ones).
+    pub fn is_replaced(&self) -> bool {
+        self.replaced.load(Ordering::Acquire)
     }
 }
 
@@ -243,6 +270,12 @@ impl Broker {
         runtime.check_against(&config.hubs, &config.data_dir)?;
         let mut hubs = HashMap::new();
         for h in &config.hubs {
+            let mut h = h.clone();
+            if let Some(grown) = runtime.grown_partitions(&h.name).filter(|&n| n > h.partitions) {
+                tracing::info!(entity = %h.name, partitions = grown, configured = h.partitions, "the hub's partition count grew at run time; keeping the larger count");
+                h.partitions = grown;
+            }
+            let h = &h;
             let hub = open_hub(&store, &metrics, &config.data_dir, h, Origin::Config)?;
             for cg in runtime.groups_of(&h.name) {
                 let group = ConsumerGroup::new(&cg.name, hub.partitions.len(), cg.created_at);
@@ -341,6 +374,64 @@ impl Broker {
         remove_dir(&self.config.data_dir.join(&key))?;
         tracing::info!(entity = %hub.name, "hub deleted");
         Ok(())
+    }
+
+    /// Grows a hub's partition count while running (the service allows increases only;
+    /// blocking file IO). Kept across restarts; a configured hub keeps the larger of its
+    /// configured and grown counts. Receivers and producers on the existing partitions go on;
+    /// clients see the new partitions when they next ask for the partition ids.
+    pub fn grow_partitions(&self, name: &str, partitions: u32) -> Result<Arc<Hub>, CoreError> {
+        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        let hub = self.hub(name).ok_or_else(|| CoreError::not_found(name))?;
+        let now = hub.partitions.len() as u32;
+        if partitions < now {
+            return Err(CoreError::Invalid(format!(
+                "The partition count of Event Hub '{}' can only be increased: it has {now}, not {partitions}.",
+                hub.name
+            )));
+        }
+        if partitions == now {
+            return Ok(hub);
+        }
+        if partitions > self.config.max_partitions_per_hub {
+            return Err(CoreError::LimitExceeded(format!(
+                "The partition count {partitions} is above the limit of {} per Event Hub.",
+                self.config.max_partitions_per_hub
+            )));
+        }
+        let dir = self.config.data_dir.join(hub.name.to_ascii_lowercase());
+        let mut parts = hub.partitions.clone();
+        let mut ids = hub.partition_ids.clone();
+        let mut counters = hub.counters.clone();
+        for i in now..partitions {
+            let id = i.to_string();
+            parts.push(self.store.open_partition(dir.join(&id), &id)?);
+            counters.push(self.metrics.partition(&hub.name, &id));
+            ids.push(id);
+        }
+        let mut next = runtime.clone();
+        next.set_partitions(&hub.name, hub.origin == Origin::Config, partitions);
+        next.save(&self.config.data_dir)?;
+        *runtime = next;
+        for (g, _) in hub.consumer_groups() {
+            g.grow(partitions as usize);
+        }
+        let grown = Arc::new(Hub {
+            name: hub.name.clone(),
+            created_at: hub.created_at,
+            origin: hub.origin,
+            partitions: parts,
+            partition_ids: ids,
+            counters,
+            consumer_groups: Arc::clone(&hub.consumer_groups),
+            round_robin: AtomicU64::new(hub.round_robin.load(Ordering::Relaxed)),
+            deleted: AtomicBool::new(false),
+            replaced: AtomicBool::new(false),
+        });
+        self.hubs.write().unwrap_or_else(|p| p.into_inner()).insert(hub.name.to_ascii_lowercase(), Arc::clone(&grown));
+        hub.replaced.store(true, Ordering::Release);
+        tracing::info!(entity = %hub.name, from = now, partitions, "hub partition count grown");
+        Ok(grown)
     }
 
     /// Creates a consumer group in a hub while running; kept across restarts.
@@ -531,9 +622,10 @@ fn open_hub(
         partitions,
         partition_ids: ids,
         counters,
-        consumer_groups: RwLock::new(cgs),
+        consumer_groups: Arc::new(RwLock::new(cgs)),
         round_robin: AtomicU64::new(0),
         deleted: AtomicBool::new(false),
+        replaced: AtomicBool::new(false),
     }))
 }
 
@@ -573,4 +665,52 @@ fn hub_created_at(dir: &std::path::Path) -> Result<i64, LogError> {
     let now = now_millis();
     std::fs::write(&path, now.to_string()).map_err(|e| LogError::Io { path: path.clone(), source: e })?;
     Ok(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path) -> CoreConfig {
+        CoreConfig { data_dir: dir.to_owned(), ..CoreConfig::default() }
+    }
+
+    #[test]
+    fn hubs_grow_keep_their_receivers_and_stay_grown_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(config(dir.path())).unwrap();
+        let old = broker.hub("eh1").unwrap();
+        let cg = old.consumer_group("$default").unwrap();
+        let entry = |id| ReceiverEntry { id, epoch: Some(1), name: None, on_displaced: Box::new(|_| {}) };
+        cg.admit(3, entry(1), 5).unwrap();
+        assert!(broker.grow_partitions("EH1", 2).unwrap_err().to_string().contains("only be increased"));
+        assert_eq!(broker.grow_partitions("eh1", 9999).unwrap_err().kind(), crate::CoreErrorKind::LimitExceeded);
+        let grown = broker.grow_partitions("eh1", 6).unwrap();
+        assert_eq!(grown.partition_ids, ["0", "1", "2", "3", "4", "5"]);
+        assert!(old.is_replaced() && !grown.is_replaced());
+        assert!(Arc::ptr_eq(&old.partitions[3], &grown.partitions[3]), "the same logs");
+        let same_cg = grown.consumer_group("$Default").unwrap();
+        assert!(Arc::ptr_eq(&cg, &same_cg), "the same consumer groups");
+        assert_eq!(same_cg.receiver_counts(), [0, 0, 0, 1, 0, 0]);
+        same_cg.admit(5, entry(2), 5).unwrap();
+        broker.shutdown_storage();
+        drop((broker, old, grown, cg, same_cg));
+
+        // The configured hub keeps the larger count; a larger configured count wins.
+        let broker = Broker::open(config(dir.path())).unwrap();
+        assert_eq!(broker.hub("eh1").unwrap().partitions.len(), 6);
+        broker.shutdown_storage();
+        drop(broker);
+        let mut c = config(dir.path());
+        c.hubs[0].partitions = 8;
+        let broker = Broker::open(c).unwrap();
+        assert_eq!(broker.hub("eh1").unwrap().partitions.len(), 8);
+        broker.shutdown_storage();
+        drop(broker);
+        // A grown record for a hub the file no longer declares is a clear error.
+        let mut c = config(dir.path());
+        c.hubs[0].name = "other".into();
+        let e = Broker::open(c).unwrap_err().to_string();
+        assert!(e.contains("'eh1' grew to 6 partitions"), "{e}");
+    }
 }

@@ -26,6 +26,15 @@ pub(crate) enum HubsCommand {
         #[arg(long = "consumer-group", value_name = "NAME")]
         consumer_groups: Vec<String>,
     },
+    /// Grow a hub's partition count (increases only, as on the service; kept across
+    /// restarts). Producers and processors pick the new partitions up.
+    Update {
+        /// The hub's name.
+        name: String,
+        /// The new, larger partition count.
+        #[arg(long)]
+        partitions: u32,
+    },
     /// Delete a hub created at run time, with its events.
     Delete {
         /// The hub's name.
@@ -188,6 +197,13 @@ pub(crate) fn hubs(connection_string: &str, management: Option<&str>, output: Ou
             let hub = admin.call(http::Method::PUT, &format!("/hubs/{}", encode(name)), Some(body))?;
             print(output, &hub, |h| {
                 format!("created hub {} with {} partitions\n", h["name"].as_str().unwrap_or(""), h["partition_count"])
+            });
+        }
+        HubsCommand::Update { name, partitions } => {
+            let body = json!({ "partition_count": partitions });
+            let hub = admin.call(http::Method::PATCH, &format!("/hubs/{}", encode(name)), Some(body))?;
+            print(output, &hub, |h| {
+                format!("hub {} has {} partitions\n", h["name"].as_str().unwrap_or(""), h["partition_count"])
             });
         }
         HubsCommand::Delete { name } => {

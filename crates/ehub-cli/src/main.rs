@@ -84,10 +84,10 @@ enum Command {
     /// connections, fsyncs.
     Top(top::TopArgs),
     /// Make an `ehub serve` misbehave on purpose (its management API): detach links, close
-    /// connections, expire tokens, throttle sends, slow fsyncs or writes.
+    /// connections, expire tokens, throttle sends, slow fsyncs or writes, shorten idle timeouts.
     #[command(subcommand)]
     Fault(admin::FaultCommand),
-    /// List, create and delete hubs of an `ehub serve` while it runs (its management API).
+    /// List, create, grow and delete hubs of an `ehub serve` while it runs (its management API).
     #[command(subcommand)]
     Hubs(admin::HubsCommand),
     /// List, create and delete the consumer groups of a hub (--hub) of an `ehub serve`.

@@ -232,3 +232,126 @@ async fn metrics_count_traffic_receivers_connections_refusals_fsyncs_and_blob_re
     .await
     .unwrap();
 }
+
+/// A hub's partition count grows while a producer, a buffered producer, a receiver and a
+/// processor run: the receiver goes on, the producer's link routes over every partition, the
+/// buffered producer and the processor pick the new partitions up, and the count is kept
+/// across a restart. Decreases are refused, as on the service.
+#[tokio::test]
+async fn a_hub_grows_while_clients_run_and_they_use_the_new_partitions() {
+    use ehub::buffered::{BufferedProducerClient, BufferedProducerOptions, EnqueueEventOptions};
+    use ehub::processor::{EventProcessor, EventProcessorOptions};
+    use std::sync::{Arc, Mutex};
+    tokio::time::timeout(T, async {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = ehub_broker::TestBroker::start_with(config(dir.path())).await.unwrap();
+        let admin = broker.management_addr();
+        let cs = broker.connection_string();
+        let p = ProducerClient::builder().open_with_connection_string(&cs, Some("eh1")).await.unwrap();
+        p.send_event("before", to("0")).await.unwrap();
+        let c = ConsumerClient::builder().open_with_connection_string(&cs, Some("eh1")).await.unwrap();
+        let earliest = OpenReceiverOptions { start_position: EventPosition::Earliest, ..Default::default() };
+        let mut r = c.open_receiver_on_partition("0", Some(earliest)).await.unwrap();
+        assert_eq!(r.receive_batch(1, Duration::from_secs(10)).await.unwrap().len(), 1);
+
+        // A processor on every partition, and a buffered producer that refreshes its list.
+        let store = Arc::new(ehub::InMemoryCheckpointStore::new());
+        let consumer = ConsumerClient::from_connection_string(&cs, Some("eh1"), None).await.unwrap();
+        let options = EventProcessorOptions {
+            load_balancing_interval: Duration::from_millis(200),
+            default_start_position: EventPosition::Earliest,
+            ..Default::default()
+        };
+        let processor = EventProcessor::new(consumer, store, Some(options)).unwrap();
+        let run = tokio::spawn({
+            let p = processor.clone();
+            async move { p.run().await }
+        });
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        tokio::spawn({
+            let (p, seen) = (processor.clone(), seen.clone());
+            async move {
+                while let Some(mut partition) = p.next_partition_client().await {
+                    let seen = seen.clone();
+                    tokio::spawn(async move {
+                        while let Ok(events) = partition.receive_batch(50, Duration::from_millis(200)).await {
+                            let id = partition.partition_id().to_owned();
+                            seen.lock().unwrap().extend(events.iter().map(|_| id.clone()));
+                        }
+                    });
+                }
+            }
+        });
+        let reported: Arc<Mutex<Vec<String>>> = Arc::default();
+        let ok = reported.clone();
+        let buffered = BufferedProducerClient::builder()
+            .with_buffered_options(BufferedProducerOptions {
+                partition_refresh_interval: Duration::from_millis(100),
+                max_wait_time: Duration::from_millis(20),
+                ..Default::default()
+            })
+            .with_on_send_succeeded(move |events, pid| ok.lock().unwrap().extend(events.iter().map(|_| pid.to_owned())))
+            .with_on_send_failed(|_, pid, e| panic!("partition {pid}: {e}"))
+            .open_with_connection_string(&cs, Some("eh1"))
+            .await
+            .unwrap();
+
+        let (status, body) =
+            http(admin, "PATCH", "/hubs/eh1", Some(&root()), Some(json!({"partition_count": 6}))).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["partition_ids"], json!(["0", "1", "2", "3", "4", "5"]));
+        let (status, body) =
+            http(admin, "PATCH", "/hubs/eh1", Some(&root()), Some(json!({"partition_count": 3}))).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("can only be increased"), "{body}");
+
+        assert_eq!(p.get_partition_ids().await.unwrap().len(), 6);
+        // The receiver on partition 0 goes on.
+        p.send_event("after", to("0")).await.unwrap();
+        let got = r.receive_batch(1, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(got[0].body_as_str().unwrap(), "after");
+        // Sends without a partition, on the link opened before, reach the new partitions.
+        for i in 0..12 {
+            p.send_event(format!("rr-{i}"), None).await.unwrap();
+        }
+        for id in ["4", "5"] {
+            let props = p.get_partition_properties(id).await.unwrap();
+            assert!(props.last_enqueued_sequence_number >= 0, "partition {id}: {props:?}");
+        }
+        // The buffered producer sends to a new partition once its list is refreshed.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let to5 = EnqueueEventOptions { partition_id: Some("5".into()), ..Default::default() };
+        buffered.enqueue_event("buffered", Some(to5)).await.unwrap();
+        buffered.flush(Some(Duration::from_secs(10))).await.unwrap();
+        assert_eq!(*reported.lock().unwrap(), ["5"]);
+        // The processor reads the new partitions.
+        for _ in 0..200 {
+            let s = seen.lock().unwrap().clone();
+            if s.iter().any(|p| p == "4") && s.iter().filter(|p| *p == "5").count() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let s = seen.lock().unwrap().clone();
+        assert!(s.iter().any(|p| p == "4") && s.iter().filter(|p| *p == "5").count() >= 2, "{s:?}");
+
+        buffered.close(true, None).await.unwrap();
+        processor.shutdown();
+        run.await.unwrap().unwrap();
+        c.close().await;
+        p.close().await;
+        broker.stop().await.unwrap();
+        // Kept across a restart, events and all.
+        let broker = ehub_broker::TestBroker::start_with(config(dir.path())).await.unwrap();
+        let p = ProducerClient::builder()
+            .open_with_connection_string(&broker.connection_string(), Some("eh1"))
+            .await
+            .unwrap();
+        assert_eq!(p.get_partition_ids().await.unwrap().len(), 6);
+        assert!(p.get_partition_properties("5").await.unwrap().last_enqueued_sequence_number >= 1);
+        p.close().await;
+        broker.stop().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
