@@ -1302,7 +1302,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         let mut ok = self.tokens.iter().any(|t| t.expiry > now && t.path.split('/').next() == Some(hub_l.as_str()));
         if !ok {
             if let Some(tok) = ehub_amqp_codec::map_get(app, "security_token").and_then(|v| v.as_text()) {
-                ok = self.broker.authorize_from(self.ip, TokenType::Sas, tok, &format!("sb://ehub/{hub}")).is_ok();
+                // The SDKs sign it for the hub's management node (`…/<hub>/$management`).
+                let audience = format!("sb://ehub/{hub}/$management");
+                ok = self.broker.authorize_from(self.ip, TokenType::Sas, tok, &audience).is_ok();
             }
         }
         if !ok && self.broker.hub(&hub).is_some() {

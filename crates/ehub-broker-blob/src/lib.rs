@@ -350,8 +350,12 @@ impl Endpoint {
             ));
         }
         let result = auth::authorize(self, &parts.method, &parts.uri, &parts.headers, r, peer);
-        if let (Err(_), Some(a)) = (&result, &self.auth_limit) {
-            a.auth_failed(peer.ip());
+        // Only a wrong signature or key counts (what guessing produces), not a SAS that lacks
+        // a permission or has expired.
+        if let (Err(e), Some(a)) = (&result, &self.auth_limit) {
+            if e.code == "AuthenticationFailed" {
+                a.auth_failed(peer.ip());
+            }
         }
         result
     }

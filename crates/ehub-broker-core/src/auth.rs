@@ -68,7 +68,7 @@ impl Broker {
 
     /// [`Broker::authorize`] for a client at `ip`, under the failed-authorization limit: an
     /// address that failed too often lately is refused unchecked until its window ends, and a
-    /// failure here counts against it.
+    /// bad signature here counts against it.
     pub fn authorize_from(
         &self,
         ip: std::net::IpAddr,
@@ -83,7 +83,10 @@ impl Broker {
             ));
         }
         let r = self.authorize(token_type, token, audience);
-        if r.is_err() {
+        // Only what guessing produces counts: a bad signature or an unknown policy. An expired
+        // token or one for another entity is a client's honest mistake, often repeated in a
+        // retry loop, and must not lock other clients on the same address out.
+        if r.as_ref().is_err_and(|e| e.starts_with("InvalidSignature")) {
             self.admission().auth_failed(ip);
         }
         r

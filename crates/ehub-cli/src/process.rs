@@ -102,8 +102,11 @@ async fn read_partition(mut p: PartitionClient, printer: Arc<Printer>, every: u6
             Ok(events) => events,
             Err(e) => {
                 // Lost to another processor (whose reader starts from the checkpoint it found):
-                // no checkpoint now, it would move the new owner's.
+                // no checkpoint now, it would move the new owner's. Any other error (a token
+                // that lapsed, a partition gone): closing gives the partition back, and the
+                // next load-balancing cycle opens it afresh from its checkpoint.
                 tracing::info!(partition_id = %p.partition_id(), error = %e, "partition ended");
+                p.close().await;
                 return;
             }
         };

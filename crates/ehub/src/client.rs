@@ -256,6 +256,11 @@ impl ClientCore {
                 m.application_properties = Some(app);
                 let resp = self.with_timeout("management request", conn.amqp.request(nodes::MANAGEMENT, m)).await?;
                 let (status, desc, cond) = status_of(&resp);
+                if status == 401 {
+                    // The service no longer holds our token (it lapsed there, or was revoked):
+                    // the next attempt puts it again instead of trusting the cache.
+                    conn.authorized.lock().expect("poisoned").remove(&audience);
+                }
                 if !(200..300).contains(&status) {
                     return Err(Error::from_status(status, desc, cond, "management request"));
                 }

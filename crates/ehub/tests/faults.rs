@@ -100,6 +100,10 @@ async fn our_client_rides_out_every_transient_fault_and_surfaces_link_stolen() {
             }
         }
         assert!(refused <= 2, "at most once per link");
+        // Management requests carry their own token: they go on after the expiry (they failed
+        // with 401 on every later call before the broker took the token for `$management`).
+        assert_eq!(p.get_partition_ids().await.unwrap().len(), 4);
+        assert_eq!(c.get_partition_ids().await.unwrap().len(), 4);
         let busy = fault(admin, json!({"kind": "server-busy", "hub": "eh1", "seconds": 1.0})).await;
         assert_eq!(busy["kind"], "server-busy");
         let (_, listed) = http(admin, "GET", "/faults", Some(&root()), None).await;
