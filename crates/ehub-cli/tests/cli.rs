@@ -719,3 +719,44 @@ fn no_key_token_or_signature_appears_in_the_log_even_at_trace() {
         assert!(!text.contains(secret), "the log shows '{secret}'");
     }
 }
+
+/// A processor (`receive --checkpoint-store`) whose links lose their token (the broker's
+/// expire-tokens fault) gives the partitions back and reads them again from its checkpoints:
+/// every event sent afterwards still arrives.
+#[test]
+fn a_processor_goes_on_after_its_tokens_lapse() {
+    let s = serve();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("ehub"))
+        .env_remove("EVENTHUB_CONNECTION_STRING")
+        .args(["--connection-string", &s.cs, "--hub", "eh1", "--output", "json", "receive"])
+        .args(["--checkpoint-store", "memory", "--checkpoint-every", "1", "--balance-interval", "0.2"])
+        .args(["--ownership-expiry", "1", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            sink.lock().unwrap().insert(v["body"].as_str().unwrap().to_owned());
+        }
+    });
+    ehub(&s).args(["send", "--partition", "0", "before"]).assert().success();
+    wait_until("the first event", T, || seen.lock().unwrap().contains("before"));
+    let mut fault = Command::cargo_bin("ehub").unwrap();
+    fault.timeout(T).env_remove("EVENTHUB_CONNECTION_STRING");
+    fault.args(["--connection-string", &s.cs, "--management", &s.management, "fault", "expire-tokens"]);
+    fault.assert().success();
+    for i in 0..3 {
+        ehub(&s).args(["send", "--partition", "0", &format!("after-{i}")]).assert().success();
+    }
+    wait_until("the events after the expiry", T, || {
+        let s = seen.lock().unwrap();
+        (0..3).all(|i| s.contains(&format!("after-{i}")))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+}
