@@ -75,6 +75,7 @@ fn hub_json(h: &Hub) -> Value {
         "name": h.name,
         "partition_count": h.partitions.len(),
         "partition_ids": h.partition_ids,
+        "retention_hours": h.retention.map(|r| r.as_secs_f64() / 3600.0),
         "created_at": h.created_at,
         "origin": origin(h.origin),
         "consumer_groups": groups,
@@ -166,6 +167,8 @@ struct CreateHub {
     partition_count: Option<u32>,
     #[serde(default)]
     consumer_groups: Vec<String>,
+    /// Retention by age in hours (fractions allowed); the broker's without it.
+    retention_hours: Option<f64>,
 }
 
 /// The path's segments, percent-decoded (`$Default` may arrive as `%24Default`).
@@ -286,6 +289,17 @@ async fn route(ep: &Arc<Endpoint>, method: &Method, path: &[&str], body: Incomin
                 name: (*hub).to_owned(),
                 partitions: req.partition_count.unwrap_or(4),
                 consumer_groups: req.consumer_groups,
+                retention: match req.retention_hours {
+                    None => None,
+                    Some(h) if h > 0.0 && h <= 24.0 * 3650.0 => Some(Duration::from_secs_f64(h * 3600.0)),
+                    Some(h) => {
+                        return Err(Refusal(
+                            StatusCode::BAD_REQUEST,
+                            "InvalidBody",
+                            format!("`retention_hours` {h} is not in (0, 87600]"),
+                        ))
+                    }
+                },
             };
             let created = blocking(move || broker.create_hub(config)).await?;
             Ok(respond(StatusCode::CREATED, hub_json(&created)))

@@ -49,6 +49,8 @@ pub struct HubConfig {
     pub partitions: u32,
     /// Consumer groups besides `$Default`.
     pub consumer_groups: Vec<String>,
+    /// Retention by age for this hub's events (`None`: the broker's [`CoreConfig::retention`]).
+    pub retention: Option<Duration>,
 }
 
 /// The core's settings.
@@ -133,7 +135,12 @@ impl Default for CoreConfig {
                 key: "SAS_KEY_VALUE".into(),
                 rights: Rights::ALL,
             }],
-            hubs: vec![HubConfig { name: "eh1".into(), partitions: 4, consumer_groups: vec!["cg1".into()] }],
+            hubs: vec![HubConfig {
+                name: "eh1".into(),
+                partitions: 4,
+                consumer_groups: vec!["cg1".into()],
+                retention: None,
+            }],
         }
     }
 }

@@ -37,6 +37,9 @@ pub(crate) struct RuntimeHub {
     pub(crate) created_at: i64,
     #[serde(default)]
     pub(crate) consumer_groups: Vec<String>,
+    /// Retention by age, in seconds (`None`: the broker's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) retention_secs: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,6 +59,7 @@ impl RuntimeHub {
             name: self.name.clone(),
             partitions: self.partitions,
             consumer_groups: self.consumer_groups.clone(),
+            retention: self.retention_secs.map(std::time::Duration::from_secs_f64),
         }
     }
 }
@@ -150,6 +154,7 @@ impl RuntimeState {
             partitions: h.partitions,
             created_at,
             consumer_groups: h.consumer_groups.clone(),
+            retention_secs: h.retention.map(|r| r.as_secs_f64()),
         });
     }
 
@@ -209,6 +214,9 @@ pub(crate) fn validate_hub(h: &HubConfig, max_partitions: u32, max_groups: usize
     }
     for g in &h.consumer_groups {
         validate_consumer_group(g)?;
+    }
+    if h.retention.is_some_and(|r| r.is_zero()) {
+        return Err(CoreError::Invalid("The retention must be longer than zero.".into()));
     }
     if h.consumer_groups.len() + 1 > max_groups {
         return Err(CoreError::LimitExceeded(format!("At most {max_groups} consumer groups per Event Hub.")));

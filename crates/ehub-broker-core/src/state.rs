@@ -171,6 +171,8 @@ pub struct Hub {
     pub created_at: i64,
     /// Where it was declared.
     pub origin: Origin,
+    /// Retention by age of its events (`None`: the broker's).
+    pub retention: Option<std::time::Duration>,
     /// The partitions' logs.
     pub partitions: Vec<Arc<Partition>>,
     /// Partition ids (`"0"`, `"1"`, …).
@@ -405,7 +407,7 @@ impl Broker {
         let mut counters = hub.counters.clone();
         for i in now..partitions {
             let id = i.to_string();
-            parts.push(self.store.open_partition(dir.join(&id), &id)?);
+            parts.push(self.store.open_partition_with_retention(dir.join(&id), &id, hub.retention)?);
             counters.push(self.metrics.partition(&hub.name, &id));
             ids.push(id);
         }
@@ -420,6 +422,7 @@ impl Broker {
             name: hub.name.clone(),
             created_at: hub.created_at,
             origin: hub.origin,
+            retention: hub.retention,
             partitions: parts,
             partition_ids: ids,
             counters,
@@ -606,7 +609,7 @@ fn open_hub(
     let mut ids = Vec::new();
     for i in 0..h.partitions {
         let id = i.to_string();
-        partitions.push(store.open_partition(dir.join(&id), &id)?);
+        partitions.push(store.open_partition_with_retention(dir.join(&id), &id, h.retention)?);
         ids.push(id);
     }
     let mut cgs = HashMap::new();
@@ -619,6 +622,7 @@ fn open_hub(
         name: h.name.clone(),
         created_at,
         origin,
+        retention: h.retention,
         partitions,
         partition_ids: ids,
         counters,

@@ -217,6 +217,9 @@ struct TomlHub {
     partitions: u32,
     #[serde(default)]
     consumer_groups: Vec<String>,
+    /// This hub's retention by age, in hours (fractions allowed); the broker's `[retention]`
+    /// without it.
+    retention_hours: Option<f64>,
 }
 
 /// Parses a listener address that may be turned off: `HOST:PORT`, or `off` (or empty) for
@@ -446,8 +449,25 @@ impl BrokerConfig {
         if let Some(hs) = f.hubs {
             c.core.hubs = hs
                 .into_iter()
-                .map(|h| HubConfig { name: h.name, partitions: h.partitions, consumer_groups: h.consumer_groups })
-                .collect();
+                .map(|h| {
+                    let retention = h
+                        .retention_hours
+                        .map(|v| {
+                            if v > 0.0 && v <= 24.0 * 3650.0 {
+                                Ok(Duration::from_secs_f64(v * 3600.0))
+                            } else {
+                                Err(invalid("hubs.retention_hours", format!("{v} is not in (0, 87600]")))
+                            }
+                        })
+                        .transpose()?;
+                    Ok(HubConfig {
+                        name: h.name,
+                        partitions: h.partitions,
+                        consumer_groups: h.consumer_groups,
+                        retention,
+                    })
+                })
+                .collect::<Result<_, ConfigError>>()?;
         }
         Ok(c)
     }
@@ -476,7 +496,7 @@ impl BrokerConfig {
                 .and_then(|c| c.as_array())
                 .map(|a| a.iter().filter_map(|c| c.get("Name")?.as_str().map(str::to_owned)).collect())
                 .unwrap_or_default();
-            hubs.push(HubConfig { name, partitions: pc as u32, consumer_groups: cgs });
+            hubs.push(HubConfig { name, partitions: pc as u32, consumer_groups: cgs, retention: None });
         }
         // Microsoft's emulator does not verify signatures (its samples use different keys).
         let mut c = BrokerConfig::default();
@@ -574,6 +594,22 @@ mod tests {
         );
         assert_eq!(c.amqp, d.amqp);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn hubs_may_have_their_own_retention_and_limits_are_checked() {
+        let c = BrokerConfig::from_toml(
+            "[[hubs]]\nname = \"a\"\npartitions = 2\nretention_hours = 1.5\n[[hubs]]\nname = \"b\"\npartitions = 1\n[limits]\nmax_frame_size = 4096\nlink_idle_timeout_secs = 60\n",
+        )
+        .unwrap();
+        assert_eq!(c.core.hubs[0].retention, Some(Duration::from_secs(5400)));
+        assert_eq!(c.core.hubs[1].retention, None);
+        assert_eq!((c.amqp.max_frame_size, c.amqp.link_idle_timeout), (4096, Duration::from_secs(60)));
+        c.validate().unwrap();
+        let e = BrokerConfig::from_toml("[[hubs]]\nname = \"a\"\npartitions = 2\nretention_hours = 0\n").unwrap_err();
+        assert!(e.to_string().contains("hubs.retention_hours"), "{e}");
+        let c = BrokerConfig::from_toml("[limits]\nmax_frame_size = 100\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("max_frame_size"));
     }
 
     #[test]

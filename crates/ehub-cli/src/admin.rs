@@ -25,6 +25,9 @@ pub(crate) enum HubsCommand {
         /// A consumer group to create with it besides $Default (repeatable).
         #[arg(long = "consumer-group", value_name = "NAME")]
         consumer_groups: Vec<String>,
+        /// Keep its events this many hours (default: the broker's retention).
+        #[arg(long, value_name = "HOURS")]
+        retention_hours: Option<f64>,
     },
     /// Grow a hub's partition count (increases only, as on the service; kept across
     /// restarts). Producers and processors pick the new partitions up.
@@ -192,8 +195,12 @@ pub(crate) fn hubs(connection_string: &str, management: Option<&str>, output: Ou
                 s
             });
         }
-        HubsCommand::Create { name, partitions, consumer_groups } => {
-            let body = json!({ "partition_count": partitions, "consumer_groups": consumer_groups });
+        HubsCommand::Create { name, partitions, consumer_groups, retention_hours } => {
+            let body = json!({
+                "partition_count": partitions,
+                "consumer_groups": consumer_groups,
+                "retention_hours": retention_hours,
+            });
             let hub = admin.call(http::Method::PUT, &format!("/hubs/{}", encode(name)), Some(body))?;
             print(output, &hub, |h| {
                 format!("created hub {} with {} partitions\n", h["name"].as_str().unwrap_or(""), h["partition_count"])

@@ -196,6 +196,18 @@ impl LogStore {
 
     /// Opens (creating if needed) the partition stored in `dir`, recovering it.
     pub fn open_partition(&self, dir: impl Into<PathBuf>, id: &str) -> Result<Arc<Partition>, LogError> {
+        self.open_partition_with_retention(dir, id, None)
+    }
+
+    /// [`LogStore::open_partition`] with its own retention by age, which replaces
+    /// [`LogConfig::retention`] for this partition (`None`: the store's). Retention by size
+    /// stays the store's.
+    pub fn open_partition_with_retention(
+        &self,
+        dir: impl Into<PathBuf>,
+        id: &str,
+        retention: Option<Duration>,
+    ) -> Result<Arc<Partition>, LogError> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(|e| LogError::io(&dir, e))?;
         let mut names: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
@@ -280,7 +292,8 @@ impl LogStore {
         };
         let writer = self.next.fetch_add(1, Ordering::Relaxed) % self.cfg.writer_threads.max(1);
         let (tx, _) = watch::channel(next_seq);
-        let part = Arc::new(Partition { id: id.to_owned(), state: Mutex::new(state), committed: tx, writer });
+        let part =
+            Arc::new(Partition { id: id.to_owned(), retention, state: Mutex::new(state), committed: tx, writer });
         if next_seq > 0 {
             // Find the last event's offset and time for management queries.
             let last = part.read(next_seq - 1, 1, 1)?.pop();

@@ -176,6 +176,8 @@ impl State {
 #[derive(Debug)]
 pub struct Partition {
     pub(crate) id: String,
+    /// Retention by age for this partition, over the store's (its hub's setting).
+    pub(crate) retention: Option<std::time::Duration>,
     pub(crate) state: Mutex<State>,
     pub(crate) committed: watch::Sender<i64>,
     pub(crate) writer: usize,

@@ -14,7 +14,8 @@ pub(crate) fn apply(p: &Partition, cfg: &LogConfig, now_ms: i64) {
             }
             let total: u64 = st.segments.iter().map(|s| s.size).sum();
             let oldest = &st.segments[0];
-            let too_old = cfg.retention.is_some_and(|r| oldest.last_time < now_ms - r.as_millis() as i64);
+            let too_old =
+                p.retention.or(cfg.retention).is_some_and(|r| oldest.last_time < now_ms - r.as_millis() as i64);
             let too_big = cfg.retention_bytes.is_some_and(|b| total > b);
             if !(too_old || too_big) {
                 break;

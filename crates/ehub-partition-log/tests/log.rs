@@ -319,3 +319,29 @@ fn committed_watch_wakes_readers() {
     assert!(rx.has_changed().unwrap());
     assert_eq!(*rx.borrow_and_update(), 1);
 }
+
+/// A partition's own retention replaces the store's: with none in the store, a partition
+/// opened with a short window loses its old segments and another keeps everything.
+#[test]
+fn a_partitions_own_retention_replaces_the_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = LogConfig {
+        retention: None,
+        retention_check_interval: Duration::from_millis(100),
+        fsync: FsyncPolicy::Never,
+        ..cfg(1024, 8 * 1024)
+    };
+    let store = LogStore::new(c);
+    let short =
+        store.open_partition_with_retention(dir.path().join("0"), "0", Some(Duration::from_millis(300))).unwrap();
+    let kept = store.open_partition(dir.path().join("1"), "1").unwrap();
+    fill(&store, &short, 2000, 50);
+    fill(&store, &kept, 2000, 50);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while short.info().begin_sequence_number == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(short.info().begin_sequence_number > 0, "the partition's retention never ran");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(kept.info().begin_sequence_number, 0, "the store keeps everything");
+}

@@ -37,7 +37,7 @@ async fn hubs_and_consumer_groups_created_at_run_time_are_used_at_once_and_kept(
         assert_eq!((status, body["status"].as_str()), (200, Some("healthy")), "{body}");
 
         // Tokens: none, a wrong signature, a Send-only policy: refused; nothing created.
-        let create = json!({ "partition_count": 3, "consumer_groups": ["audit"] });
+        let create = json!({ "partition_count": 3, "consumer_groups": ["audit"], "retention_hours": 36 });
         assert_eq!(http(admin, "PUT", "/hubs/orders", None, Some(create.clone())).await.0, 401);
         let forged = token("RootManageSharedAccessKey", "WRONG", "sb://localhost/");
         assert_eq!(http(admin, "PUT", "/hubs/orders", Some(&forged), Some(create.clone())).await.0, 401);
@@ -51,7 +51,10 @@ async fn hubs_and_consumer_groups_created_at_run_time_are_used_at_once_and_kept(
         assert_eq!(body["partition_ids"], json!(["0", "1", "2"]));
         assert_eq!(body["consumer_groups"], json!(["$Default", "audit"]));
         assert_eq!(body["origin"], "runtime");
+        assert_eq!(body["retention_hours"], 36.0);
         assert_eq!(http(admin, "PUT", "/hubs/ORDERS", Some(&root()), Some(create)).await.0, 409);
+        let never = json!({ "retention_hours": 0 });
+        assert_eq!(http(admin, "PUT", "/hubs/never", Some(&root()), Some(never)).await.0, 400);
         let (status, body) = http(admin, "PUT", "/hubs/-bad-", Some(&root()), Some(json!({}))).await;
         assert_eq!((status, body["error"]["code"].as_str()), (400, Some("InvalidName")), "{body}");
 
@@ -99,6 +102,10 @@ async fn hubs_and_consumer_groups_created_at_run_time_are_used_at_once_and_kept(
             .collect();
         assert_eq!(names, [("eh1", "config"), ("orders", "runtime")]);
         assert_eq!(hubs[1]["consumer_groups"], json!(["$Default", "audit"]));
+        assert_eq!(
+            (hubs[0]["retention_hours"].clone(), hubs[1]["retention_hours"].clone()),
+            (json!(null), json!(36.0))
+        );
         assert_eq!(hubs[0]["consumer_groups"], json!(["$Default", "cg1", "extra"]));
         let cs = broker.connection_string();
         let p = ProducerClient::builder().open_with_connection_string(&cs, Some("orders")).await.unwrap();
@@ -132,7 +139,12 @@ async fn a_runtime_hub_that_the_config_file_now_declares_is_a_clear_error_at_sta
         assert_eq!(status, 201);
         broker.stop().await.unwrap();
         let mut c = config(dir.path());
-        c.core.hubs.push(ehub_broker::HubConfig { name: "Orders".into(), partitions: 8, consumer_groups: vec![] });
+        c.core.hubs.push(ehub_broker::HubConfig {
+            name: "Orders".into(),
+            partitions: 8,
+            consumer_groups: vec![],
+            retention: None,
+        });
         let e = ehub_broker::TestBroker::start_with(c).await.unwrap_err();
         assert_eq!(e.kind(), ehub_broker::ErrorKind::Config, "{e}");
         let text = e.to_string();
@@ -249,7 +261,12 @@ async fn a_hub_grows_while_clients_run_and_they_use_the_new_partitions() {
         let cs = broker.connection_string();
         let p = ProducerClient::builder().open_with_connection_string(&cs, Some("eh1")).await.unwrap();
         p.send_event("before", to("0")).await.unwrap();
-        let c = ConsumerClient::builder().open_with_connection_string(&cs, Some("eh1")).await.unwrap();
+        // On cg1: the processor below takes $Default's partitions with owner levels.
+        let c = ConsumerClient::builder()
+            .with_consumer_group("cg1")
+            .open_with_connection_string(&cs, Some("eh1"))
+            .await
+            .unwrap();
         let earliest = OpenReceiverOptions { start_position: EventPosition::Earliest, ..Default::default() };
         let mut r = c.open_receiver_on_partition("0", Some(earliest)).await.unwrap();
         assert_eq!(r.receive_batch(1, Duration::from_secs(10)).await.unwrap().len(), 1);
