@@ -45,8 +45,11 @@ def test_the_sdk_rides_out_faults_with_every_event_received_once_in_order(broker
     try:
         send("before", 10)
         wait_received(10)
-        # Detach-forced and a closed connection: retried by the SDK, the sends succeed.
-        for fault in ({"kind": "detach", "hub": "eh1", "condition": "detach-forced"}, {"kind": "close-connections"}):
+        # Detach-forced, a closed connection, lapsed tokens, slow fsyncs and slow writes: the SDK
+        # retries or waits, the sends succeed.
+        for fault in ({"kind": "detach", "hub": "eh1", "condition": "detach-forced"}, {"kind": "close-connections"},
+                      {"kind": "expire-tokens"}, {"kind": "fsync-latency", "millis": 20, "seconds": 2},
+                      {"kind": "frame-latency", "millis": 5, "seconds": 2}):
             status, body = call(broker, "POST", "/faults", fault)
             assert status == 201, body
             send(fault["kind"], 10)
