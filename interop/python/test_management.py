@@ -33,6 +33,22 @@ def call(broker, method, path, body=None, token=None):
         return e.code, json.loads(e.read() or b"null")
 
 
+def first_event(broker, hub, consumer_group, **receive_args):
+    """The first event the SDK's consumer receives from the earliest, as (partition, body)."""
+    got = []
+    c = EventHubConsumerClient.from_connection_string(broker.conn_str(), consumer_group=consumer_group,
+                                                      eventhub_name=hub)
+
+    def on_event(ctx, e):
+        if e is not None:
+            got.append((ctx.partition_id, e.body_as_str()))
+            c.close()
+
+    with c:
+        c.receive(on_event, starting_position="-1", max_wait_time=1, **receive_args)
+    return got
+
+
 def test_health_is_the_emulators_shape(broker):
     with urllib.request.urlopen(f"http://127.0.0.1:{broker.management_port}/health", timeout=10) as r:
         body = json.loads(r.read())
@@ -49,18 +65,7 @@ def test_the_sdk_uses_a_hub_and_consumer_group_created_at_run_time(broker):
         batch = p.create_batch(partition_id="1")
         batch.add(EventData("reading"))
         p.send_batch(batch)
-    got = []
-    c = EventHubConsumerClient.from_connection_string(broker.conn_str(), consumer_group="dashboards",
-                                                      eventhub_name="telemetry")
-
-    def on_event(ctx, e):
-        if e is not None:
-            got.append(e.body_as_str())
-            c.close()
-
-    with c:
-        c.receive(on_event, partition_id="1", starting_position="-1", max_wait_time=1)
-    assert got == ["reading"]
+    assert first_event(broker, "telemetry", "dashboards", partition_id="1") == [("1", "reading")]
 
     # Deleted: the SDK gets the service's not-found.
     assert call(broker, "DELETE", "/hubs/telemetry")[0] == 200
@@ -83,15 +88,4 @@ def test_the_sdk_sees_and_uses_partitions_added_while_it_runs(broker):
         batch = p.create_batch(partition_id="3")
         batch.add(EventData("on a new partition"))
         p.send_batch(batch)
-    got = []
-    c = EventHubConsumerClient.from_connection_string(broker.conn_str(), consumer_group="$Default",
-                                                      eventhub_name="growing")
-
-    def on_event(ctx, e):
-        if e is not None:
-            got.append((ctx.partition_id, e.body_as_str()))
-            c.close()
-
-    with c:
-        c.receive(on_event, starting_position="-1", max_wait_time=1)
-    assert got == [("3", "on a new partition")]
+    assert first_event(broker, "growing", "$Default") == [("3", "on a new partition")]

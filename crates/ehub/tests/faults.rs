@@ -36,6 +36,15 @@ async fn round(p: &ProducerClient, r: &mut EventReceiver, label: &str, n: usize)
     got
 }
 
+/// A producer, a consumer, and a receiver of partition 0 from the earliest event, on hub eh1.
+async fn clients(cs: &str) -> (ProducerClient, ConsumerClient, EventReceiver) {
+    let p = ProducerClient::builder().open_with_connection_string(cs, Some("eh1")).await.unwrap();
+    let c = ConsumerClient::builder().open_with_connection_string(cs, Some("eh1")).await.unwrap();
+    let earliest = OpenReceiverOptions { start_position: EventPosition::Earliest, ..Default::default() };
+    let r = c.open_receiver_on_partition("0", Some(earliest)).await.unwrap();
+    (p, c, r)
+}
+
 /// Polls /metrics until `series` reads `value`.
 async fn wait_for(admin: SocketAddr, series: &str, value: f64) {
     for _ in 0..500 {
@@ -55,10 +64,7 @@ async fn our_client_rides_out_every_transient_fault_and_surfaces_link_stolen() {
         let broker = ehub_broker::TestBroker::start().await.unwrap();
         let admin = broker.management_addr();
         let cs = broker.connection_string();
-        let p = ProducerClient::builder().open_with_connection_string(&cs, Some("eh1")).await.unwrap();
-        let c = ConsumerClient::builder().open_with_connection_string(&cs, Some("eh1")).await.unwrap();
-        let earliest = OpenReceiverOptions { start_position: EventPosition::Earliest, ..Default::default() };
-        let mut r = c.open_receiver_on_partition("0", Some(earliest)).await.unwrap();
+        let (p, c, mut r) = clients(&cs).await;
         let mut all = round(&p, &mut r, "before", 5).await;
 
         let v =
@@ -167,10 +173,7 @@ async fn idle_links_are_detached_and_empty_connections_closed_and_our_client_car
         let broker = ehub_broker::TestBroker::start().await.unwrap();
         let admin = broker.management_addr();
         let cs = broker.connection_string();
-        let p = ProducerClient::builder().open_with_connection_string(&cs, Some("eh1")).await.unwrap();
-        let c = ConsumerClient::builder().open_with_connection_string(&cs, Some("eh1")).await.unwrap();
-        let earliest = OpenReceiverOptions { start_position: EventPosition::Earliest, ..Default::default() };
-        let mut r = c.open_receiver_on_partition("0", Some(earliest)).await.unwrap();
+        let (p, c, mut r) = clients(&cs).await;
         let mut all = round(&p, &mut r, "before", 3).await;
         let f = fault(
             admin,
@@ -205,10 +208,7 @@ async fn events_larger_than_the_frame_size_go_in_several_frames() {
         config.amqp.max_frame_size = 512;
         let broker = ehub_broker::TestBroker::start_with(config).await.unwrap();
         let cs = broker.connection_string();
-        let p = ProducerClient::builder().open_with_connection_string(&cs, Some("eh1")).await.unwrap();
-        let c = ConsumerClient::builder().open_with_connection_string(&cs, Some("eh1")).await.unwrap();
-        let earliest = OpenReceiverOptions { start_position: EventPosition::Earliest, ..Default::default() };
-        let mut r = c.open_receiver_on_partition("0", Some(earliest)).await.unwrap();
+        let (p, c, mut r) = clients(&cs).await;
         let big = "x".repeat(20_000);
         p.send_event(big.clone(), to0()).await.unwrap();
         let got = r.receive_batch(1, Duration::from_secs(10)).await.unwrap();
