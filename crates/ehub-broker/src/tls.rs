@@ -91,13 +91,18 @@ pub(crate) fn load(config: &TlsConfig, data_dir: &Path) -> Result<Option<Loaded>
         TlsSource::Files { cert, .. } => cert.clone(),
         _ => data_dir.join("tls").join("server.pem"),
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider)
+    // AES-128-GCM first, and the server's order over the client's: the same protection class
+    // the service offers, at less CPU per byte than AES-256-GCM (which rustls clients list
+    // first), on a machine where the broker and its clients share the cores.
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|s| !format!("{:?}", s.suite()).contains("AES_128_GCM"));
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| err("configuring", &cert_path, e))?
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|e| err("using the certificate", &cert_path, e))?;
+    server.ignore_client_order = true;
     Ok(Some(Loaded { server: Arc::new(server), ca }))
 }
 
