@@ -325,6 +325,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 info!(peer = %self.peer, condition = e.condition.as_str(), description = e.description.as_deref().unwrap_or(""), "connection closed: protocol violation");
                 self.metrics.refuse(e.condition.as_str());
             }
+            // Bytes that do not decode, or a frame larger than max-frame-size: the engine
+            // closed with amqp:decode-error or amqp:connection:framing-error.
+            Err(e @ EndpointError::Decode(_)) => {
+                info!(peer = %self.peer, error = %e, "connection closed: undecodable input");
+                self.metrics.refuse("amqp:decode-error");
+            }
             Err(e) => debug!(peer = %self.peer, error = %e, "connection ended with error"),
         }
         let _ = self.transport.flush(&mut self.conn).await;
