@@ -890,7 +890,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             }
             LinkKind::Producer { hub, partition, inflight } => {
                 info.active = true;
-                if hub.is_replaced() {
+                if hub.is_replaced() && !hub.is_deleted() {
                     // The hub grew: route over every partition from now on.
                     if let Some(h) = self.broker.hub(&hub.name) {
                         *hub = h;

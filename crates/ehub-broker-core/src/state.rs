@@ -184,7 +184,9 @@ pub struct Hub {
     consumer_groups: Arc<RwLock<GroupMap>>,
     /// Where sends without a partition or key go next.
     pub round_robin: AtomicU64,
-    deleted: AtomicBool,
+    /// Set when the hub is deleted; shared by every handle of the hub (a handle from before
+    /// the partition count grew is deleted with it).
+    deleted: Arc<AtomicBool>,
     /// The hub's partition count grew: a newer handle holds every partition.
     replaced: AtomicBool,
 }
@@ -428,7 +430,7 @@ impl Broker {
             counters,
             consumer_groups: Arc::clone(&hub.consumer_groups),
             round_robin: AtomicU64::new(hub.round_robin.load(Ordering::Relaxed)),
-            deleted: AtomicBool::new(false),
+            deleted: Arc::clone(&hub.deleted),
             replaced: AtomicBool::new(false),
         });
         self.hubs.write().unwrap_or_else(|p| p.into_inner()).insert(hub.name.to_ascii_lowercase(), Arc::clone(&grown));
@@ -628,7 +630,7 @@ fn open_hub(
         counters,
         consumer_groups: Arc::new(RwLock::new(cgs)),
         round_robin: AtomicU64::new(0),
-        deleted: AtomicBool::new(false),
+        deleted: Arc::default(),
         replaced: AtomicBool::new(false),
     }))
 }
@@ -709,6 +711,13 @@ mod tests {
         c.hubs[0].partitions = 8;
         let broker = Broker::open(c).unwrap();
         assert_eq!(broker.hub("eh1").unwrap().partitions.len(), 8);
+        // A hub deleted after it grew is deleted for the handles from before, too.
+        let h = broker
+            .create_hub(HubConfig { name: "runtime".into(), partitions: 1, consumer_groups: vec![], retention: None })
+            .unwrap();
+        broker.grow_partitions("runtime", 2).unwrap();
+        broker.delete_hub("runtime").unwrap();
+        assert!(h.is_replaced() && h.is_deleted());
         broker.shutdown_storage();
         drop(broker);
         // A grown record for a hub the file no longer declares is a clear error.
