@@ -18,15 +18,15 @@ use ehub_amqp_endpoint::{
     SendArgs,
 };
 use ehub_broker_core::{
-    covers, entity_path, now_secs, AdmitError, Broker, ConnectionSlot, ConsumerGroup, DetachCondition, Displaced,
-    Disruption, Hub, ReceiverEntry, Rights, TokenType,
+    covers, entity_path, now_millis, now_secs, AdmitError, Broker, ConnectionSlot, ConsumerGroup, DetachCondition,
+    Displaced, Disruption, Hub, ReceiverEntry, Rights, TokenType,
 };
 use ehub_model::{annotations, conditions, link as linkprops, nodes, EntityAddress, EventPosition};
 use ehub_partition_log::{AppendEvent, Appended, LogError, Partition, StartPosition, StoredEvent};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
@@ -236,8 +236,10 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+/// The link idle timeout and the empty connection timeout in force now: a fault's, else the
+/// configured ones.
+fn idle_timeouts(broker: &Broker, limits: &AmqpLimits) -> (Duration, Duration) {
+    broker.faults().idle_timeouts().unwrap_or((limits.link_idle_timeout, limits.empty_connection_timeout))
 }
 
 pub(crate) fn engine_config(broker: &Broker, limits: &AmqpLimits) -> ConnectionConfig {
@@ -287,8 +289,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 }),
             );
         }
-        let (link_idle, empty) =
-            broker.faults().idle_timeouts().unwrap_or((limits.link_idle_timeout, limits.empty_connection_timeout));
+        let (link_idle, empty) = idle_timeouts(&broker, &limits);
         ConnTask {
             broker,
             metrics,
@@ -470,6 +471,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         }
     }
 
+    /// Detaches a link of ours with `error` and forgets what it held; its handle stays known
+    /// (as refused) until the peer's detach answers.
+    fn detach_with(&mut self, link: LinkId, error: AmqpError) {
+        let name = self.links.get(&link).map(|l| l.name.clone()).unwrap_or_default();
+        let _ = self.conn.detach(link, Some(error));
+        self.forget_link(link);
+        self.links.insert(link, LinkInfo::refused(name));
+    }
+
     fn refuse(
         &mut self,
         link: LinkId,
@@ -512,25 +522,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             .collect();
         for (link, name) in lapsed {
             info!(peer = %self.peer, link = %name, "token expired: detaching link");
-            let _ = self.conn.detach(
+            self.detach_with(
                 link,
-                Some(AmqpError::new(
+                AmqpError::new(
                     conditions::UNAUTHORIZED_ACCESS,
                     "Unauthorized access. The token for this link has expired and was not renewed.",
-                )),
+                ),
             );
-            self.forget_link(link);
-            self.links.insert(link, LinkInfo::refused(name));
         }
         self.update_token_deadline();
-    }
-
-    /// The link idle timeout and the empty connection timeout in force now.
-    fn idle_timeouts(&self) -> (Duration, Duration) {
-        self.broker
-            .faults()
-            .idle_timeouts()
-            .unwrap_or((self.limits.link_idle_timeout, self.limits.empty_connection_timeout))
     }
 
     /// Detaches producer and consumer links idle for the link idle timeout
@@ -538,7 +538,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
     /// `$cbs` ones for the empty connection timeout (`amqp:connection:forced`), as the service
     /// does after 30 minutes and 300 seconds.
     fn sweep(&mut self, now: Instant) {
-        let (link_idle, empty) = self.idle_timeouts();
+        let (link_idle, empty) = idle_timeouts(&self.broker, &self.limits);
         self.sweep_timer.as_mut().reset((now + sweep_interval(link_idle, empty)).into());
         if self.handshake_deadline.is_some() {
             return;
@@ -558,18 +558,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
         }
         for (link, name) in idle {
             info!(peer = %self.peer, link = %name, idle_secs = link_idle.as_secs_f64(), "link idle: detaching it");
-            let _ = self.conn.detach(
-                link,
-                Some(AmqpError::new(
-                    conditions::DETACH_FORCED,
-                    format!(
-                        "The link '{name}' is force detached. Code: ServerError. Details: AmqpMessageConsumer.IdleTimerExpired: Idleness timeout: {}.",
-                        humantime_secs(link_idle)
-                    ),
-                )),
+            let text = format!(
+                "The link '{name}' is force detached. Code: ServerError. Details: AmqpMessageConsumer.IdleTimerExpired: Idleness timeout: {}.",
+                humantime_secs(link_idle)
             );
-            self.forget_link(link);
-            self.links.insert(link, LinkInfo::refused(name));
+            self.detach_with(link, AmqpError::new(conditions::DETACH_FORCED, text));
         }
         if held {
             self.empty_since = None;
@@ -589,7 +582,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
     fn disrupt(&mut self, d: Disruption) {
         match d {
             Disruption::IdleTimeoutsChanged => {
-                let (link_idle, empty) = self.idle_timeouts();
+                let (link_idle, empty) = idle_timeouts(&self.broker, &self.limits);
                 let sooner = (Instant::now() + sweep_interval(link_idle, empty)).into();
                 if sooner < self.sweep_timer.deadline() {
                     self.sweep_timer.as_mut().reset(sooner);
@@ -640,9 +633,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                     .collect();
                 info!(peer = %self.peer, condition = cond, links = hit.len(), "fault: detaching links");
                 for link in hit {
-                    let _ = self.conn.detach(link, Some(AmqpError::new(cond, text)));
-                    self.forget_link(link);
-                    self.links.insert(link, LinkInfo::refused(String::new()));
+                    self.detach_with(link, AmqpError::new(cond, text));
                 }
             }
         }
@@ -1043,9 +1034,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                     self.links.get(&link),
                     Some(LinkInfo { kind: LinkKind::Consumer(_) | LinkKind::Producer { .. }, .. })
                 ) {
-                    let _ = self.conn.detach(link, Some(*error));
-                    self.forget_link(link);
-                    self.links.insert(link, LinkInfo::refused(String::new()));
+                    self.detach_with(link, *error);
                 }
             }
         }
