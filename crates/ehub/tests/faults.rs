@@ -199,14 +199,27 @@ async fn idle_links_are_detached_and_empty_connections_closed_and_our_client_car
     .unwrap();
 }
 
-/// With a small `max_frame_size`, events far larger than a frame go both ways in several
-/// transfer frames.
+/// With a small `max_frame_size` (from the broker's configuration to its `open`), events far
+/// larger than a frame go both ways in several transfer frames.
 #[tokio::test]
 async fn events_larger_than_the_frame_size_go_in_several_frames() {
+    use ehub_amqp_endpoint::{driver::Transport, Connection, ConnectionConfig, ConnectionRole, Event, SaslConfig};
     tokio::time::timeout(T, async {
         let mut config = ehub_broker::BrokerConfig::default();
         config.amqp.max_frame_size = 512;
         let broker = ehub_broker::TestBroker::start_with(config).await.unwrap();
+        // The broker advertises the configured size.
+        let sock = tokio::net::TcpStream::connect(broker.amqp_addr()).await.unwrap();
+        let cfg =
+            ConnectionConfig { sasl: SaslConfig::Anonymous, hostname: Some("localhost".into()), ..Default::default() };
+        let mut engine = Connection::new(ConnectionRole::Initiator, cfg, std::time::Instant::now());
+        let mut t = Transport::new(sock);
+        let open = loop {
+            if let Event::Opened(o) = t.next_event(&mut engine).await.unwrap() {
+                break o;
+            }
+        };
+        assert_eq!(open.max_frame_size, Some(512));
         let cs = broker.connection_string();
         let (p, c, mut r) = clients(&cs).await;
         let big = "x".repeat(20_000);
