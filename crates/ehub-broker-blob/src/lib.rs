@@ -194,6 +194,14 @@ impl Endpoint {
 
     /// The front over `store`; fails on an account key that is not base64.
     pub fn new(store: Arc<BlobStore>, config: BlobConfig) -> Result<Arc<Self>, Error> {
+        Self::build(store, config, None).map(Arc::new)
+    }
+
+    fn build(
+        store: Arc<BlobStore>,
+        config: BlobConfig,
+        auth_limit: Option<Arc<ehub_broker_core::Admission>>,
+    ) -> Result<Self, Error> {
         let mut keys = HashMap::new();
         for a in &config.accounts {
             let decoded = a
@@ -204,7 +212,7 @@ impl Endpoint {
                 .map_err(|source| Error::InvalidKey { account: a.name.clone(), source })?;
             keys.insert(a.name.clone(), decoded);
         }
-        Ok(Arc::new(Endpoint { store, config, keys, auth_limit: None, requests: Family::default() }))
+        Ok(Endpoint { store, config, keys, auth_limit, requests: Family::default() })
     }
 
     /// [`Endpoint::new`], with failed authorizations counted per client address in the
@@ -215,9 +223,7 @@ impl Endpoint {
         config: BlobConfig,
         admission: Arc<ehub_broker_core::Admission>,
     ) -> Result<Arc<Self>, Error> {
-        let mut e = Arc::into_inner(Self::new(store, config)?).expect("just made");
-        e.auth_limit = Some(admission);
-        Ok(Arc::new(e))
+        Self::build(store, config, Some(admission)).map(Arc::new)
     }
 
     /// The store behind the front.

@@ -26,6 +26,10 @@ pub struct Grant {
     pub rights: Rights,
 }
 
+/// The service's prefix for a refusal that guessing produces (a bad signature, an unknown
+/// policy, a malformed token): the refusals the failed-authorization limit counts.
+const INVALID_SIGNATURE: &str = "InvalidSignature";
+
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -86,24 +90,24 @@ impl Broker {
         // Only what guessing produces counts: a bad signature or an unknown policy. An expired
         // token or one for another entity is a client's honest mistake, often repeated in a
         // retry loop, and must not lock other clients on the same address out.
-        if r.as_ref().is_err_and(|e| e.starts_with("InvalidSignature")) {
+        if r.as_ref().is_err_and(|e| e.starts_with(INVALID_SIGNATURE)) {
             self.admission().auth_failed(ip);
         }
         r
     }
 
     fn check_sas(&self, token: &str, audience: &str) -> Result<Grant, String> {
-        let t = ehub_model::parse_sas_token(token).map_err(|e| format!("InvalidSignature: {e}"))?;
+        let t = ehub_model::parse_sas_token(token).map_err(|e| format!("{INVALID_SIGNATURE}: {e}"))?;
         let policy = self.policy(&t.key_name);
         let rights = if self.config.verify_sas {
             let p = policy.ok_or_else(|| {
-                format!("InvalidSignature: The token has an invalid signature. Unknown policy '{}'.", t.key_name)
+                format!("{INVALID_SIGNATURE}: The token has an invalid signature. Unknown policy '{}'.", t.key_name)
             })?;
             ehub_model::verify_sas_token(&t, &p.key, now_secs()).map_err(|e| match e {
                 ehub_model::SasError::Expired { .. } => {
                     format!("ExpiredToken: The token is expired. Expiration time: '{}'", t.expiry)
                 }
-                other => format!("InvalidSignature: The token has an invalid signature. {other}"),
+                other => format!("{INVALID_SIGNATURE}: The token has an invalid signature. {other}"),
             })?;
             p.rights
         } else {
