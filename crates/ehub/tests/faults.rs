@@ -205,7 +205,9 @@ async fn idle_links_are_detached_and_empty_connections_closed_and_our_client_car
 async fn events_larger_than_the_frame_size_go_in_several_frames() {
     use ehub_amqp_endpoint::{driver::Transport, Connection, ConnectionConfig, ConnectionRole, Event, SaslConfig};
     tokio::time::timeout(T, async {
+        let dir = tempfile::tempdir().unwrap();
         let mut config = ehub_broker::BrokerConfig::default();
+        config.core.data_dir = dir.path().to_owned();
         config.amqp.max_frame_size = 512;
         let broker = ehub_broker::TestBroker::start_with(config).await.unwrap();
         // The broker advertises the configured size.
