@@ -32,7 +32,7 @@ before(async () => {
   storage = `DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=${DEV_KEY};BlobEndpoint=http://127.0.0.1:${blobPort}/devstoreaccount1;`;
   port = await freePort();
   dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "ehub-js-ckpt-"));
-  broker = spawn(EHUB, ["serve", "--listen", `127.0.0.1:${port}`, "--listen-blob", "off", "--listen-management", "off", "--data-dir", dataDir], { stdio: "ignore" });
+  broker = spawn(EHUB, ["serve", "--listen", `127.0.0.1:${port}`, "--listen-blob", "off", "--listen-management", "off", "--listen-kafka", "off", "--data-dir", dataDir], { stdio: "ignore" });
   await waitListening(port);
 });
 

@@ -19,7 +19,7 @@ const DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/
 let broker, port, blobPort, dataDir;
 
 async function startBroker() {
-  broker = spawn(EHUB, ["serve", "--listen", `127.0.0.1:${port}`, "--listen-blob", `127.0.0.1:${blobPort}`, "--listen-management", "off",
+  broker = spawn(EHUB, ["serve", "--listen", `127.0.0.1:${port}`, "--listen-blob", `127.0.0.1:${blobPort}`, "--listen-management", "off", "--listen-kafka", "off",
     "--data-dir", dataDir], { stdio: "ignore" });
   await waitListening(port);
   await waitListening(blobPort);

@@ -16,7 +16,7 @@ let broker, port, dataDir;
 before(async () => {
   port = await freePort();
   dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "ehub-js-"));
-  broker = spawn(EHUB, ["serve", "--listen", `127.0.0.1:${port}`, "--listen-blob", "off", "--listen-management", "off", "--data-dir", dataDir], { stdio: "ignore" });
+  broker = spawn(EHUB, ["serve", "--listen", `127.0.0.1:${port}`, "--listen-blob", "off", "--listen-management", "off", "--listen-kafka", "off", "--data-dir", dataDir], { stdio: "ignore" });
   await waitListening(port);
 });
 

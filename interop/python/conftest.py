@@ -27,6 +27,8 @@ class Broker:
         self.blob_port = free_port()
         # The management endpoint (health, hubs and consumer groups API).
         self.management_port = free_port()
+        # The Kafka endpoint.
+        self.kafka_port = free_port()
         self.fsync = fsync
         self.config = config
         self.extra_args = list(extra_args)
@@ -36,6 +38,7 @@ class Broker:
         args = [EHUB, "serve", "--listen", f"127.0.0.1:{self.port}", "--listen-ws", f"127.0.0.1:{self.ws_port}",
                 "--listen-blob", f"127.0.0.1:{self.blob_port}",
                 "--listen-management", f"127.0.0.1:{self.management_port}",
+                "--listen-kafka", f"127.0.0.1:{self.kafka_port}",
                 "--data-dir", self.data_dir, "--fsync", self.fsync]
         if self.config:
             args += ["--config", self.config]

@@ -5,6 +5,7 @@ use ehub_broker_admin::{AdminAuth, AdminConfig};
 use ehub_broker_amqp::AmqpLimits;
 use ehub_broker_blob::{BlobAuth, BlobConfig, StorageAccount};
 use ehub_broker_core::{CoreConfig, HubConfig, Policy, Rights};
+use ehub_broker_kafka::KafkaConfig;
 use ehub_partition_log::FsyncPolicy;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -81,6 +82,11 @@ pub struct BrokerConfig {
     pub management: AdminConfig,
     /// The AMQP front's limits: sessions, links, frame size, idle rules.
     pub amqp: AmqpLimits,
+    /// Where the Kafka endpoint listens (SASL_PLAINTEXT, PLAIN with a connection string), if
+    /// anywhere. Default 127.0.0.1:9092, the emulator's Kafka port.
+    pub listen_kafka: Option<SocketAddr>,
+    /// The Kafka endpoint's settings (the address it advertises, the request size limit).
+    pub kafka: KafkaConfig,
     /// The core's settings: storage, limits, auth policies, hubs.
     pub core: CoreConfig,
 }
@@ -103,6 +109,8 @@ impl Default for BrokerConfig {
             listen_management: Some("127.0.0.1:5300".parse().expect("valid address")),
             management: AdminConfig::default(),
             amqp: AmqpLimits::default(),
+            listen_kafka: Some("127.0.0.1:9092".parse().expect("valid address")),
+            kafka: KafkaConfig::default(),
             core: CoreConfig::default(),
         }
     }
@@ -129,6 +137,16 @@ struct TomlFile {
     tls: TomlTls,
     #[serde(default)]
     management: TomlManagement,
+    #[serde(default)]
+    kafka: TomlKafka,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TomlKafka {
+    listen: Option<String>,
+    advertised: Option<String>,
+    max_request_bytes: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -229,6 +247,21 @@ pub fn parse_listen(s: &str) -> Result<Option<SocketAddr>, std::net::AddrParseEr
         "" | "off" => Ok(None),
         _ => s.parse().map(Some),
     }
+}
+
+/// Parses the Kafka endpoint's advertised address, `HOST:PORT` ("" or "auto": the address
+/// each client reached).
+pub fn parse_advertised(s: &str) -> Result<Option<(String, u16)>, String> {
+    if s.is_empty() || s == "auto" {
+        return Ok(None);
+    }
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("'{s}' is not HOST:PORT"))?;
+    let port = port.parse::<u16>().map_err(|_| format!("'{port}' is not a port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("'{s}' has no host"));
+    }
+    Ok(Some((host.to_owned(), port)))
 }
 
 /// Parses a fsync policy name.
@@ -388,6 +421,15 @@ impl BrokerConfig {
         }
         if let Some(l) = f.tls.listen_websocket {
             c.tls.listen_websocket = optional_addr("tls.listen_websocket", l)?;
+        }
+        if let Some(l) = f.kafka.listen {
+            c.listen_kafka = optional_addr("kafka.listen", l)?;
+        }
+        if let Some(a) = f.kafka.advertised {
+            c.kafka.advertised = parse_advertised(&a).map_err(|e| invalid("kafka.advertised", e))?;
+        }
+        if let Some(m) = f.kafka.max_request_bytes {
+            c.kafka.max_request_size = m;
         }
         if let Some(l) = f.management.listen {
             c.listen_management = optional_addr("management.listen", l)?;
@@ -648,6 +690,24 @@ mod tests {
         assert_eq!(c.core.hubs[0].consumer_groups, vec!["cg1"]);
         assert_eq!(c.core.hubs[1].partitions, 32);
         assert!(!c.core.verify_sas);
+    }
+
+    #[test]
+    fn the_kafka_section() {
+        let c = BrokerConfig::from_toml(
+            "[kafka]\nlisten = \"0.0.0.0:19092\"\nadvertised = \"kafka.local:9093\"\nmax_request_bytes = 4096\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen_kafka, Some("0.0.0.0:19092".parse().unwrap()));
+        assert_eq!(c.kafka.advertised, Some(("kafka.local".to_string(), 9093)));
+        assert_eq!(c.kafka.max_request_size, 4096);
+        let off = BrokerConfig::from_toml("[kafka]\nlisten = \"off\"\nadvertised = \"auto\"\n").unwrap();
+        assert_eq!((off.listen_kafka, off.kafka.advertised), (None, None));
+        assert_eq!(BrokerConfig::default().listen_kafka, Some("127.0.0.1:9092".parse().unwrap()));
+        assert_eq!(parse_advertised("[::1]:9092").unwrap(), Some(("::1".to_string(), 9092)));
+        for bad in ["nohost", ":9092", "h:port"] {
+            assert!(BrokerConfig::from_toml(&format!("[kafka]\nadvertised = \"{bad}\"\n")).is_err(), "{bad}");
+        }
     }
 
     #[test]

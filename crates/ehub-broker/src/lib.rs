@@ -22,10 +22,11 @@ mod config;
 mod run;
 mod tls;
 
-pub use config::{parse_fsync, parse_listen, BrokerConfig, ConfigError};
+pub use config::{parse_advertised, parse_fsync, parse_listen, BrokerConfig, ConfigError};
 pub use ehub_broker_admin::{AdminAuth, AdminConfig};
 pub use ehub_broker_amqp::{serve, serve_listeners, Listener, Protocol};
 pub use ehub_broker_core::{Broker, CoreConfig, HubConfig, Policy, Rights};
+pub use ehub_broker_kafka::KafkaConfig;
 pub use run::{start, Error, ErrorKind, Running, TestBroker};
 pub use tls::{TlsConfig, TlsError, TlsSource};
 

@@ -43,6 +43,9 @@ pub enum Error {
     /// writable).
     #[error(transparent)]
     Tls(#[from] crate::TlsError),
+    /// The Kafka endpoint could not start.
+    #[error(transparent)]
+    Kafka(#[from] ehub_broker_kafka::Error),
     /// The Blob endpoint could not start.
     #[error(transparent)]
     Blob(#[from] ehub_broker_blob::Error),
@@ -86,6 +89,7 @@ impl Error {
             Error::Storage { .. } | Error::BlobStore { .. } => ErrorKind::Storage,
             Error::Blob(e) if e.kind() == ehub_broker_blob::ErrorKind::Config => ErrorKind::Config,
             Error::Blob(_) | Error::Io(_) => ErrorKind::Io,
+            Error::Kafka(_) => ErrorKind::Storage,
             Error::Bind { .. } => ErrorKind::Bind,
         }
     }
@@ -111,6 +115,8 @@ pub struct Running {
     pub websocket_tls: Option<SocketAddr>,
     /// The HTTP management endpoint (health, hubs, consumer groups), if configured.
     pub management: Option<SocketAddr>,
+    /// The Kafka endpoint, if configured.
+    pub kafka: Option<SocketAddr>,
     /// The development CA's certificate (PEM) that clients must trust, with a self-signed
     /// TLS setup.
     pub ca: Option<PathBuf>,
@@ -203,6 +209,17 @@ pub async fn start(config: BrokerConfig) -> Result<Running, Error> {
         blob = Some(socket.local_addr()?);
         blob_front = Some((endpoint, socket, store));
     }
+    let mut kafka = None;
+    let mut kafka_front = None;
+    if let Some(addr) = config.listen_kafka {
+        let (b, k) = (std::sync::Arc::clone(&broker), config.kafka.clone());
+        let endpoint = tokio::task::spawn_blocking(move || ehub_broker_kafka::Endpoint::new(b, k))
+            .await
+            .map_err(std::io::Error::other)??;
+        let socket = bind("the Kafka endpoint", addr).await?;
+        kafka = Some(socket.local_addr()?);
+        kafka_front = Some((endpoint, socket));
+    }
     // One registry for the core and every front, served on the management endpoint.
     let mut registry = ehub_broker_core::prometheus_client::registry::Registry::default();
     broker.metrics().register(&mut registry);
@@ -210,6 +227,9 @@ pub async fn start(config: BrokerConfig) -> Result<Running, Error> {
     let amqp_metrics = std::sync::Arc::new(ehub_broker_amqp::AmqpMetrics::default());
     amqp_metrics.register(&mut registry);
     if let Some((endpoint, _, _)) = &blob_front {
+        endpoint.register_metrics(&mut registry);
+    }
+    if let Some((endpoint, _)) = &kafka_front {
         endpoint.register_metrics(&mut registry);
     }
     let mut management = None;
@@ -227,11 +247,15 @@ pub async fn start(config: BrokerConfig) -> Result<Running, Error> {
         let admin_task = admin_front.map(|(endpoint, socket)| tokio::spawn(endpoint.serve(socket, stop.clone())));
         let blob_task =
             blob_front.map(|(endpoint, socket, store)| (tokio::spawn(endpoint.serve(socket, stop.clone())), store));
+        let kafka_task = kafka_front.map(|(endpoint, socket)| tokio::spawn(endpoint.serve(socket, stop.clone())));
         let options = ServeOptions { metrics: amqp_metrics, limits: config.amqp.clone() };
         let amqp_result = serve_listeners_with(broker, listeners, stop, options).await;
         if let Some((t, store)) = blob_task {
             t.await.map_err(std::io::Error::other)??;
             tokio::task::spawn_blocking(move || store.shutdown()).await.map_err(std::io::Error::other)?;
+        }
+        if let Some(t) = kafka_task {
+            t.await.map_err(std::io::Error::other)??;
         }
         if let Some(t) = admin_task {
             t.await.map_err(std::io::Error::other)?;
@@ -239,7 +263,7 @@ pub async fn start(config: BrokerConfig) -> Result<Running, Error> {
         amqp_result?;
         Ok(())
     });
-    Ok(Running { amqp, websocket, blob, tls, websocket_tls, management, ca, shutdown, task })
+    Ok(Running { amqp, websocket, blob, tls, websocket_tls, management, kafka, ca, shutdown, task })
 }
 
 /// A broker for tests, in one line: in-process, on free loopback ports (AMQP, AMQP over
@@ -291,6 +315,9 @@ impl TestBroker {
         if config.tls.listen == defaults.tls.listen {
             config.tls.listen = Some(any);
         }
+        if config.listen_kafka == defaults.listen_kafka {
+            config.listen_kafka = Some(any);
+        }
         if config.listen_management == defaults.listen_management {
             config.listen_management = Some(any);
         }
@@ -325,6 +352,11 @@ impl TestBroker {
     /// Where AMQP over WebSockets over TLS is served, if configured.
     pub fn websocket_tls_addr(&self) -> Option<SocketAddr> {
         self.running().websocket_tls
+    }
+
+    /// Where the Kafka endpoint is served (a Kafka client's `bootstrap.servers`).
+    pub fn kafka_addr(&self) -> SocketAddr {
+        self.running().kafka.expect("a test broker serves Kafka")
     }
 
     /// Where the HTTP management endpoint is served.

@@ -122,6 +122,14 @@ pub(crate) struct ServeArgs {
     /// HOST:PORT, or `off`. Default 127.0.0.1:5300.
     #[arg(long)]
     listen_management: Option<String>,
+    /// Serve the Kafka endpoint (SASL PLAIN, user `$ConnectionString`, a connection string as
+    /// password) on HOST:PORT, or `off`. Default 127.0.0.1:9092.
+    #[arg(long)]
+    listen_kafka: Option<String>,
+    /// The HOST:PORT the Kafka endpoint tells clients to connect to (behind a port mapping or a
+    /// proxy). Default: the address each client reached.
+    #[arg(long, value_name = "HOST:PORT")]
+    kafka_advertised: Option<String>,
     /// Serve AMQP over TLS with this certificate chain (PEM; needs --tls-key).
     #[arg(long, value_name = "FILE", requires = "tls_key", conflicts_with = "tls_self_signed")]
     tls_cert: Option<PathBuf>,

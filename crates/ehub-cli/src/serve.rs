@@ -2,7 +2,7 @@
 
 use crate::ServeArgs;
 use anyhow::{bail, Context, Result};
-use ehub_broker::{parse_fsync, parse_listen, BrokerConfig, TlsSource};
+use ehub_broker::{parse_advertised, parse_fsync, parse_listen, BrokerConfig, TlsSource};
 use std::time::Instant;
 
 pub(crate) fn run(args: &ServeArgs) -> Result<()> {
@@ -28,6 +28,12 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
     }
     if let Some(l) = &args.listen_management {
         cfg.listen_management = optional_addr("listen-management", l)?;
+    }
+    if let Some(l) = &args.listen_kafka {
+        cfg.listen_kafka = optional_addr("listen-kafka", l)?;
+    }
+    if let Some(a) = &args.kafka_advertised {
+        cfg.kafka.advertised = parse_advertised(a).map_err(anyhow::Error::msg).context("--kafka-advertised")?;
     }
     match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => cfg.tls.source = TlsSource::Files { cert: cert.clone(), key: key.clone() },
@@ -65,6 +71,7 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
             listen_tls = %off(running.tls),
             listen_wss = %off(running.websocket_tls),
             listen_management = %off(running.management),
+            listen_kafka = %off(running.kafka),
             data_dir = %data_dir.display(),
             fsync = %fsync,
             hubs = %hubs.join(","),

@@ -32,7 +32,7 @@ impl Drop for Broker {
 fn start(dir: &std::path::Path, amqp: u16, blob: u16) -> Broker {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ehub"))
         .args(["serve", "--listen", &format!("127.0.0.1:{amqp}"), "--listen-blob", &format!("127.0.0.1:{blob}")])
-        .args(["--listen-management", "off"])
+        .args(["--listen-management", "off", "--listen-kafka", "off"])
         .arg("--data-dir")
         .arg(dir)
         .args(["--fsync", "always"])

@@ -53,6 +53,8 @@ fn serve_logged(
             "127.0.0.1:0",
             "--listen-management",
             "127.0.0.1:0",
+            "--listen-kafka",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(dir.path())

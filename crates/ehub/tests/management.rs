@@ -173,7 +173,7 @@ async fn metrics_count_traffic_receivers_connections_refusals_fsyncs_and_blob_re
         let dir = tempfile::tempdir().unwrap();
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let mut c = config(dir.path());
-        (c.listen, c.listen_blob, c.listen_management) = (any, Some(any), Some(any));
+        (c.listen, c.listen_blob, c.listen_management, c.listen_kafka) = (any, Some(any), Some(any), Some(any));
         c.core.fsync = ehub_broker::parse_fsync("always", 100).unwrap(); // so that fsyncs are counted
         let broker = ehub_broker::start(c).await.unwrap();
         let cs = format!(

@@ -32,7 +32,7 @@ fn the_official_rust_blob_store_claims_and_checkpoints_in_ehub_serve() {
     assert!(bin.exists(), "{} not found: run `cargo build --release` at the workspace root", bin.display());
     let mut child = Command::new(&bin)
         .args(["serve", "--listen", &format!("127.0.0.1:{amqp}"), "--listen-blob", &format!("127.0.0.1:{blob}")])
-        .args(["--listen-management", "off"])
+        .args(["--listen-management", "off", "--listen-kafka", "off"])
         .arg("--data-dir")
         .arg(dir.path())
         .env("EHUB_LOG", "info")

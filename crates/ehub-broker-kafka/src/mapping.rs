@@ -1,0 +1,225 @@
+//! Kafka records ⇄ stored events, as Event Hubs maps them between its protocols.
+//!
+//! - A Kafka record's value is the event body (one `data` section), its key the message
+//!   annotation `x-opt-kafka-key` (binary; never the Event Hubs partition key, because the two
+//!   protocols hash keys to partitions differently), and its headers application properties of
+//!   AMQP type binary.
+//! - An event read through Kafka: offset = sequence number, timestamp = enqueued time; the body
+//!   bytes are the value (a non-`data` body is given AMQP-encoded); binary application
+//!   properties are headers as they are, other types AMQP-encoded; the properties section's
+//!   message-id, user-id, to, reply-to, content-type, content-encoding and creation-time are
+//!   UTF-8 headers; the partition key is the header `x-opt-partition-key`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use ehub_amqp_codec::{encode_value, Body, Message, Symbol, Value};
+use ehub_partition_log::StoredEvent;
+use indexmap::IndexMap;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{Record, TimestampType};
+
+/// The message annotation that carries a Kafka record's key.
+pub const KAFKA_KEY: &str = "x-opt-kafka-key";
+/// The header that carries an event's Event Hubs partition key.
+pub const PARTITION_KEY_HEADER: &str = "x-opt-partition-key";
+
+/// The stored form (an AMQP message) of a Kafka record.
+pub fn record_to_event(
+    key: Option<&Bytes>,
+    value: Option<&Bytes>,
+    headers: &IndexMap<StrBytes, Option<Bytes>>,
+) -> Bytes {
+    let mut m = Message::with_data(value.cloned().unwrap_or_default());
+    if let Some(k) = key {
+        m.message_annotations = Some(vec![(Value::Symbol(Symbol::new(KAFKA_KEY)), Value::Binary(k.clone()))]);
+    }
+    if !headers.is_empty() {
+        m.application_properties = Some(
+            headers
+                .iter()
+                .map(|(k, v)| (Value::String(k.as_str().to_owned()), v.clone().map_or(Value::Null, Value::Binary)))
+                .collect(),
+        );
+    }
+    // Encoding an owned message of binaries and strings cannot fail.
+    m.to_bytes().unwrap_or_default()
+}
+
+fn amqp_encoded(v: &Value) -> Bytes {
+    let mut out = BytesMut::new();
+    match encode_value(v, &mut out) {
+        Ok(()) => out.freeze(),
+        Err(_) => Bytes::new(),
+    }
+}
+
+fn text_of(v: &Value) -> Option<Bytes> {
+    Some(match v {
+        Value::String(s) => Bytes::copy_from_slice(s.as_bytes()),
+        Value::Symbol(s) => Bytes::copy_from_slice(s.as_str().as_bytes()),
+        Value::Binary(b) => b.clone(),
+        Value::Ulong(n) => Bytes::from(n.to_string()),
+        Value::Uuid(u) => Bytes::from(format_uuid(u)),
+        Value::Null => return None,
+        other => amqp_encoded(other),
+    })
+}
+
+fn format_uuid(u: &[u8; 16]) -> String {
+    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// The Kafka record of a stored event (offset = sequence number, timestamp = enqueued time).
+pub fn event_to_record(e: &StoredEvent) -> Record {
+    let mut key = None;
+    let value;
+    let mut headers: IndexMap<StrBytes, Option<Bytes>> = IndexMap::new();
+    match Message::decode(&e.payload) {
+        Ok(m) => {
+            value = Some(match &m.body {
+                Body::Data(parts) if parts.len() == 1 => parts[0].clone(),
+                Body::Data(parts) => {
+                    let mut b = BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
+                    parts.iter().for_each(|p| b.put_slice(p));
+                    b.freeze()
+                }
+                Body::Value(v) => amqp_encoded(v),
+                Body::Sequence(s) => amqp_encoded(&Value::List(s.iter().flat_map(|l| l.iter().cloned()).collect())),
+                Body::Empty => Bytes::new(),
+            });
+            for (k, v) in m.message_annotations.iter().flatten() {
+                if k.as_text() == Some(KAFKA_KEY) {
+                    key = match v {
+                        Value::Binary(b) => Some(b.clone()),
+                        other => text_of(other),
+                    };
+                }
+            }
+            if let Some(p) = &m.properties {
+                let mut put = |name: &'static str, v: Option<Bytes>| {
+                    if let Some(v) = v {
+                        headers.insert(StrBytes::from_static_str(name), Some(v));
+                    }
+                };
+                put("message-id", p.message_id.as_ref().and_then(text_of));
+                put("user-id", p.user_id.clone());
+                put("to", p.to.as_ref().map(|s| Bytes::copy_from_slice(s.as_bytes())));
+                put("reply-to", p.reply_to.as_ref().map(|s| Bytes::copy_from_slice(s.as_bytes())));
+                put("content-type", p.content_type.as_ref().map(|s| Bytes::copy_from_slice(s.as_str().as_bytes())));
+                put(
+                    "content-encoding",
+                    p.content_encoding.as_ref().map(|s| Bytes::copy_from_slice(s.as_str().as_bytes())),
+                );
+                put("creation-time", p.creation_time.map(|t| Bytes::from(t.0.to_string())));
+            }
+            for (k, v) in m.application_properties.iter().flatten() {
+                let name = match k {
+                    Value::String(s) => s.clone(),
+                    Value::Symbol(s) => s.as_str().to_owned(),
+                    _ => continue,
+                };
+                let v = match v {
+                    Value::Binary(b) => Some(b.clone()),
+                    Value::Null => None,
+                    other => Some(amqp_encoded(other)),
+                };
+                headers.insert(StrBytes::from_string(name), v);
+            }
+        }
+        // Not an AMQP message (cannot come from our fronts): hand the bytes over as they are.
+        Err(_) => value = Some(e.payload.clone()),
+    }
+    if let Some(pk) = &e.partition_key {
+        headers.insert(StrBytes::from_static_str(PARTITION_KEY_HEADER), Some(pk.clone()));
+    }
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: e.sequence_number,
+        // Constant offset - sequence, so the encoder keeps consecutive events in one batch.
+        sequence: e.sequence_number as i32,
+        timestamp: e.enqueued_time,
+        key,
+        value,
+        headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ehub_amqp_codec::Properties;
+
+    fn stored(payload: Bytes, partition_key: Option<&str>) -> StoredEvent {
+        StoredEvent {
+            sequence_number: 41,
+            offset: 4096,
+            enqueued_time: 1_700_000_000_123,
+            partition_key: partition_key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
+            payload,
+        }
+    }
+
+    #[test]
+    fn a_kafka_record_round_trips_through_the_stored_form() {
+        let mut headers = IndexMap::new();
+        headers.insert(StrBytes::from_static_str("h1"), Some(Bytes::from_static(b"\x00\x01binary")));
+        headers.insert(StrBytes::from_static_str("empty"), None);
+        let key = Bytes::from_static(b"user-7");
+        let payload = record_to_event(Some(&key), Some(&Bytes::from_static(b"value")), &headers);
+
+        // AMQP clients see the key as x-opt-kafka-key and headers as binary properties.
+        let m = Message::decode(&payload).unwrap();
+        assert_eq!(m.body, Body::Data(vec![Bytes::from_static(b"value")]));
+        assert_eq!(
+            m.message_annotations.as_ref().unwrap()[0],
+            (Value::Symbol(Symbol::new(KAFKA_KEY)), Value::Binary(key.clone()))
+        );
+        assert_eq!(
+            m.application_properties.as_ref().unwrap()[0],
+            (Value::String("h1".into()), Value::Binary(Bytes::from_static(b"\x00\x01binary")))
+        );
+
+        let r = event_to_record(&stored(payload, None));
+        assert_eq!((r.offset, r.timestamp), (41, 1_700_000_000_123));
+        assert_eq!(r.key, Some(key));
+        assert_eq!(r.value, Some(Bytes::from_static(b"value")));
+        assert_eq!(r.headers, headers);
+    }
+
+    #[test]
+    fn an_amqp_event_reads_as_the_service_maps_it() {
+        let mut m = Message::with_data(Bytes::from_static(b"body"));
+        m.properties = Some(Properties {
+            message_id: Some(Value::String("m-1".into())),
+            content_type: Some(Symbol::new("application/json")),
+            ..Default::default()
+        });
+        m.application_properties = Some(vec![
+            (Value::String("s".into()), Value::String("Notification".into())),
+            (Value::String("b".into()), Value::Binary(Bytes::from_static(b"raw"))),
+        ]);
+        let r = event_to_record(&stored(m.to_bytes().unwrap(), Some("pk-1")));
+        assert_eq!(r.key, None);
+        assert_eq!(r.value, Some(Bytes::from_static(b"body")));
+        let h = |k: &str| r.headers.get(&StrBytes::from_string(k.into())).cloned().flatten();
+        assert_eq!(h("message-id"), Some(Bytes::from_static(b"m-1")));
+        assert_eq!(h("content-type"), Some(Bytes::from_static(b"application/json")));
+        // A string property is AMQP-encoded, with its constructor, as on the service.
+        assert_eq!(h("s"), Some(Bytes::from_static(b"\xa1\x0cNotification")));
+        assert_eq!(h("b"), Some(Bytes::from_static(b"raw")));
+        assert_eq!(h(PARTITION_KEY_HEADER), Some(Bytes::from_static(b"pk-1")));
+    }
+
+    #[test]
+    fn a_value_body_is_given_amqp_encoded() {
+        let m = Message::with_value(Value::Long(5));
+        let r = event_to_record(&stored(m.to_bytes().unwrap(), None));
+        assert_eq!(r.value, Some(Bytes::from_static(b"\x55\x05")));
+    }
+}
