@@ -1,0 +1,226 @@
+//! The Kafka endpoint over TCP, with requests written by the `kafka-protocol` crate's client
+//! side: what real clients rarely show (a retried idempotent batch, an oversized batch, a
+//! long-polling fetch woken by a produce), and our own AMQP client reading what Kafka produced.
+
+use bytes::{Bytes, BytesMut};
+use ehub::{ConsumerClient, EventPosition, OpenReceiverOptions};
+use indexmap::IndexMap;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const T: Duration = Duration::from_secs(60);
+
+struct Client {
+    sock: TcpStream,
+    next: i32,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr, cs: &str) -> Client {
+        let mut c = Client { sock: TcpStream::connect(addr).await.unwrap(), next: 1 };
+        let r: SaslHandshakeResponse =
+            c.call(SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")), 1).await;
+        assert_eq!(r.error_code, 0);
+        let token = Bytes::from(format!("\0$ConnectionString\0{cs}"));
+        let r: SaslAuthenticateResponse = c.call(SaslAuthenticateRequest::default().with_auth_bytes(token), 2).await;
+        assert_eq!(r.error_code, 0, "{:?}", r.error_message);
+        c
+    }
+
+    async fn send<R: Request>(&mut self, req: R, version: i16) -> i32 {
+        let cid = self.next;
+        self.next += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(cid)
+            .with_client_id(Some(StrBytes::from_static_str("wire-test")));
+        let mut buf = BytesMut::new();
+        header.encode(&mut buf, R::header_version(version)).unwrap();
+        req.encode(&mut buf, version).unwrap();
+        self.sock.write_all(&(buf.len() as u32).to_be_bytes()).await.unwrap();
+        self.sock.write_all(&buf).await.unwrap();
+        cid
+    }
+
+    async fn receive<R: Request>(&mut self, cid: i32, version: i16) -> R::Response {
+        let len = self.sock.read_u32().await.unwrap() as usize;
+        let mut buf = vec![0; len];
+        self.sock.read_exact(&mut buf).await.unwrap();
+        let mut b = Bytes::from(buf);
+        let header = ResponseHeader::decode(&mut b, R::Response::header_version(version)).unwrap();
+        assert_eq!(header.correlation_id, cid, "responses come back in request order");
+        R::Response::decode(&mut b, version).unwrap()
+    }
+
+    async fn call<R: Request>(&mut self, req: R, version: i16) -> R::Response {
+        let cid = self.send(req, version).await;
+        self.receive::<R>(cid, version).await
+    }
+}
+
+fn batch(values: &[&[u8]], producer: Option<(i64, i32)>) -> Bytes {
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let mut headers = IndexMap::new();
+            headers.insert(StrBytes::from_static_str("trace"), Some(Bytes::from_static(b"\x01\x02")));
+            Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: producer.map_or(-1, |p| p.0),
+                producer_epoch: if producer.is_some() { 0 } else { -1 },
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: producer.map_or(-1, |p| p.1 + i as i32),
+                timestamp: 0,
+                key: Some(Bytes::from_static(b"order-1")),
+                value: Some(Bytes::copy_from_slice(v)),
+                headers,
+            }
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        records.iter(),
+        &RecordEncodeOptions { version: 2, compression: Compression::Gzip },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+fn produce(partition: i32, records: Bytes) -> ProduceRequest {
+    ProduceRequest::default().with_acks(-1).with_timeout_ms(10_000).with_topic_data(vec![TopicProduceData::default()
+        .with_name(TopicName(StrBytes::from_static_str("eh1")))
+        .with_partition_data(vec![PartitionProduceData::default().with_index(partition).with_records(Some(records))])])
+}
+
+fn first(r: &ProduceResponse) -> (i16, i64) {
+    let p = &r.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+#[tokio::test]
+async fn a_retried_idempotent_batch_is_stored_once_and_our_amqp_client_reads_the_records() {
+    tokio::time::timeout(T, async {
+        let broker = ehub_broker::TestBroker::start().await.unwrap();
+        let cs = broker.connection_string();
+        let mut c = Client::connect(broker.kafka_addr(), &cs).await;
+        let id: InitProducerIdResponse = c
+            .call(InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000), 4)
+            .await;
+        assert_eq!(id.error_code, 0);
+        let pid = id.producer_id.0;
+
+        let b0 = batch(&[b"a", b"b", b"c"], Some((pid, 0)));
+        assert_eq!(first(&c.call(produce(0, b0.clone()), 8).await), (0, 0));
+        // The same batch again (the acknowledgement was lost): answered with its first offset.
+        assert_eq!(first(&c.call(produce(0, b0), 8).await), (0, 0));
+        assert_eq!(first(&c.call(produce(0, batch(&[b"d", b"e", b"f"], Some((pid, 3)))), 8).await), (0, 3));
+        // A gap in the sequence is refused, and nothing is stored.
+        assert_eq!(first(&c.call(produce(0, batch(&[b"x"], Some((pid, 10)))), 8).await).0, 45);
+        // Not idempotent: stored as it comes.
+        assert_eq!(first(&c.call(produce(0, batch(&[b"g"], None)), 8).await), (0, 6));
+
+        let consumer = ConsumerClient::builder().open_with_connection_string(&cs, Some("eh1")).await.unwrap();
+        let earliest = OpenReceiverOptions { start_position: EventPosition::Earliest, ..Default::default() };
+        let mut r = consumer.open_receiver_on_partition("0", Some(earliest)).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 7 {
+            got.extend(r.receive_batch(7 - got.len(), Duration::from_secs(5)).await.unwrap());
+        }
+        assert!(r.receive_batch(1, Duration::from_millis(300)).await.unwrap().is_empty(), "nothing stored twice");
+        let bodies: Vec<_> = got.iter().map(|e| e.body_as_str().unwrap().to_owned()).collect();
+        assert_eq!(bodies, ["a", "b", "c", "d", "e", "f", "g"]);
+        assert_eq!(got.iter().map(|e| e.sequence_number()).collect::<Vec<_>>(), (0..7).collect::<Vec<_>>());
+        let key = ehub_amqp_codec::map_get(got[0].system_properties(), "x-opt-kafka-key");
+        assert_eq!(key, Some(&ehub_amqp_codec::Value::Binary(Bytes::from_static(b"order-1"))));
+        assert_eq!(got[0].property("trace"), Some(&ehub_amqp_codec::Value::Binary(Bytes::from_static(b"\x01\x02"))));
+        assert_eq!(got[0].partition_key(), None, "the Kafka key is not the partition key");
+        consumer.close().await;
+        broker.stop().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn oversized_unknown_and_out_of_range_requests_get_their_errors() {
+    tokio::time::timeout(T, async {
+        let broker = ehub_broker::TestBroker::start().await.unwrap();
+        let mut c = Client::connect(broker.kafka_addr(), &broker.connection_string()).await;
+        let big = vec![b'x'; 1_100_000];
+        assert_eq!(first(&c.call(produce(1, batch(&[&big], None)), 8).await).0, 10, "MESSAGE_TOO_LARGE");
+        assert_eq!(first(&c.call(produce(9, batch(&[b"a"], None)), 8).await).0, 3, "no partition 9");
+        let mut other = produce(0, batch(&[b"a"], None));
+        other.topic_data[0].name = TopicName(StrBytes::from_static_str("nope"));
+        assert_eq!(first(&c.call(other, 8).await).0, 3, "no such topic");
+        // Nothing of the refused batches was stored.
+        let list: ListOffsetsResponse = c
+            .call(
+                ListOffsetsRequest::default().with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("eh1")))
+                    .with_partitions(vec![list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(1)
+                        .with_timestamp(-1)])]),
+                5,
+            )
+            .await;
+        assert_eq!(list.topics[0].partitions[0].offset, 0);
+        // A fetch past the end is out of range.
+        let f: FetchResponse = c.call(fetch(1, 5, 0), 11).await;
+        assert_eq!(f.responses[0].partitions[0].error_code, 1, "OFFSET_OUT_OF_RANGE");
+        broker.stop().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+fn fetch(partition: i32, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest::default().with_max_wait_ms(max_wait_ms).with_min_bytes(1).with_max_bytes(1 << 20).with_topics(vec![
+        FetchTopic::default().with_topic(TopicName(StrBytes::from_static_str("eh1"))).with_partitions(vec![
+            FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20),
+        ]),
+    ])
+}
+
+#[tokio::test]
+async fn a_long_polling_fetch_wakes_up_when_a_record_arrives() {
+    // The fetch may wait 120 s, far past this test's bound: only the produce can end it in time.
+    tokio::time::timeout(T, async {
+        let broker = ehub_broker::TestBroker::start().await.unwrap();
+        let cs = broker.connection_string();
+        let mut consumer = Client::connect(broker.kafka_addr(), &cs).await;
+        let mut producer = Client::connect(broker.kafka_addr(), &cs).await;
+        let cid = consumer.send(fetch(2, 0, 120_000), 11).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(first(&producer.call(produce(2, batch(&[b"wake"], None)), 8).await), (0, 0));
+        let f = consumer.receive::<FetchRequest>(cid, 11).await;
+        let p = &f.responses[0].partitions[0];
+        assert_eq!((p.error_code, p.high_watermark), (0, 1));
+        let mut records = p.records.clone().unwrap();
+        let set = RecordBatchDecoder::decode(&mut records).unwrap();
+        assert_eq!(set.records.len(), 1);
+        assert_eq!(set.records[0].value.as_deref(), Some(&b"wake"[..]));
+        assert_eq!(set.records[0].key.as_deref(), Some(&b"order-1"[..]));
+        broker.stop().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
