@@ -3,15 +3,16 @@
 //! long-polling fetch, a join for its rebalance) becomes a future in an ordered queue, so the
 //! client can pipeline; at most [`MAX_IN_FLIGHT`] wait at once before reading pauses.
 
+use crate::codec::{Decoded, Produced};
 use crate::groups::{code as gcode, JoinRequest};
-use crate::mapping::{event_to_record, record_to_event};
+use crate::mapping::event_to_record;
 use crate::offsets::Committed;
 use crate::producers::Check;
-use crate::versions::{range, ADVERTISED};
+use crate::versions::ADVERTISED;
 use crate::Endpoint;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ehub_broker_core::{covers, ConnectionSlot, Grant, Hub, TokenType};
-use ehub_partition_log::{AppendEvent, StartPosition};
+use ehub_partition_log::StartPosition;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
@@ -33,7 +34,7 @@ use kafka_protocol::messages::offset_fetch_response::{
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use kafka_protocol::records::{Compression, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions};
+use kafka_protocol::records::{Compression, RecordBatchEncoder, RecordEncodeOptions};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,7 +49,6 @@ const MAX_IN_FLIGHT: usize = 32;
 mod err {
     pub const UNKNOWN_SERVER_ERROR: i16 = -1;
     pub const OFFSET_OUT_OF_RANGE: i16 = 1;
-    pub const CORRUPT_MESSAGE: i16 = 2;
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub const REQUEST_TIMED_OUT: i16 = 7;
     pub const MESSAGE_TOO_LARGE: i16 = 10;
@@ -249,7 +249,7 @@ impl Conn {
     }
 
     /// Handles one request frame: `Ok(None)` when no response is due (acks=0), `Err` to close.
-    fn handle(&mut self, mut frame: Bytes) -> Result<Option<Reply>, &'static str> {
+    fn handle(&mut self, frame: Bytes) -> Result<Option<Reply>, &'static str> {
         if self.raw_sasl_next {
             // After a v0 handshake the token comes bare, and success is an empty frame.
             self.raw_sasl_next = false;
@@ -258,39 +258,28 @@ impl Conn {
                 Err(_) => Err("SASL authentication failed"),
             };
         }
-        if frame.len() < 8 {
-            return Err("a request shorter than its header");
-        }
-        let (key, version) = (i16::from_be_bytes([frame[0], frame[1]]), i16::from_be_bytes([frame[2], frame[3]]));
-        let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        let api = ApiKey::try_from(key).map_err(|_| "an unknown API key")?;
-        self.ep.metrics.request(api_name(api));
-        if api == ApiKey::ApiVersions {
-            if (0..=4).contains(&version) {
-                kafka_protocol::protocol::decode_request_header_from_buffer(&mut frame)
-                    .and_then(|_| RequestKind::decode(api, &mut frame, version))
-                    .map_err(|_| "a malformed ApiVersions request")?;
+        // Before authentication only the handshake is even decoded.
+        if self.grant.is_none() && frame.len() >= 2 {
+            let key = i16::from_be_bytes([frame[0], frame[1]]);
+            let handshake = [ApiKey::ApiVersions, ApiKey::SaslHandshake, ApiKey::SaslAuthenticate];
+            if !handshake.iter().any(|k| *k as i16 == key) {
+                return Err("a request before SASL authentication");
             }
-            return Ok(Some(ready(self.api_versions(version, correlation_id))));
         }
-        let Some((lo, hi)) = range(api) else {
-            tracing::warn!(peer = %self.peer, api = ?api, version, "Kafka: an API this broker does not serve");
-            return Err("an API this broker does not serve");
+        let (api, version, header, request) = match crate::codec::decode_request(frame) {
+            Ok(Decoded::ApiVersions { version, correlation_id }) => {
+                self.ep.metrics.request("api_versions");
+                return Ok(Some(ready(self.api_versions(version, correlation_id))));
+            }
+            Ok(Decoded::Request { api, version, header, request }) => (api, version, header, *request),
+            Err(why) => {
+                tracing::warn!(peer = %self.peer, reason = why, "Kafka: a request this broker cannot take");
+                return Err(why);
+            }
         };
-        if version < lo || version > hi {
-            tracing::warn!(peer = %self.peer, api = ?api, version, lo, hi, "Kafka: an API version this broker does not serve");
-            return Err("an unsupported API version");
-        }
-        let header = kafka_protocol::protocol::decode_request_header_from_buffer(&mut frame)
-            .map_err(|_| "a malformed request header")?;
-        let request = RequestKind::decode(api, &mut frame, version).map_err(|e| {
-            tracing::warn!(peer = %self.peer, api = ?api, version, error = %e, "Kafka: a malformed request");
-            "a malformed request"
-        })?;
+        self.ep.metrics.request(api_name(api));
+        let correlation_id = header.correlation_id;
         let respond = move |body: ResponseKind| frame_of(api, version, correlation_id, body);
-        if self.grant.is_none() && !matches!(api, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate) {
-            return Err("a request before SASL authentication");
-        }
         let client_id = header.client_id.as_ref().map(name).unwrap_or_default();
         Ok(match request {
             RequestKind::SaslHandshake(r) => {
@@ -537,30 +526,9 @@ impl Conn {
     ) -> Result<PendingAppend, i16> {
         let i =
             usize::try_from(index).ok().filter(|i| *i < hub.partitions.len()).ok_or(err::UNKNOWN_TOPIC_OR_PARTITION)?;
-        let mut bytes = records.unwrap_or_default();
-        let sets = RecordBatchDecoder::decode_all(&mut bytes).map_err(|e| {
-            tracing::info!(peer = %self.peer, entity = %hub.name, error = %e, "Kafka: a produce with undecodable records");
-            err::CORRUPT_MESSAGE
+        let Produced { events, bytes: size, producer } = crate::codec::decode_records(records).inspect_err(|_| {
+            tracing::info!(peer = %self.peer, entity = %hub.name, "Kafka: a produce with undecodable records");
         })?;
-        let mut events = Vec::new();
-        let mut size = 0usize;
-        let mut producer = None;
-        for set in &sets {
-            if let Some(first) = set.records.first() {
-                if first.transactional || first.control {
-                    return Err(err::UNSUPPORTED_VERSION);
-                }
-                if first.producer_id >= 0 && first.sequence >= 0 {
-                    let last = first.sequence.wrapping_add(set.records.len() as i32 - 1);
-                    producer = Some((first.producer_id, first.producer_epoch, first.sequence, last));
-                }
-            }
-            for r in &set.records {
-                let payload = record_to_event(r.key.as_ref(), r.value.as_ref(), &r.headers);
-                size += payload.len();
-                events.push(AppendEvent { partition_key: None, payload });
-            }
-        }
         if size > max_size {
             return Err(err::MESSAGE_TOO_LARGE);
         }

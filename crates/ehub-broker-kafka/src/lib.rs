@@ -23,6 +23,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod codec;
 mod conn;
 mod groups;
 pub mod mapping;
