@@ -15,13 +15,13 @@ fuzz_target!(|data: &[u8]| {
         if let RequestKind::Produce(p) = *request {
             for t in p.topic_data {
                 for part in t.partition_data {
-                    let _ = decode_records(part.records);
+                    let _ = decode_records(part.records, &|_| Bytes::new());
                 }
             }
         }
     }
     // The same bytes as a produce's records, and as a stored event read through Kafka.
-    let _ = decode_records(Some(bytes.clone()));
+    let _ = decode_records(Some(bytes.clone()), &|_| Bytes::new());
     let e = StoredEvent { sequence_number: 1, offset: 0, enqueued_time: 0, partition_key: None, payload: bytes };
     let _ = ehub_broker_kafka::mapping::event_to_record(&e);
 });

@@ -344,3 +344,58 @@ def test_kcat_produces_compressed_and_consumes_by_offset_time_and_group(broker):
     assert sorted(kcat(broker, *group)) == sorted(want)
     kcat(broker, "-P", "-t", "eh1", "-p", "3", stdin=b"after-commit\n")
     assert kcat(broker, *group) == ["after-commit"]
+
+
+def test_kill9_during_idempotent_acks_all_production_loses_and_doubles_nothing(broker_factory):
+    b = broker_factory(fsync="always").start()
+    c = Consumer(kafka_conf(b, **{"group.id": "durable", "enable.auto.commit": False}))
+    c.commit(offsets=[TopicPartition("eh1", 0, 123)], asynchronous=False)
+    c.close()
+
+    acked, failed = [], []
+    p = Producer(kafka_conf(b, **{"acks": "all", "enable.idempotence": True, "linger.ms": 2,
+                                  "message.timeout.ms": 60000}))
+
+    def done(err, msg):
+        if err:
+            failed.append(err)
+        else:
+            acked.append((msg.partition(), msg.offset(), msg.value()))
+
+    total = 30000
+    killed_with = None
+    for i in range(total):
+        while True:
+            try:
+                p.produce("eh1", value=b"v%06d" % i, partition=i % 4, on_delivery=done)
+                break
+            except BufferError:
+                p.poll(0.05)
+        if i % 250 == 249:
+            p.poll(0.005)  # acknowledgements arrive all along
+        if killed_with is None and len(acked) >= 5000:
+            # Killed with acknowledgements arriving and batches in flight.
+            killed_with = (len(acked), i + 1)
+            b.kill9()
+            time.sleep(0.5)
+            b.start()
+    assert killed_with and killed_with[0] < killed_with[1], killed_with
+    assert p.flush(90) == 0
+    assert failed == []
+    assert len(acked) == total
+
+    stored = {}
+    k = KafkaConsumer(**kp_conf(b, group_id=None, consumer_timeout_ms=5000, max_partition_fetch_bytes=4 << 20))
+    k.assign([KTopicPartition("eh1", i) for i in range(4)])
+    k.seek_to_beginning()
+    for m in k:
+        stored.setdefault(m.value, []).append((m.partition, m.offset))
+    k.close()
+    # Every acknowledged record is there once, where its acknowledgement said.
+    assert all(stored.get(v) == [(part, off)] for part, off, v in acked), \
+        [(v, stored.get(v)) for part, off, v in acked if stored.get(v) != [(part, off)]][:5]
+    assert sum(len(x) for x in stored.values()) == total
+    # The group's commit survived too.
+    c = Consumer(kafka_conf(b, **{"group.id": "durable"}))
+    assert c.committed([TopicPartition("eh1", 0)], timeout=10)[0].offset == 123
+    c.close()

@@ -38,9 +38,15 @@ const PRODUCER_CREDIT: u32 = 1000;
 const MAX_INFLIGHT: usize = 2048;
 /// Events read from the log at once for one consumer.
 const READ_BATCH: usize = 512;
-/// Keys the broker owns in delivered events' message annotations.
-const BROKER_KEYS: [&str; 4] =
-    [annotations::SEQUENCE_NUMBER, annotations::OFFSET, annotations::ENQUEUED_TIME, annotations::PARTITION_KEY];
+/// Keys the broker owns in delivered events' message annotations (the Kafka front's producer
+/// mark is never delivered).
+const BROKER_KEYS: [&str; 5] = [
+    annotations::SEQUENCE_NUMBER,
+    annotations::OFFSET,
+    annotations::ENQUEUED_TIME,
+    annotations::PARTITION_KEY,
+    annotations::KAFKA_PRODUCER,
+];
 
 /// Messages posted to a connection task by storage callbacks, helper tasks and other
 /// connections. Payloads are boxed to keep the message at 32 bytes: the channel allocates a

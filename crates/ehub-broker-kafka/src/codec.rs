@@ -78,22 +78,30 @@ pub const CORRUPT_MESSAGE: i16 = 2;
 pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
 
 /// Decodes (and decompresses) record batches into events, or the Kafka error to answer with.
-pub fn decode_records(records: Option<Bytes>) -> Result<Produced, i16> {
+/// `mark` gives the producer mark stored on the first event of an idempotent producer's
+/// batches, from (producer id, epoch, first sequence, last sequence).
+pub fn decode_records(records: Option<Bytes>, mark: &dyn Fn((i64, i16, i32, i32)) -> Bytes) -> Result<Produced, i16> {
     let mut bytes = records.unwrap_or_default();
     let sets = RecordBatchDecoder::decode_all(&mut bytes).map_err(|_| CORRUPT_MESSAGE)?;
     let mut out = Produced::default();
+    // An idempotent request's batches (one per partition in practice) are one sequence range.
     for set in &sets {
-        if let Some(first) = set.records.first() {
-            if first.transactional || first.control {
-                return Err(UNSUPPORTED_FOR_MESSAGE_FORMAT);
-            }
-            if first.producer_id >= 0 && first.sequence >= 0 {
-                let last = first.sequence.wrapping_add(set.records.len() as i32 - 1);
-                out.producer = Some((first.producer_id, first.producer_epoch, first.sequence, last));
-            }
+        let Some(first) = set.records.first() else { continue };
+        if first.transactional || first.control {
+            return Err(UNSUPPORTED_FOR_MESSAGE_FORMAT);
         }
+        if first.producer_id >= 0 && first.sequence >= 0 {
+            let last = first.sequence.wrapping_add(set.records.len() as i32 - 1);
+            out.producer = Some(match out.producer {
+                Some((pid, epoch, start, _)) => (pid, epoch, start, last),
+                None => (first.producer_id, first.producer_epoch, first.sequence, last),
+            });
+        }
+    }
+    for set in &sets {
         for r in &set.records {
-            let payload = record_to_event(r.key.as_ref(), r.value.as_ref(), &r.headers);
+            let m = out.producer.filter(|_| out.events.is_empty()).map(mark);
+            let payload = record_to_event(r.key.as_ref(), r.value.as_ref(), &r.headers, m);
             out.bytes += payload.len();
             out.events.push(AppendEvent { partition_key: None, payload });
         }
@@ -147,8 +155,9 @@ mod tests {
         };
         let bomb = encode(&record(Bytes::from(vec![0u8; 65 << 20])));
         assert!(bomb.len() < 1 << 20, "a small request: {} bytes", bomb.len());
-        assert_eq!(decode_records(Some(bomb)).unwrap_err(), CORRUPT_MESSAGE);
-        let fine = decode_records(Some(encode(&record(Bytes::from_static(b"ok"))))).unwrap();
+        let mark = |_| Bytes::new();
+        assert_eq!(decode_records(Some(bomb), &mark).unwrap_err(), CORRUPT_MESSAGE);
+        let fine = decode_records(Some(encode(&record(Bytes::from_static(b"ok")))), &mark).unwrap();
         assert_eq!(fine.events.len(), 1);
     }
 }

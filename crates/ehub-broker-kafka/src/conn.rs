@@ -526,9 +526,12 @@ impl Conn {
     ) -> Result<PendingAppend, i16> {
         let i =
             usize::try_from(index).ok().filter(|i| *i < hub.partitions.len()).ok_or(err::UNKNOWN_TOPIC_OR_PARTITION)?;
-        let Produced { events, bytes: size, producer } = crate::codec::decode_records(records).inspect_err(|_| {
-            tracing::info!(peer = %self.peer, entity = %hub.name, "Kafka: a produce with undecodable records");
-        })?;
+        let Produced { events, bytes: size, producer } =
+            crate::codec::decode_records(records, &|p| self.ep.producers.mark(&hub.name, index, p)).inspect_err(
+                |_| {
+                    tracing::info!(peer = %self.peer, entity = %hub.name, "Kafka: a produce with undecodable records");
+                },
+            )?;
         if size > max_size {
             return Err(err::MESSAGE_TOO_LARGE);
         }

@@ -127,17 +127,64 @@ pub struct Endpoint {
     pub(crate) metrics: KafkaMetrics,
 }
 
+/// How far back the start looks for idempotent producers' batches: longer than clients retry
+/// a batch (librdkafka's and Java's `delivery.timeout.ms` default to 120–300 s).
+const RECOVERY_WINDOW_MS: i64 = 10 * 60 * 1000;
+/// At most this much of each partition's tail is read for it.
+const RECOVERY_BYTES: usize = 64 << 20;
+
+/// Rebuilds idempotent producers' state from the marks in every partition's recent tail.
+fn recover_producers(broker: &Broker, producers: &producers::Producers) {
+    let started = std::time::Instant::now();
+    let since = ehub_broker_core::now_millis() - RECOVERY_WINDOW_MS;
+    let (mut marks, mut read) = (0usize, 0usize);
+    for hub in broker.hubs() {
+        let name: Arc<str> = Arc::from(hub.name.as_str());
+        for (i, p) in hub.partitions.iter().enumerate() {
+            let info = p.info();
+            if info.is_empty || info.last_enqueued_time.is_none_or(|t| t < since) {
+                continue;
+            }
+            let pos = ehub_partition_log::StartPosition::Time { millis: since, inclusive: true };
+            let Ok(mut seq) = p.resolve(&pos) else { continue };
+            let mut bytes = 0;
+            while seq < p.committed_seq() && bytes < RECOVERY_BYTES {
+                let events = match p.read(seq, 4096, 4 << 20) {
+                    Ok(e) if !e.is_empty() => e,
+                    _ => break,
+                };
+                bytes += events.iter().map(|e| e.payload.len()).sum::<usize>();
+                seq = events[events.len() - 1].sequence_number + 1;
+                marks += producers.recover(&name, i as i32, &events);
+            }
+            read += bytes;
+        }
+    }
+    if marks > 0 {
+        tracing::info!(
+            batches = marks,
+            bytes_read = read,
+            took_ms = started.elapsed().as_millis() as u64,
+            "Kafka: idempotent producers' recent batches recovered from the logs"
+        );
+    }
+}
+
 impl Endpoint {
     /// The front on `broker`; opens the committed offsets in `<data-dir>/_kafka` (blocking IO).
     pub fn new(broker: Arc<Broker>, config: KafkaConfig) -> Result<Arc<Self>, Error> {
         let path = broker.config().data_dir.join("_kafka");
         let sync = matches!(broker.config().fsync, ehub_partition_log::FsyncPolicy::Always);
-        let offsets = offsets::OffsetStore::open(&path, sync).map_err(|source| Error::Storage { path, source })?;
+        let offsets =
+            offsets::OffsetStore::open(&path, sync).map_err(|source| Error::Storage { path: path.clone(), source })?;
+        let secret = offsets.secret().map_err(|source| Error::Storage { path, source })?;
+        let producers = producers::Producers::new(secret);
+        recover_producers(&broker, &producers);
         Ok(Arc::new(Endpoint {
             broker,
             config,
             offsets: Arc::new(offsets),
-            producers: producers::Producers::default(),
+            producers,
             groups: groups::Coordinator::default(),
             metrics: KafkaMetrics::default(),
         }))

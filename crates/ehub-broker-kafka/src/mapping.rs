@@ -22,15 +22,24 @@ pub const KAFKA_KEY: &str = "x-opt-kafka-key";
 /// The header that carries an event's Event Hubs partition key.
 pub const PARTITION_KEY_HEADER: &str = "x-opt-partition-key";
 
-/// The stored form (an AMQP message) of a Kafka record.
+/// The stored form (an AMQP message) of a Kafka record; `mark` is the producer mark of an
+/// idempotent batch's first record ([`crate::producers`]).
 pub fn record_to_event(
     key: Option<&Bytes>,
     value: Option<&Bytes>,
     headers: &IndexMap<StrBytes, Option<Bytes>>,
+    mark: Option<Bytes>,
 ) -> Bytes {
     let mut m = Message::with_data(value.cloned().unwrap_or_default());
+    let mut annotations = Vec::new();
     if let Some(k) = key {
-        m.message_annotations = Some(vec![(Value::Symbol(Symbol::new(KAFKA_KEY)), Value::Binary(k.clone()))]);
+        annotations.push((Value::Symbol(Symbol::new(KAFKA_KEY)), Value::Binary(k.clone())));
+    }
+    if let Some(mark) = mark {
+        annotations.push((Value::Symbol(Symbol::new(ehub_model::annotations::KAFKA_PRODUCER)), Value::Binary(mark)));
+    }
+    if !annotations.is_empty() {
+        m.message_annotations = Some(annotations);
     }
     if !headers.is_empty() {
         m.application_properties = Some(
@@ -171,7 +180,7 @@ mod tests {
         headers.insert(StrBytes::from_static_str("h1"), Some(Bytes::from_static(b"\x00\x01binary")));
         headers.insert(StrBytes::from_static_str("empty"), None);
         let key = Bytes::from_static(b"user-7");
-        let payload = record_to_event(Some(&key), Some(&Bytes::from_static(b"value")), &headers);
+        let payload = record_to_event(Some(&key), Some(&Bytes::from_static(b"value")), &headers, None);
 
         // AMQP clients see the key as x-opt-kafka-key and headers as binary properties.
         let m = Message::decode(&payload).unwrap();

@@ -236,6 +236,26 @@ impl OffsetStore {
         v
     }
 
+    /// The data directory's secret for producer marks ([`crate::producers`]): 32 random bytes
+    /// made at the first start and kept (owner-only) in `<dir>/secret`.
+    pub fn secret(&self) -> std::io::Result<[u8; 32]> {
+        let path = self.dir.join("secret");
+        if let Ok(b) = std::fs::read(&path) {
+            if let Ok(s) = <[u8; 32]>::try_from(b.as_slice()) {
+                return Ok(s);
+            }
+            tracing::warn!(path = %path.display(), "Kafka: the producer-mark secret is damaged; making a new one");
+        }
+        let s: [u8; 32] = rand::random();
+        write_atomically(&self.dir, "secret", &s)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(s)
+    }
+
     /// A new producer id, never handed out before, also across restarts (blocking IO when a
     /// new block of ids is reserved).
     pub fn next_producer_id(&self) -> std::io::Result<i64> {
@@ -282,6 +302,15 @@ mod tests {
         drop(s);
         let s = OffsetStore::open(dir.path(), false).unwrap();
         assert_eq!(s.of_group("h"), vec![("eh1".to_string(), 3, c(1, None))]);
+    }
+
+    #[test]
+    fn the_secret_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = OffsetStore::open(dir.path(), true).unwrap().secret().unwrap();
+        let b = OffsetStore::open(dir.path(), true).unwrap().secret().unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, [0; 32]);
     }
 
     #[test]

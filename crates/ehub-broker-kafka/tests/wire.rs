@@ -150,6 +150,8 @@ async fn a_retried_idempotent_batch_is_stored_once_and_our_amqp_client_reads_the
         assert_eq!(key, Some(&ehub_amqp_codec::Value::Binary(Bytes::from_static(b"order-1"))));
         assert_eq!(got[0].property("trace"), Some(&ehub_amqp_codec::Value::Binary(Bytes::from_static(b"\x01\x02"))));
         assert_eq!(got[0].partition_key(), None, "the Kafka key is not the partition key");
+        // The front's producer mark stays inside the broker.
+        assert_eq!(ehub_amqp_codec::map_get(got[0].system_properties(), "x-opt-kafka-producer"), None);
         consumer.close().await;
         broker.stop().await.unwrap();
     })
@@ -219,6 +221,49 @@ async fn a_long_polling_fetch_wakes_up_when_a_record_arrives() {
         assert_eq!(set.records.len(), 1);
         assert_eq!(set.records[0].value.as_deref(), Some(&b"wake"[..]));
         assert_eq!(set.records[0].key.as_deref(), Some(&b"order-1"[..]));
+        broker.stop().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn an_idempotent_batch_retried_after_a_restart_is_not_stored_again() {
+    tokio::time::timeout(T, async {
+        let dir = tempfile::tempdir().unwrap();
+        let start = || async {
+            let mut config = ehub_broker::BrokerConfig::default();
+            config.core.data_dir = dir.path().to_owned();
+            ehub_broker::TestBroker::start_with(config).await.unwrap()
+        };
+        let broker = start().await;
+        let mut c = Client::connect(broker.kafka_addr(), &broker.connection_string()).await;
+        let id: InitProducerIdResponse = c
+            .call(InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000), 4)
+            .await;
+        let pid = id.producer_id.0;
+        let b0 = batch(&[b"a", b"b"], Some((pid, 0)));
+        let b1 = batch(&[b"c"], Some((pid, 2)));
+        assert_eq!(first(&c.call(produce(3, b0.clone()), 8).await), (0, 0));
+        assert_eq!(first(&c.call(produce(3, b1.clone()), 8).await), (0, 2));
+        drop(c);
+        broker.stop().await.unwrap();
+
+        // The acknowledgements were lost: the producer sends both batches again.
+        let broker = start().await;
+        let mut c = Client::connect(broker.kafka_addr(), &broker.connection_string()).await;
+        assert_eq!(first(&c.call(produce(3, b0), 8).await), (0, 0), "answered with its first offset");
+        assert_eq!(first(&c.call(produce(3, b1), 8).await), (0, 2));
+        assert_eq!(first(&c.call(produce(3, batch(&[b"d"], Some((pid, 3)))), 8).await), (0, 3));
+        let f: FetchResponse = c.call(fetch(3, 0, 0), 11).await;
+        let mut records = f.responses[0].partitions[0].records.clone().unwrap();
+        let values: Vec<_> = RecordBatchDecoder::decode_all(&mut records)
+            .unwrap()
+            .into_iter()
+            .flat_map(|s| s.records)
+            .map(|r| r.value.unwrap())
+            .collect();
+        assert_eq!(values, ["a", "b", "c", "d"].map(|v| Bytes::from_static(v.as_bytes())), "stored once each");
         broker.stop().await.unwrap();
     })
     .await

@@ -37,6 +37,10 @@ pub mod annotations {
     pub const ENQUEUED_TIME: &str = "x-opt-enqueued-time";
     /// Partition key (`string`).
     pub const PARTITION_KEY: &str = "x-opt-partition-key";
+    /// The Kafka front's mark on the first event of an idempotent producer's batch (`binary`),
+    /// from which it rebuilds producer state after a restart. The broker owns it: a sender's
+    /// own entry is never delivered, and the mark is authenticated by the front.
+    pub const KAFKA_PRODUCER: &str = "x-opt-kafka-producer";
     /// Runtime metric: last enqueued sequence number (delivery annotation, `long`).
     pub const LAST_ENQUEUED_SEQUENCE_NUMBER: &str = "last_enqueued_sequence_number";
     /// Runtime metric: last enqueued offset (delivery annotation, `string`).
