@@ -3,6 +3,7 @@
 `$ConnectionString`, a connection string as password) and share hubs, partitions and sequence
 numbers with AMQP clients (the official azure-eventhub SDK here)."""
 import asyncio
+import os
 import shutil
 import socket
 import struct
@@ -42,6 +43,18 @@ def kp_conf(b, **extra):
     )
     conf.update(extra)
     return conf
+
+
+def wait_port(port, timeout=10):
+    deadline = time.time() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def produce_all(conf, records):
@@ -399,3 +412,47 @@ def test_kill9_during_idempotent_acks_all_production_loses_and_doubles_nothing(b
     c = Consumer(kafka_conf(b, **{"group.id": "durable"}))
     assert c.committed([TopicPartition("eh1", 0)], timeout=10)[0].offset == 123
     c.close()
+
+
+def test_sasl_ssl_with_the_development_ca(broker_factory):
+    """SASL_SSL as on the service's port 9093: TLS with the broker's certificate (here its
+    development CA), hostname checked, then SASL PLAIN with the connection string."""
+    from conftest import free_port
+    tls_port = free_port()
+    b = broker_factory(extra_args=["--tls-self-signed", "--listen-tls", f"127.0.0.1:{free_port()}",
+                                   "--listen-kafka-tls", f"127.0.0.1:{tls_port}"]).start()
+    wait_port(tls_port)
+    ca = os.path.join(b.data_dir, "tls", "ca.pem")
+    ssl = {"bootstrap.servers": f"127.0.0.1:{tls_port}", "security.protocol": "SASL_SSL", "ssl.ca.location": ca}
+    conf = kafka_conf(b, acks="all", **{"enable.idempotence": True}, **ssl)
+    want = [b"tls-%d" % i for i in range(20)]
+    assert produce_all(conf, [(0, b"k", v, None) for v in want]) == [(0, i) for i in range(20)]
+
+    # librdkafka reads them back over TLS; the advertised address keeps it on the TLS port.
+    c = Consumer(kafka_conf(b, **ssl, **{"group.id": "tls-group", "auto.offset.reset": "earliest"}))
+    c.assign([TopicPartition("eh1", 0, 0)])
+    got = []
+    deadline = time.time() + 20
+    while len(got) < 20 and time.time() < deadline:
+        m = c.poll(1)
+        if m is not None and m.error() is None:
+            got.append(m.value())
+    c.close()
+    assert got == want
+
+    # kafka-python: the same, and the AMQP SDK sees what Kafka produced over TLS.
+    kc = KafkaConsumer(**kp_conf(b, bootstrap_servers=f"127.0.0.1:{tls_port}", security_protocol="SASL_SSL",
+                                 ssl_cafile=ca, group_id=None, consumer_timeout_ms=3000))
+    kc.assign([KTopicPartition("eh1", 0)])
+    kc.seek(KTopicPartition("eh1", 0), 0)
+    assert [m.value for m in kc] == want
+    kc.close()
+    assert [e.body_as_str() for e in amqp_read(b, 0, 20)] == [v.decode() for v in want]
+
+    # Without trusting the CA, the handshake fails: nothing is sent in the clear.
+    untrusted = Producer({**conf, "ssl.ca.location": "probe", "message.timeout.ms": 3000})
+    outcome = []
+    untrusted.produce("eh1", value=b"never", partition=0, on_delivery=lambda err, msg: outcome.append(err))
+    untrusted.flush(10)
+    assert len(outcome) == 1 and outcome[0] is not None, outcome
+    assert [e.body_as_str() for e in amqp_read(b, 0, 21, timeout=3)] == [v.decode() for v in want]

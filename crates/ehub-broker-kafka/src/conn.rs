@@ -38,8 +38,9 @@ use kafka_protocol::records::{Compression, RecordBatchEncoder, RecordEncodeOptio
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// Requests waiting for their answer, per connection, before reading pauses.
@@ -73,6 +74,8 @@ struct Conn {
     peer: SocketAddr,
     /// Where this client reached us: advertised unless configured otherwise.
     local: SocketAddr,
+    /// Whether it came through the TLS listener (SASL_SSL), which has its own advertised address.
+    tls: bool,
     slot: ConnectionSlot,
     grant: Option<Grant>,
     /// A v0 SaslHandshake: the next frame is a bare PLAIN token.
@@ -82,32 +85,83 @@ struct Conn {
     closing: bool,
 }
 
-/// Serves one connection until the client leaves, breaks the protocol, or `stop`.
+/// Serves one connection until the client leaves, breaks the protocol, or `stop`; over TLS
+/// (SASL_SSL) when `tls` is given, after the handshake.
 pub(crate) async fn run(
     ep: Arc<Endpoint>,
-    mut sock: TcpStream,
+    sock: TcpStream,
     peer: SocketAddr,
     slot: ConnectionSlot,
     stop: CancellationToken,
+    tls: Option<TlsAcceptor>,
 ) {
     let local = sock.local_addr().unwrap_or(peer);
-    ep.metrics.connections.inc();
     let deadline = tokio::time::Instant::now() + ep.broker.config().handshake_timeout;
-    let mut c = Conn {
+    let c = Conn {
         ep: Arc::clone(&ep),
         peer,
         local,
+        tls: tls.is_some(),
         slot,
         grant: None,
         raw_sasl_next: false,
         handshake_done: false,
         closing: false,
     };
-    let (mut rd, mut wr) = sock.split();
+    ep.metrics.connections.inc();
+    let reason = match tls {
+        None => {
+            let (rd, wr) = sock.into_split();
+            pump(c, rd, wr, deadline, &stop).await
+        }
+        Some(acceptor) => {
+            // The TLS handshake counts against the same deadline as authentication.
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => Err("broker stopping"),
+                r = tokio::time::timeout_at(deadline, acceptor.accept(sock)) => match r {
+                    Ok(Ok(stream)) => Ok(stream),
+                    Ok(Err(e)) => {
+                        tracing::info!(peer = %peer, error = %e, "Kafka: TLS handshake failed");
+                        ep.metrics.refuse("tls-handshake");
+                        Err("TLS handshake failed")
+                    }
+                    Err(_) => {
+                        ep.metrics.refuse("handshake-timeout");
+                        Err("no TLS handshake within the handshake timeout")
+                    }
+                },
+            };
+            match accepted {
+                Ok(stream) => {
+                    let (rd, wr) = tokio::io::split(stream);
+                    pump(c, rd, wr, deadline, &stop).await
+                }
+                Err(why) => why,
+            }
+        }
+    };
+    tracing::debug!(peer = %peer, reason, "Kafka connection ended");
+    ep.metrics.connections.dec();
+}
+
+/// Reads requests and writes their replies, in order, until the connection ends; returns why.
+async fn pump<R, W>(
+    mut c: Conn,
+    mut rd: R,
+    mut wr: W,
+    deadline: tokio::time::Instant,
+    stop: &CancellationToken,
+) -> &'static str
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let ep = Arc::clone(&c.ep);
+    let peer = c.peer;
     let mut buf = BytesMut::with_capacity(4096);
     let mut pending: FuturesOrdered<Reply> = FuturesOrdered::new();
     let max = ep.config.max_request_size;
-    let reason: &'static str = loop {
+    loop {
         // Take every whole request already read.
         while pending.len() < MAX_IN_FLIGHT && !c.closing && buf.len() >= 4 {
             let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
@@ -134,36 +188,39 @@ pub(crate) async fn run(
             }
         }
         if c.closing && pending.is_empty() {
-            break "closed by the broker";
+            return "closed by the broker";
         }
         let can_read = pending.len() < MAX_IN_FLIGHT && !c.closing;
         tokio::select! {
             biased;
-            _ = stop.cancelled() => break "broker stopping",
+            _ = stop.cancelled() => return "broker stopping",
             _ = tokio::time::sleep_until(deadline), if c.grant.is_none() => {
                 ep.metrics.refuse("handshake-timeout");
-                break "no authentication within the handshake timeout";
+                return "no authentication within the handshake timeout";
             }
             Some(reply) = pending.next(), if !pending.is_empty() => {
                 if let Some(bytes) = reply {
-                    if let Err(e) = wr.write_all(&bytes).await {
+                    // flush: TLS may hold the tail of a record back (a no-op on plain TCP).
+                    let written = async {
+                        wr.write_all(&bytes).await?;
+                        wr.flush().await
+                    };
+                    if let Err(e) = written.await {
                         tracing::debug!(peer = %peer, error = %e, "Kafka: write failed");
-                        break "write failed";
+                        return "write failed";
                     }
                 }
             }
             r = rd.read_buf(&mut buf), if can_read => match r {
-                Ok(0) => break "closed by the client",
+                Ok(0) => return "closed by the client",
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(peer = %peer, error = %e, "Kafka: read failed");
-                    break "read failed";
+                    return "read failed";
                 }
             },
         }
-    };
-    tracing::debug!(peer = %peer, reason, "Kafka connection ended");
-    ep.metrics.connections.dec();
+    }
 }
 
 fn ready(b: Option<Bytes>) -> Reply {
@@ -242,7 +299,8 @@ impl Conn {
     }
 
     fn advertised(&self) -> (String, i32) {
-        match &self.ep.config.advertised {
+        let configured = if self.tls { &self.ep.config.advertised_tls } else { &self.ep.config.advertised };
+        match configured {
             Some((h, p)) => (h.clone(), i32::from(*p)),
             None => (self.local.ip().to_string(), i32::from(self.local.port())),
         }

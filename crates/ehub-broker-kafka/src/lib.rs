@@ -49,6 +49,8 @@ pub struct KafkaConfig {
     /// for everything after bootstrapping. `None`: the address each client reached, so it
     /// works without configuration unless a port mapping or proxy sits in between.
     pub advertised: Option<(String, u16)>,
+    /// The same for clients of the TLS listener (SASL_SSL), whose address differs.
+    pub advertised_tls: Option<(String, u16)>,
     /// Largest request accepted; a larger one closes its connection (Event Hubs closes
     /// connections on requests over 1,046,528 bytes; clients' default `max.request.size` is
     /// 1 MiB, and a request carries a little more than its records).
@@ -57,7 +59,25 @@ pub struct KafkaConfig {
 
 impl Default for KafkaConfig {
     fn default() -> Self {
-        KafkaConfig { advertised: None, max_request_size: 2 * 1024 * 1024 }
+        KafkaConfig { advertised: None, advertised_tls: None, max_request_size: 2 * 1024 * 1024 }
+    }
+}
+
+/// How a listener's connections are carried.
+#[derive(Clone)]
+pub enum Transport {
+    /// Plain TCP: SASL_PLAINTEXT, the emulator's port 9092.
+    Plain,
+    /// TLS with this server configuration: SASL_SSL, the service's port 9093.
+    Tls(Arc<rustls::ServerConfig>),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Plain => "Plain",
+            Transport::Tls(_) => "Tls",
+        })
     }
 }
 
@@ -201,14 +221,45 @@ impl Endpoint {
         );
     }
 
-    /// Serves Kafka clients on `listener` until `shutdown` is cancelled; then closes every
-    /// connection and returns.
+    /// Serves Kafka clients on `listener` (SASL_PLAINTEXT) until `shutdown` is cancelled; then
+    /// closes every connection and returns.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
+        self.serve_listeners(vec![(listener, Transport::Plain)], shutdown).await
+    }
+
+    /// Serves Kafka clients on every listener, each plain (SASL_PLAINTEXT) or TLS (SASL_SSL),
+    /// until `shutdown` is cancelled; then closes every connection and returns.
+    pub async fn serve_listeners(
+        self: Arc<Self>,
+        listeners: Vec<(TcpListener, Transport)>,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
         let tracker = TaskTracker::new();
         let sweeper = tokio::spawn(groups::sweep(Arc::clone(&self), shutdown.clone()));
+        for (listener, transport) in listeners {
+            let tls = match transport {
+                Transport::Plain => None,
+                Transport::Tls(config) => Some(tokio_rustls::TlsAcceptor::from(config)),
+            };
+            tracker.spawn(Arc::clone(&self).accept(listener, tls, shutdown.clone(), tracker.clone()));
+        }
+        shutdown.cancelled().await;
+        tracker.close();
+        tracker.wait().await;
+        sweeper.abort();
+        Ok(())
+    }
+
+    async fn accept(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) {
         loop {
             let (sock, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => return,
                 r = listener.accept() => match r {
                     Ok(x) => x,
                     Err(e) => {
@@ -228,11 +279,7 @@ impl Endpoint {
             };
             let _ = sock.set_nodelay(true);
             let (ep, stop) = (Arc::clone(&self), shutdown.clone());
-            tracker.spawn(conn::run(ep, sock, peer, slot, stop));
+            tracker.spawn(conn::run(ep, sock, peer, slot, stop, tls.clone()));
         }
-        tracker.close();
-        tracker.wait().await;
-        sweeper.abort();
-        Ok(())
     }
 }

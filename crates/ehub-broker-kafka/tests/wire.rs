@@ -14,19 +14,44 @@ use kafka_protocol::records::{
 };
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const T: Duration = Duration::from_secs(60);
 
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
+
 struct Client {
-    sock: TcpStream,
+    sock: Box<dyn Stream>,
     next: i32,
+}
+
+/// A TLS connection trusting only the broker's development CA, as a SASL_SSL client.
+async fn tls_stream(addr: SocketAddr, ca: &std::path::Path) -> std::io::Result<Box<dyn Stream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).unwrap();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    Ok(Box::new(connector.connect(name, TcpStream::connect(addr).await?).await?))
 }
 
 impl Client {
     async fn connect(addr: SocketAddr, cs: &str) -> Client {
-        let mut c = Client { sock: TcpStream::connect(addr).await.unwrap(), next: 1 };
+        Client::authenticate(Box::new(TcpStream::connect(addr).await.unwrap()), cs).await
+    }
+
+    async fn authenticate(sock: Box<dyn Stream>, cs: &str) -> Client {
+        let mut c = Client { sock, next: 1 };
         let r: SaslHandshakeResponse =
             c.call(SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")), 1).await;
         assert_eq!(r.error_code, 0);
@@ -49,6 +74,7 @@ impl Client {
         req.encode(&mut buf, version).unwrap();
         self.sock.write_all(&(buf.len() as u32).to_be_bytes()).await.unwrap();
         self.sock.write_all(&buf).await.unwrap();
+        self.sock.flush().await.unwrap();
         cid
     }
 
@@ -264,6 +290,49 @@ async fn an_idempotent_batch_retried_after_a_restart_is_not_stored_again() {
             .map(|r| r.value.unwrap())
             .collect();
         assert_eq!(values, ["a", "b", "c", "d"].map(|v| Bytes::from_static(v.as_bytes())), "stored once each");
+        broker.stop().await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn sasl_ssl_serves_the_same_hubs_over_tls_and_advertises_its_own_port() {
+    tokio::time::timeout(T, async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ehub_broker::BrokerConfig::default();
+        config.core.data_dir = dir.path().to_owned();
+        config.tls.source = ehub_broker::TlsSource::SelfSigned;
+        let broker = ehub_broker::TestBroker::start_with(config).await.unwrap();
+        let (plain, tls) = (broker.kafka_addr(), broker.kafka_tls_addr().expect("SASL_SSL with TLS on"));
+        let ca = broker.ca_path().unwrap().to_owned();
+        let cs = broker.connection_string();
+        let mut c = Client::authenticate(tls_stream(tls, &ca).await.unwrap(), &cs).await;
+
+        // Metadata sends SASL_SSL clients back to the TLS port, not the plain one.
+        let md: MetadataResponse = c.call(MetadataRequest::default().with_topics(None), 12).await;
+        assert_eq!(md.brokers.len(), 1);
+        assert_eq!((md.brokers[0].host.as_str(), md.brokers[0].port), ("127.0.0.1", i32::from(tls.port())));
+        assert_eq!(first(&c.call(produce(2, batch(&[b"over", b"tls"], None)), 8).await), (0, 0));
+        let f: FetchResponse = c.call(fetch(2, 0, 0), 11).await;
+        let mut records = f.responses[0].partitions[0].records.clone().unwrap();
+        let set = RecordBatchDecoder::decode(&mut records).unwrap();
+        let values: Vec<_> = set.records.iter().map(|r| r.value.clone().unwrap()).collect();
+        assert_eq!(values, [Bytes::from_static(b"over"), Bytes::from_static(b"tls")]);
+
+        // The plain listener sees the same partition, and advertises itself.
+        let mut p = Client::connect(plain, &cs).await;
+        let md: MetadataResponse = p.call(MetadataRequest::default().with_topics(None), 12).await;
+        assert_eq!(md.brokers[0].port, i32::from(plain.port()));
+        let f: FetchResponse = p.call(fetch(2, 1, 0), 11).await;
+        assert!(f.responses[0].partitions[0].records.as_ref().is_some_and(|r| !r.is_empty()));
+
+        // Plain Kafka bytes on the TLS port end that connection, and the listener goes on.
+        let mut raw = TcpStream::connect(tls).await.unwrap();
+        raw.write_all(&[0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0, 0]).await.unwrap();
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut sink)).await.unwrap();
+        assert!(Client::authenticate(tls_stream(tls, &ca).await.unwrap(), &cs).await.next > 1);
         broker.stop().await.unwrap();
     })
     .await

@@ -85,6 +85,9 @@ pub struct BrokerConfig {
     /// Where the Kafka endpoint listens (SASL_PLAINTEXT, PLAIN with a connection string), if
     /// anywhere. Default 127.0.0.1:9092, the emulator's Kafka port.
     pub listen_kafka: Option<SocketAddr>,
+    /// Where the Kafka endpoint listens over TLS (SASL_SSL, the service's port 9093) when
+    /// [`BrokerConfig::tls`] has a certificate. Default 127.0.0.1:9093.
+    pub listen_kafka_tls: Option<SocketAddr>,
     /// The Kafka endpoint's settings (the address it advertises, the request size limit).
     pub kafka: KafkaConfig,
     /// The core's settings: storage, limits, auth policies, hubs.
@@ -110,6 +113,7 @@ impl Default for BrokerConfig {
             management: AdminConfig::default(),
             amqp: AmqpLimits::default(),
             listen_kafka: Some("127.0.0.1:9092".parse().expect("valid address")),
+            listen_kafka_tls: Some("127.0.0.1:9093".parse().expect("valid address")),
             kafka: KafkaConfig::default(),
             core: CoreConfig::default(),
         }
@@ -146,6 +150,8 @@ struct TomlFile {
 struct TomlKafka {
     listen: Option<String>,
     advertised: Option<String>,
+    listen_tls: Option<String>,
+    advertised_tls: Option<String>,
     max_request_bytes: Option<usize>,
 }
 
@@ -428,6 +434,12 @@ impl BrokerConfig {
         if let Some(a) = f.kafka.advertised {
             c.kafka.advertised = parse_advertised(&a).map_err(|e| invalid("kafka.advertised", e))?;
         }
+        if let Some(l) = f.kafka.listen_tls {
+            c.listen_kafka_tls = optional_addr("kafka.listen_tls", l)?;
+        }
+        if let Some(a) = f.kafka.advertised_tls {
+            c.kafka.advertised_tls = parse_advertised(&a).map_err(|e| invalid("kafka.advertised_tls", e))?;
+        }
         if let Some(m) = f.kafka.max_request_bytes {
             c.kafka.max_request_size = m;
         }
@@ -695,14 +707,18 @@ mod tests {
     #[test]
     fn the_kafka_section() {
         let c = BrokerConfig::from_toml(
-            "[kafka]\nlisten = \"0.0.0.0:19092\"\nadvertised = \"kafka.local:9093\"\nmax_request_bytes = 4096\n",
+            "[kafka]\nlisten = \"0.0.0.0:19092\"\nadvertised = \"kafka.local:9093\"\nmax_request_bytes = 4096\nlisten_tls = \"0.0.0.0:19093\"\nadvertised_tls = \"kafka.local:443\"\n",
         )
         .unwrap();
         assert_eq!(c.listen_kafka, Some("0.0.0.0:19092".parse().unwrap()));
         assert_eq!(c.kafka.advertised, Some(("kafka.local".to_string(), 9093)));
         assert_eq!(c.kafka.max_request_size, 4096);
-        let off = BrokerConfig::from_toml("[kafka]\nlisten = \"off\"\nadvertised = \"auto\"\n").unwrap();
-        assert_eq!((off.listen_kafka, off.kafka.advertised), (None, None));
+        assert_eq!(c.listen_kafka_tls, Some("0.0.0.0:19093".parse().unwrap()));
+        assert_eq!(c.kafka.advertised_tls, Some(("kafka.local".to_string(), 443)));
+        let off = BrokerConfig::from_toml("[kafka]\nlisten = \"off\"\nadvertised = \"auto\"\nlisten_tls = \"off\"\n")
+            .unwrap();
+        assert_eq!((off.listen_kafka, off.kafka.advertised, off.listen_kafka_tls), (None, None, None));
+        assert_eq!(BrokerConfig::default().listen_kafka_tls, Some("127.0.0.1:9093".parse().unwrap()));
         assert_eq!(BrokerConfig::default().listen_kafka, Some("127.0.0.1:9092".parse().unwrap()));
         assert_eq!(parse_advertised("[::1]:9092").unwrap(), Some(("::1".to_string(), 9092)));
         for bad in ["nohost", ":9092", "h:port"] {

@@ -117,6 +117,8 @@ pub struct Running {
     pub management: Option<SocketAddr>,
     /// The Kafka endpoint, if configured.
     pub kafka: Option<SocketAddr>,
+    /// The Kafka endpoint over TLS (SASL_SSL), if configured and TLS is on.
+    pub kafka_tls: Option<SocketAddr>,
     /// The development CA's certificate (PEM) that clients must trust, with a self-signed
     /// TLS setup.
     pub ca: Option<PathBuf>,
@@ -171,6 +173,7 @@ pub async fn start(config: BrokerConfig) -> Result<Running, Error> {
         .await
         .map_err(std::io::Error::other)??;
     let (mut tls, mut websocket_tls, mut ca) = (None, None, None);
+    let tls_server = tls_loaded.as_ref().map(|l| std::sync::Arc::clone(&l.server));
     if let Some(loaded) = tls_loaded {
         if let Some(addr) = config.tls.listen {
             let socket = bind("AMQP over TLS", addr).await?;
@@ -209,16 +212,26 @@ pub async fn start(config: BrokerConfig) -> Result<Running, Error> {
         blob = Some(socket.local_addr()?);
         blob_front = Some((endpoint, socket, store));
     }
-    let mut kafka = None;
+    let (mut kafka, mut kafka_tls) = (None, None);
     let mut kafka_front = None;
-    if let Some(addr) = config.listen_kafka {
+    let kafka_tls_listen = config.listen_kafka_tls.zip(tls_server);
+    if config.listen_kafka.is_some() || kafka_tls_listen.is_some() {
         let (b, k) = (std::sync::Arc::clone(&broker), config.kafka.clone());
         let endpoint = tokio::task::spawn_blocking(move || ehub_broker_kafka::Endpoint::new(b, k))
             .await
             .map_err(std::io::Error::other)??;
-        let socket = bind("the Kafka endpoint", addr).await?;
-        kafka = Some(socket.local_addr()?);
-        kafka_front = Some((endpoint, socket));
+        let mut sockets = Vec::new();
+        if let Some(addr) = config.listen_kafka {
+            let socket = bind("the Kafka endpoint", addr).await?;
+            kafka = Some(socket.local_addr()?);
+            sockets.push((socket, ehub_broker_kafka::Transport::Plain));
+        }
+        if let Some((addr, server)) = kafka_tls_listen {
+            let socket = bind("the Kafka endpoint over TLS", addr).await?;
+            kafka_tls = Some(socket.local_addr()?);
+            sockets.push((socket, ehub_broker_kafka::Transport::Tls(server)));
+        }
+        kafka_front = Some((endpoint, sockets));
     }
     // One registry for the core and every front, served on the management endpoint.
     let mut registry = ehub_broker_core::prometheus_client::registry::Registry::default();
@@ -247,7 +260,8 @@ pub async fn start(config: BrokerConfig) -> Result<Running, Error> {
         let admin_task = admin_front.map(|(endpoint, socket)| tokio::spawn(endpoint.serve(socket, stop.clone())));
         let blob_task =
             blob_front.map(|(endpoint, socket, store)| (tokio::spawn(endpoint.serve(socket, stop.clone())), store));
-        let kafka_task = kafka_front.map(|(endpoint, socket)| tokio::spawn(endpoint.serve(socket, stop.clone())));
+        let kafka_task =
+            kafka_front.map(|(endpoint, sockets)| tokio::spawn(endpoint.serve_listeners(sockets, stop.clone())));
         let options = ServeOptions { metrics: amqp_metrics, limits: config.amqp.clone() };
         let amqp_result = serve_listeners_with(broker, listeners, stop, options).await;
         if let Some((t, store)) = blob_task {
@@ -263,7 +277,7 @@ pub async fn start(config: BrokerConfig) -> Result<Running, Error> {
         amqp_result?;
         Ok(())
     });
-    Ok(Running { amqp, websocket, blob, tls, websocket_tls, management, kafka, ca, shutdown, task })
+    Ok(Running { amqp, websocket, blob, tls, websocket_tls, management, kafka, kafka_tls, ca, shutdown, task })
 }
 
 /// A broker for tests, in one line: in-process, on free loopback ports (AMQP, AMQP over
@@ -318,6 +332,9 @@ impl TestBroker {
         if config.listen_kafka == defaults.listen_kafka {
             config.listen_kafka = Some(any);
         }
+        if config.listen_kafka_tls == defaults.listen_kafka_tls {
+            config.listen_kafka_tls = Some(any);
+        }
         if config.listen_management == defaults.listen_management {
             config.listen_management = Some(any);
         }
@@ -357,6 +374,11 @@ impl TestBroker {
     /// Where the Kafka endpoint is served (a Kafka client's `bootstrap.servers`).
     pub fn kafka_addr(&self) -> SocketAddr {
         self.running().kafka.expect("a test broker serves Kafka")
+    }
+
+    /// Where the Kafka endpoint is served over TLS (SASL_SSL), if the config turned TLS on.
+    pub fn kafka_tls_addr(&self) -> Option<SocketAddr> {
+        self.running().kafka_tls
     }
 
     /// Where the HTTP management endpoint is served.

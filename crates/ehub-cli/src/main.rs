@@ -130,6 +130,14 @@ pub(crate) struct ServeArgs {
     /// proxy). Default: the address each client reached.
     #[arg(long, value_name = "HOST:PORT")]
     kafka_advertised: Option<String>,
+    /// Where the Kafka endpoint listens over TLS (SASL_SSL, the service's port 9093), or "off";
+    /// served when TLS is on (--tls-self-signed or --tls-cert). Default 127.0.0.1:9093.
+    #[arg(long, value_name = "HOST:PORT|off")]
+    listen_kafka_tls: Option<String>,
+    /// The HOST:PORT the Kafka endpoint tells SASL_SSL clients to connect to. Default: the
+    /// address each client reached.
+    #[arg(long, value_name = "HOST:PORT")]
+    kafka_advertised_tls: Option<String>,
     /// Serve AMQP over TLS with this certificate chain (PEM; needs --tls-key).
     #[arg(long, value_name = "FILE", requires = "tls_key", conflicts_with = "tls_self_signed")]
     tls_cert: Option<PathBuf>,

@@ -35,6 +35,12 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
     if let Some(a) = &args.kafka_advertised {
         cfg.kafka.advertised = parse_advertised(a).map_err(anyhow::Error::msg).context("--kafka-advertised")?;
     }
+    if let Some(l) = &args.listen_kafka_tls {
+        cfg.listen_kafka_tls = optional_addr("listen-kafka-tls", l)?;
+    }
+    if let Some(a) = &args.kafka_advertised_tls {
+        cfg.kafka.advertised_tls = parse_advertised(a).map_err(anyhow::Error::msg).context("--kafka-advertised-tls")?;
+    }
     match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => cfg.tls.source = TlsSource::Files { cert: cert.clone(), key: key.clone() },
         _ if args.tls_self_signed => cfg.tls.source = TlsSource::SelfSigned,
@@ -72,6 +78,7 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
             listen_wss = %off(running.websocket_tls),
             listen_management = %off(running.management),
             listen_kafka = %off(running.kafka),
+            listen_kafka_tls = %off(running.kafka_tls),
             data_dir = %data_dir.display(),
             fsync = %fsync,
             hubs = %hubs.join(","),
