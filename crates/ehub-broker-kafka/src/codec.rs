@@ -1,12 +1,17 @@
 //! Decoding what a Kafka client sends: request frames (through `kafka-protocol`) and the
 //! record batches of a produce, turned into events. Public so that the fuzz targets reach them.
 
-use crate::mapping::record_to_event;
+use crate::mapping::encode_record_event;
 use crate::versions::range;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ehub_partition_log::AppendEvent;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind};
 use kafka_protocol::records::RecordBatchDecoder;
+
+/// An event's AMQP framing beyond its key, value and headers: the data section's descriptor
+/// and length, and the annotations section with the key's name (an estimate for sizing; the
+/// buffer grows if it is short).
+const EVENT_OVERHEAD: usize = 48;
 
 /// A decoded request frame.
 #[derive(Debug)]
@@ -98,10 +103,20 @@ pub fn decode_records(records: Option<Bytes>, mark: &dyn Fn((i64, i16, i32, i32)
             });
         }
     }
+    // One allocation for every event of the request: each is a slice of it.
+    let (mut count, mut size) = (0, 0);
+    for r in sets.iter().flat_map(|s| &s.records) {
+        count += 1;
+        size += EVENT_OVERHEAD + r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len());
+        size += r.headers.iter().map(|(k, v)| 16 + k.len() + v.as_ref().map_or(0, |v| v.len())).sum::<usize>();
+    }
+    out.events.reserve_exact(count);
+    let mut buf = BytesMut::with_capacity(size + if out.producer.is_some() { 96 } else { 0 });
     for set in &sets {
         for r in &set.records {
             let m = out.producer.filter(|_| out.events.is_empty()).map(mark);
-            let payload = record_to_event(r.key.as_ref(), r.value.as_ref(), &r.headers, m);
+            encode_record_event(r.key.as_ref(), r.value.as_ref(), &r.headers, m, &mut buf);
+            let payload = buf.split().freeze();
             out.bytes += payload.len();
             out.events.push(AppendEvent { partition_key: None, payload });
         }

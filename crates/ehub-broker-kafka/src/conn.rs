@@ -191,6 +191,15 @@ where
             return "closed by the broker";
         }
         let can_read = pending.len() < MAX_IN_FLIGHT && !c.closing;
+        // Within a large request, read only up to its end: bytes of the next request read
+        // into the same allocation would be copied out of it once this one is split off.
+        let rest = match buf.get(..4) {
+            Some(h) => (4 + u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize).saturating_sub(buf.len()),
+            None => 0,
+        };
+        if buf.capacity() == buf.len() && rest == 0 {
+            buf.reserve(4096);
+        }
         tokio::select! {
             biased;
             _ = stop.cancelled() => return "broker stopping",
@@ -211,7 +220,13 @@ where
                     }
                 }
             }
-            r = rd.read_buf(&mut buf), if can_read => match r {
+            r = async {
+                if rest > 64 * 1024 {
+                    (&mut rd).take(rest as u64).read_buf(&mut buf).await
+                } else {
+                    rd.read_buf(&mut buf).await
+                }
+            }, if can_read => match r {
                 Ok(0) => return "closed by the client",
                 Ok(_) => {}
                 Err(e) => {
