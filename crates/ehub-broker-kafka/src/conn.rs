@@ -12,7 +12,7 @@ use crate::versions::ADVERTISED;
 use crate::Endpoint;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ehub_broker_core::{covers, ConnectionSlot, Grant, Hub, TokenType};
-use ehub_partition_log::StartPosition;
+use ehub_partition_log::{Partition, StartPosition};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
@@ -238,6 +238,12 @@ where
     }
 }
 
+/// A topic's partition by Kafka index, or the topic's error.
+fn partition_of(hub: &Result<Arc<Hub>, i16>, index: i32) -> Result<Arc<Partition>, i16> {
+    let hub = hub.as_ref().map_err(|c| *c)?;
+    usize::try_from(index).ok().and_then(|i| hub.partitions.get(i).cloned()).ok_or(err::UNKNOWN_TOPIC_OR_PARTITION)
+}
+
 fn ready(b: Option<Bytes>) -> Reply {
     Box::pin(std::future::ready(b))
 }
@@ -311,6 +317,15 @@ impl Conn {
             return Access::Denied;
         }
         Access::Ok(hub)
+    }
+
+    /// [`Conn::hub`] with Kafka's error codes for an unknown or forbidden topic.
+    fn hub_or_error(&self, name: &str, send: bool) -> Result<Arc<Hub>, i16> {
+        match self.hub(name, send) {
+            Access::Ok(h) => Ok(h),
+            Access::Unknown => Err(err::UNKNOWN_TOPIC_OR_PARTITION),
+            Access::Denied => Err(err::TOPIC_AUTHORIZATION_FAILED),
+        }
     }
 
     fn advertised(&self) -> (String, i32) {
@@ -545,11 +560,7 @@ impl Conn {
         let timeout = Duration::from_millis(r.timeout_ms.max(0) as u64);
         let mut topics: Vec<(TopicName, Vec<Pending>)> = Vec::new();
         for t in r.topic_data {
-            let hub = match self.hub(t.name.as_str(), true) {
-                Access::Ok(h) => Ok(h),
-                Access::Unknown => Err(err::UNKNOWN_TOPIC_OR_PARTITION),
-                Access::Denied => Err(err::TOPIC_AUTHORIZATION_FAILED),
-            };
+            let hub = self.hub_or_error(t.name.as_str(), true);
             let parts = t
                 .partition_data
                 .into_iter()
@@ -658,11 +669,7 @@ impl Conn {
     fn fetch(&self, r: FetchRequest, respond: impl FnOnce(ResponseKind) -> Option<Bytes> + Send + 'static) -> Reply {
         let mut wanted = Vec::new();
         for t in r.topics {
-            let hub = match self.hub(t.topic.as_str(), false) {
-                Access::Ok(h) => Ok(h),
-                Access::Unknown => Err(err::UNKNOWN_TOPIC_OR_PARTITION),
-                Access::Denied => Err(err::TOPIC_AUTHORIZATION_FAILED),
-            };
+            let hub = self.hub_or_error(t.topic.as_str(), false);
             let parts: Vec<FetchPart> = t
                 .partitions
                 .iter()
@@ -670,13 +677,7 @@ impl Conn {
                     index: p.partition,
                     offset: p.fetch_offset,
                     max_bytes: p.partition_max_bytes.max(0) as usize,
-                    partition: match &hub {
-                        Ok(h) => usize::try_from(p.partition)
-                            .ok()
-                            .and_then(|i| h.partitions.get(i).cloned())
-                            .ok_or(err::UNKNOWN_TOPIC_OR_PARTITION),
-                        Err(code) => Err(*code),
-                    },
+                    partition: partition_of(&hub, p.partition),
                     counters: hub.as_ref().ok().and_then(|h| h.counters.get(p.partition.max(0) as usize).cloned()),
                 })
                 .collect();
@@ -713,24 +714,11 @@ impl Conn {
     ) -> Reply {
         let mut asks = Vec::new();
         for t in r.topics {
-            let hub = match self.hub(t.name.as_str(), false) {
-                Access::Ok(h) => Ok(h),
-                Access::Unknown => Err(err::UNKNOWN_TOPIC_OR_PARTITION),
-                Access::Denied => Err(err::TOPIC_AUTHORIZATION_FAILED),
-            };
+            let hub = self.hub_or_error(t.name.as_str(), false);
             let parts: Vec<_> = t
                 .partitions
                 .iter()
-                .map(|p| {
-                    let part = match &hub {
-                        Ok(h) => usize::try_from(p.partition_index)
-                            .ok()
-                            .and_then(|i| h.partitions.get(i).cloned())
-                            .ok_or(err::UNKNOWN_TOPIC_OR_PARTITION),
-                        Err(c) => Err(*c),
-                    };
-                    (p.partition_index, p.timestamp, part)
-                })
+                .map(|p| (p.partition_index, p.timestamp, partition_of(&hub, p.partition_index)))
                 .collect();
             asks.push((t.name, parts));
         }
@@ -1122,7 +1110,7 @@ struct FetchPart {
     index: i32,
     offset: i64,
     max_bytes: usize,
-    partition: Result<Arc<ehub_partition_log::Partition>, i16>,
+    partition: Result<Arc<Partition>, i16>,
     counters: Option<ehub_broker_core::PartitionCounters>,
 }
 

@@ -54,7 +54,7 @@ pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 type Key = (i64, Arc<str>, i32);
 
 /// Every idempotent producer's state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Producers {
     states: Mutex<HashMap<Key, State>>,
     secret: [u8; 32],
@@ -222,7 +222,7 @@ mod tests {
 
     #[test]
     fn retries_are_duplicates_and_gaps_are_refused() {
-        let p = Producers::default();
+        let p = Producers::new([0; 32]);
         let hub: Arc<str> = Arc::from("eh1");
         let Check::Append(tx) = p.check(7, 0, &hub, 0, 0, 9) else { panic!() };
         tx.send_replace(Some(Ok(100)));
@@ -242,7 +242,7 @@ mod tests {
 
     #[test]
     fn a_failed_batch_is_stored_again_when_retried() {
-        let p = Producers::default();
+        let p = Producers::new([0; 32]);
         let hub: Arc<str> = Arc::from("eh1");
         let Check::Append(tx) = p.check(1, 0, &hub, 0, 0, 4) else { panic!() };
         tx.send_replace(Some(Err(56)));
