@@ -199,7 +199,11 @@ impl Endpoint {
             offsets::OffsetStore::open(&path, sync).map_err(|source| Error::Storage { path: path.clone(), source })?;
         let secret = offsets.secret().map_err(|source| Error::Storage { path, source })?;
         let producers = producers::Producers::new(secret);
-        recover_producers(&broker, &producers);
+        // Reading partitions' tails at every start is only worth it once idempotent producers
+        // have written: a broker that never served one starts without touching its logs.
+        if offsets.issued_producer_ids() {
+            recover_producers(&broker, &producers);
+        }
         Ok(Arc::new(Endpoint {
             broker,
             config,

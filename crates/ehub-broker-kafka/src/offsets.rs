@@ -132,12 +132,29 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 fn write_atomically(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
+    write_atomically_with(dir, name, data, &mut OpenOptions::new())
+}
+
+/// Writes `name` whole or not at all; `options` may add a file mode (set at creation, so the
+/// data is never readable with a wider one).
+fn write_atomically_with(dir: &Path, name: &str, data: &[u8], options: &mut OpenOptions) -> std::io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = File::create(&tmp)?;
+    let _ = std::fs::remove_file(&tmp); // a stale one would keep its old mode
+    let mut f = options.write(true).create(true).truncate(true).open(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
     std::fs::rename(&tmp, dir.join(name))?;
     sync_dir(dir)
+}
+
+/// Replaces the journal with one record per live entry; returns it opened for appending.
+fn compact(dir: &Path, map: &HashMap<OffsetKey, Committed>) -> std::io::Result<File> {
+    let mut snap = BytesMut::new();
+    for (k, c) in map {
+        encode(&mut snap, k, c);
+    }
+    write_atomically(dir, "offsets.log", &snap)?;
+    OpenOptions::new().append(true).open(dir.join("offsets.log"))
 }
 
 impl OffsetStore {
@@ -157,12 +174,7 @@ impl OffsetStore {
         let map: HashMap<_, _> = records.into_iter().collect();
         // Rewrite as a snapshot of the live entries when most records are stale (or the tail was torn).
         let file = if valid < data.len() || count > 2 * map.len() + 1024 {
-            let mut snap = BytesMut::new();
-            for (k, c) in &map {
-                encode(&mut snap, k, c);
-            }
-            write_atomically(dir, "offsets.log", &snap)?;
-            OpenOptions::new().append(true).open(&path)?
+            compact(dir, &map)?
         } else {
             OpenOptions::new().create(true).append(true).open(&path)?
         };
@@ -201,12 +213,7 @@ impl OffsetStore {
             map.insert(k, c);
         }
         if j.records > 2 * map.len() + 4096 {
-            let mut snap = BytesMut::new();
-            for (k, c) in map.iter() {
-                encode(&mut snap, k, c);
-            }
-            write_atomically(&self.dir, "offsets.log", &snap)?;
-            j.file = OpenOptions::new().append(true).open(self.dir.join("offsets.log"))?;
+            j.file = compact(&self.dir, &map)?;
             j.records = map.len();
         }
         Ok(())
@@ -247,13 +254,17 @@ impl OffsetStore {
             tracing::warn!(path = %path.display(), "Kafka: the producer-mark secret is damaged; making a new one");
         }
         let s: [u8; 32] = rand::random();
-        write_atomically(&self.dir, "secret", &s)?;
+        let mut owner_only = OpenOptions::new();
         #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        }
+        std::os::unix::fs::OpenOptionsExt::mode(&mut owner_only, 0o600);
+        write_atomically_with(&self.dir, "secret", &s, &mut owner_only)?;
         Ok(s)
+    }
+
+    /// Whether this data directory ever handed out a producer id (if not, no partition holds
+    /// an idempotent producer's batch, and there is nothing to recover at start).
+    pub fn issued_producer_ids(&self) -> bool {
+        self.producer_ids.lock().unwrap_or_else(|p| p.into_inner()).1 > 0
     }
 
     /// A new producer id, never handed out before, also across restarts (blocking IO when a
@@ -311,16 +322,24 @@ mod tests {
         let b = OffsetStore::open(dir.path(), true).unwrap().secret().unwrap();
         assert_eq!(a, b);
         assert_ne!(a, [0; 32]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("secret")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "readable by the owner only");
+        }
     }
 
     #[test]
     fn producer_ids_are_never_reused_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let s = OffsetStore::open(dir.path(), true).unwrap();
+        assert!(!s.issued_producer_ids(), "a new store has issued none: start-up skips recovery");
         let (a, b) = (s.next_producer_id().unwrap(), s.next_producer_id().unwrap());
         assert_eq!((a, b), (0, 1));
         drop(s);
         let s = OffsetStore::open(dir.path(), true).unwrap();
+        assert!(s.issued_producer_ids(), "known after a restart: start-up recovers");
         assert!(s.next_producer_id().unwrap() > b);
     }
 
