@@ -93,7 +93,7 @@ pub struct Message {
     /// Message annotations.
     pub message_annotations: Option<Map>,
     /// Properties.
-    pub properties: Option<Properties>,
+    pub properties: Option<Box<Properties>>,
     /// Application properties (string keys by spec; kept as values to tolerate peers).
     pub application_properties: Option<Map>,
     /// Body.
@@ -234,7 +234,7 @@ impl Message {
                 descriptor::PROPERTIES => {
                     let (_, mut f) = dec.read_composite()?;
                     let nonnull = |v: Value| if v.is_null() { None } else { Some(v) };
-                    m.properties = Some(Properties {
+                    m.properties = Some(Box::new(Properties {
                         message_id: nonnull(f.value()?),
                         user_id: f.opt_binary()?,
                         to: f.opt_string()?,
@@ -248,7 +248,7 @@ impl Message {
                         group_id: f.opt_string()?,
                         group_sequence: f.opt_u32()?,
                         reply_to_group_id: f.opt_string()?,
-                    });
+                    }));
                 }
                 _ => {
                     dec = probe;

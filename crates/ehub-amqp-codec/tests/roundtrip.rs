@@ -105,7 +105,7 @@ proptest! {
         let mut m = Message::with_data(Bytes::from(body));
         m.header = Some(Header { durable: Some(true), ..Default::default() });
         m.application_properties = Some(props.into_iter().map(|(k, v)| (Value::String(k), v)).collect());
-        m.properties = msg_id.map(|id| Properties { message_id: Some(Value::Ulong(id)), ..Default::default() });
+        m.properties = msg_id.map(|id| Box::new(Properties { message_id: Some(Value::Ulong(id)), ..Default::default() }));
         m.message_annotations = key.map(|k| vec![(Value::Symbol("x-opt-partition-key".into()), Value::String(k))]);
         let raw = m.to_bytes().unwrap();
         prop_assert_eq!(Message::decode(&raw).unwrap(), m.clone());
@@ -135,7 +135,7 @@ proptest! {
         m.header = header.then(|| Header { durable: Some(true), ..Default::default() });
         m.application_properties = (!props.is_empty()).then(|| props.into_iter().map(|(k, v)| (Value::String(k), v)).collect());
         m.message_annotations = (!annotations.is_empty()).then(|| annotations.into_iter().map(|(k, v)| (Value::Symbol(k.into()), v)).collect());
-        m.properties = msg_id.map(|id| Properties { message_id: Some(Value::Ulong(id)), ..Default::default() });
+        m.properties = msg_id.map(|id| Box::new(Properties { message_id: Some(Value::Ulong(id)), ..Default::default() }));
         m.footer = footer.then(|| vec![(Value::Symbol("x-f".into()), Value::Uint(1))]);
         let mut raw = m.to_bytes().unwrap().to_vec();
         prop_assert_eq!(SectionSpans::scan(&Bytes::from(raw.clone())), SectionSpans::scan_generic(&Bytes::from(raw.clone())));

@@ -117,11 +117,11 @@ impl Client {
         let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + ttl;
         let token = ehub_model::generate_sas_token(audience, "RootManageSharedAccessKey", key, exp);
         let mut m = Message::with_value(Value::String(token));
-        m.properties = Some(Properties {
+        m.properties = Some(Box::new(Properties {
             message_id: Some(Value::Ulong(7)),
             reply_to: Some("cbs-reply".into()),
             ..Default::default()
-        });
+        }));
         m.application_properties = Some(vec![
             (Value::from("operation"), Value::from("put-token")),
             (Value::from("type"), Value::from("servicebus.windows.net:sastoken")),

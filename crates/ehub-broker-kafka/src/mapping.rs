@@ -263,11 +263,11 @@ mod tests {
     #[test]
     fn an_amqp_event_reads_as_the_service_maps_it() {
         let mut m = Message::with_data(Bytes::from_static(b"body"));
-        m.properties = Some(Properties {
+        m.properties = Some(Box::new(Properties {
             message_id: Some(Value::String("m-1".into())),
             content_type: Some(Symbol::new("application/json")),
             ..Default::default()
-        });
+        }));
         m.application_properties = Some(vec![
             (Value::String("s".into()), Value::String("Notification".into())),
             (Value::String("b".into()), Value::Binary(Bytes::from_static(b"raw"))),

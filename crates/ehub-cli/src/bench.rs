@@ -95,8 +95,8 @@ pub(crate) struct BenchArgs {
     /// Receiver prefetch (link credit).
     #[arg(long, default_value_t = 3000)]
     prefetch: u32,
-    /// send: through the buffered producer, events enqueued one by one from --tasks tasks;
-    /// events/s from the first enqueue to the last success callback.
+    /// send: through the buffered producer, events enqueued one by one from --tasks tasks,
+    /// then a flush; events/s from the first enqueue to the last success callback.
     #[arg(long)]
     buffered: bool,
     /// Tasks enqueueing, with --buffered.
@@ -444,7 +444,8 @@ async fn e2e(t: &Target, a: &BenchArgs) -> Result<()> {
 }
 
 /// `bench send --buffered`: --tasks tasks enqueue single events, spread over the chosen
-/// partitions by event number; the clock runs from the first enqueue to the last success.
+/// partitions by event number, then flush; the clock runs from the first enqueue to the last
+/// success.
 async fn send_buffered(t: &Target, a: &BenchArgs) -> Result<()> {
     use ehub::buffered::{BufferedProducerClient, EnqueueEventOptions};
     if a.tasks == 0 {
@@ -500,6 +501,9 @@ async fn send_buffered(t: &Target, a: &BenchArgs) -> Result<()> {
         r??;
         progress.update(reported.load(Ordering::Relaxed));
     }
+    // Nothing more to enqueue: send the partial batches now, as a program ending its stream
+    // does, rather than timing their max_wait_time.
+    buffered.flush(None).await?;
     while reported.load(Ordering::Relaxed) < limit {
         tokio::select! {
             _ = all_reported.notified() => {}

@@ -11,8 +11,8 @@ use crate::options::{ClientOptions, Endpoint};
 use crate::transport::{self, BoxStream};
 use bytes::Bytes;
 use ehub_amqp_codec::{
-    Attach, DeliveryState, Error as AmqpError, Map, Message, Properties, ReceiverSettleMode, Role, SenderSettleMode,
-    Source, Symbol, Target, Value,
+    Attach, DeliveryState, Error as AmqpError, Map, Message, ReceiverSettleMode, Role, SenderSettleMode, Source,
+    Symbol, Target, Value,
 };
 use ehub_amqp_endpoint::driver::Transport;
 use ehub_amqp_endpoint::{
@@ -588,7 +588,7 @@ impl Actor {
             let Some((mut m, reply)) = n.queue.pop_front() else { break };
             let id = self.next_request_id;
             self.next_request_id += 1;
-            let p = m.properties.get_or_insert_with(Properties::default);
+            let p = m.properties.get_or_insert_with(Default::default);
             p.message_id = Some(Value::Ulong(id));
             p.reply_to = Some(n.reply_to.clone());
             let bytes = match m.to_bytes() {

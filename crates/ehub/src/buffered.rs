@@ -76,57 +76,248 @@ pub struct EnqueueEventOptions {
 type OnSuccess = dyn Fn(Vec<EventData>, &str) + Send + Sync;
 type OnError = dyn Fn(Vec<EventData>, &str, Error) + Send + Sync;
 
+/// Keeps what it holds on cache lines of its own, so that enqueuers on different threads do
+/// not slow each other down by writing next to what another thread reads.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// The shard an enqueuing thread writes to: threads are numbered as they first enqueue.
+fn shard_of_thread() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local!(static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed));
+    SHARD.with(|s| *s)
+}
+
 /// One partition's buffer and its bookkeeping.
+///
+/// The buffer is split into shards, one per enqueuing thread (by thread number, so threads
+/// rarely share one), so that tasks on different threads enqueueing to one partition do not
+/// contend for one lock and one vector. Each event gets the partition's next index, taken while
+/// its shard is locked: once the sender has read `enqueued` and then locked each shard in turn,
+/// every event below what it read is in a shard, so it takes an unbroken prefix and puts it back
+/// in index order. An event enqueued after another one returned is therefore sent after it.
 struct Partition {
     id: String,
-    queue: Mutex<Queue>,
-    /// Room in the buffer: one permit per event that may still be enqueued.
-    room: Semaphore,
+    /// Events ever enqueued: the next event's index.
+    enqueued: Padded<AtomicU64>,
+    /// Every event below this index has been taken from the shards by the sender; the buffer
+    /// holds `enqueued - taken` events (at most `max_buffer_length`).
+    taken: Padded<AtomicU64>,
+    shards: Box<[Padded<Mutex<Shard>>]>,
+    /// Events reported to a callback.
+    reported_count: Padded<AtomicU64>,
     /// Wakes the partition's sender.
     wake: Notify,
-    /// Events enqueued and not yet reported.
-    pending: AtomicUsize,
+    /// Wakes enqueuers waiting for room.
+    room_freed: Notify,
+    /// Send everything below this index now (flush, close).
+    urgent_below: AtomicU64,
     /// Every event below this index has been reported (the flush barrier).
     reported_below: watch::Sender<u64>,
     /// Reported ranges above `reported_below` (with concurrent sends, out of order).
     reported_ranges: Mutex<BTreeMap<u64, u64>>,
 }
 
+/// What one thread's enqueues to a partition wait in.
 #[derive(Default)]
-struct Queue {
-    /// Never more than `max_buffer_length` (the room semaphore sees to it), so a send takes
-    /// all of it at once, swapping in an empty vector: events are not moved one by one.
-    events: Vec<EventData>,
-    /// Each event's partition key, beside it.
-    keys: Vec<Option<String>>,
-    /// Index of the first event in `events` (events are numbered per partition).
-    first_index: u64,
-    /// Encoded-size estimate of what waits, to send before a batch would overflow.
+struct Shard {
+    /// In index order.
+    entries: Vec<Entry>,
+    /// An empty vector with room, for `entries` after the next take.
+    spare: Vec<Entry>,
+    /// Encoded-size estimate of the entries.
     bytes: usize,
-    /// When the oldest waiting event was enqueued.
+    /// When the oldest entry was enqueued.
     oldest: Option<Instant>,
-    /// Send everything below this index now (flush, close).
-    urgent_below: u64,
     /// The client is closing: no more events.
     closed: bool,
 }
 
+struct Entry {
+    index: u64,
+    key: Option<String>,
+    event: EventData,
+}
+
+/// The size estimate an event adds to its buffer.
+fn estimate(event: &EventData) -> usize {
+    event.body().map_or(0, <[u8]>::len) + 64
+}
+
+/// Why an enqueue did not buffer its event.
+enum NotPushed {
+    Full,
+    Closed,
+}
+
+/// The buffer's state as the sender sees it before deciding to send.
+struct Peek {
+    count: u64,
+    bytes: usize,
+    oldest: Option<Instant>,
+}
+
 impl Partition {
-    fn new(id: String, max_buffer_length: usize) -> Arc<Self> {
+    fn new(id: String) -> Arc<Self> {
+        let shards = std::thread::available_parallelism().map_or(4, |n| n.get()).saturating_mul(2).clamp(8, 64);
         Arc::new(Partition {
             id,
-            queue: Mutex::new(Queue::default()),
-            room: Semaphore::new(max_buffer_length.max(1)),
+            enqueued: Padded(AtomicU64::new(0)),
+            taken: Padded(AtomicU64::new(0)),
+            shards: (0..shards).map(|_| Padded(Mutex::new(Shard::default()))).collect(),
+            reported_count: Padded(AtomicU64::new(0)),
             wake: Notify::new(),
-            pending: AtomicUsize::new(0),
+            room_freed: Notify::new(),
+            urgent_below: AtomicU64::new(0),
             reported_below: watch::Sender::new(0),
             reported_ranges: Mutex::new(BTreeMap::new()),
         })
     }
 
+    /// Events enqueued and not yet reported.
+    fn pending(&self) -> usize {
+        let enqueued = self.enqueued.load(Ordering::Acquire);
+        enqueued.saturating_sub(self.reported_count.load(Ordering::Acquire)) as usize
+    }
+
+    /// Whether the buffer has room for one more event.
+    fn has_room(&self, max: u64) -> bool {
+        let taken = self.taken.load(Ordering::Acquire);
+        self.enqueued.load(Ordering::Acquire).saturating_sub(taken) < max
+    }
+
+    /// Buffers an event (taking it from `event`) in this thread's shard if there is room.
+    /// Returns whether the sender should be woken (the shard's first event, to time its wait,
+    /// or a full buffer).
+    fn push(
+        &self,
+        event: &mut Option<EventData>,
+        key: &mut Option<String>,
+        max_len: u64,
+        full_bytes: usize,
+    ) -> std::result::Result<bool, NotPushed> {
+        let mut shard = self.shards[shard_of_thread() % self.shards.len()].lock().unwrap_or_else(|p| p.into_inner());
+        // Checked under the shard's lock, which close takes too: nothing lands after.
+        if shard.closed {
+            return Err(NotPushed::Closed);
+        }
+        // `taken` before `enqueued`: what the sender took was below what we then read.
+        let taken = self.taken.load(Ordering::Acquire);
+        let mut index = self.enqueued.load(Ordering::Acquire);
+        loop {
+            if index.saturating_sub(taken) >= max_len {
+                return Err(NotPushed::Full);
+            }
+            match self.enqueued.compare_exchange_weak(index, index + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(now) => index = now,
+            }
+        }
+        let event = event.take().expect("pushed once");
+        let size = estimate(&event);
+        let first = shard.entries.is_empty();
+        if first {
+            shard.oldest = Some(Instant::now());
+        }
+        let before = shard.bytes;
+        shard.bytes += size;
+        shard.entries.push(Entry { index, key: key.take(), event });
+        let crossed = full_bytes > 0 && before < full_bytes && shard.bytes >= full_bytes;
+        Ok(first || crossed || index + 1 - taken >= max_len)
+    }
+
+    /// The buffer's count, size and oldest event, for the sender.
+    fn peek(&self) -> Peek {
+        let count = self.enqueued.load(Ordering::Acquire) - self.taken.load(Ordering::Acquire);
+        let mut bytes = 0;
+        let mut oldest: Option<Instant> = None;
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            bytes += shard.bytes;
+            oldest = match (oldest, shard.oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Peek { count, bytes, oldest }
+    }
+
+    /// Takes every event enqueued so far out of the shards, in index order (the sender alone
+    /// calls this), and frees their room.
+    fn take(&self) -> Taken {
+        let start = self.taken.load(Ordering::Acquire);
+        let end = self.enqueued.load(Ordering::Acquire);
+        // (shard, its events below `end`)
+        let mut runs: Vec<(usize, Vec<Entry>)> = Vec::new();
+        for (at, shard) in self.shards.iter().enumerate() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let below = shard.entries.partition_point(|e| e.index < end);
+            if below == 0 {
+                continue;
+            }
+            let run: Vec<Entry> = if below == shard.entries.len() {
+                // The shard fills again into the vector the last take emptied: no allocation,
+                // and memory that is already mapped and warm.
+                let mut next = std::mem::take(&mut shard.spare);
+                next.reserve(below);
+                std::mem::replace(&mut shard.entries, next)
+            } else {
+                shard.entries.drain(..below).collect()
+            };
+            shard.bytes -= run.iter().map(|e| estimate(&e.event)).sum::<usize>();
+            // What stays came after `end` was read: it has waited no longer than that.
+            shard.oldest = if shard.entries.is_empty() { None } else { Some(Instant::now()) };
+            runs.push((at, run));
+        }
+        self.taken.store(end, Ordering::Release);
+        self.room_freed.notify_waiters();
+        let n = (end - start) as usize;
+        let mut events = Vec::with_capacity(n);
+        let mut keys = Vec::with_capacity(n);
+        if let [(_, run)] = runs.as_mut_slice() {
+            for e in run.drain(..) {
+                events.push(e.event);
+                keys.push(e.key);
+            }
+        } else {
+            // Merge the shards' runs by index: each run is in order and together they hold
+            // exactly `start..end`, so the next index is at the head of one of them.
+            // (Heads are looked at in place, so each event is moved once, into `events`.)
+            let mut heads: Vec<_> = runs.iter_mut().map(|(_, run)| run.drain(..)).collect();
+            let mut at = 0;
+            for index in start..end {
+                if heads[at].as_slice().first().is_none_or(|e| e.index != index) {
+                    at = heads
+                        .iter()
+                        .position(|h| h.as_slice().first().is_some_and(|e| e.index == index))
+                        .expect("every index below `enqueued` is in a shard");
+                }
+                let e = heads[at].next().expect("looked at");
+                events.push(e.event);
+                keys.push(e.key);
+            }
+        }
+        debug_assert_eq!(events.len(), n);
+        // The emptied vectors go back as the shards' spares.
+        for (at, run) in runs {
+            let mut shard = self.shards[at].lock().unwrap_or_else(|p| p.into_inner());
+            if run.capacity() > shard.spare.capacity() {
+                shard.spare = run;
+            }
+        }
+        Taken { events, keys, start }
+    }
+
     /// Marks events `[start, end)` as reported and moves the barrier past every complete prefix.
     fn reported(&self, start: u64, end: u64) {
-        self.pending.fetch_sub((end - start) as usize, Ordering::AcqRel);
+        self.reported_count.fetch_add(end - start, Ordering::AcqRel);
         let mut ranges = self.reported_ranges.lock().unwrap_or_else(|p| p.into_inner());
         ranges.insert(start, end);
         let mut below = *self.reported_below.borrow();
@@ -213,9 +404,15 @@ struct Inner {
 impl Inner {
     /// Whether a buffer is due as full: by count, or by its size estimate against the link's
     /// largest message (once a batch has told it).
-    fn is_full(&self, q: &Queue) -> bool {
+    fn is_full(&self, peek: &Peek) -> bool {
         let max = self.max_message_size.load(Ordering::Relaxed);
-        q.events.len() >= self.options.max_buffer_length || (max > 0 && q.bytes as u64 >= max)
+        peek.count >= self.options.max_buffer_length as u64 || (max > 0 && peek.bytes as u64 >= max)
+    }
+
+    /// The shard size at which an enqueue wakes the sender to check the buffer's size: a
+    /// quarter of the link's largest message, so that a few busy shards are noticed in time.
+    fn wake_bytes(&self) -> usize {
+        (self.max_message_size.load(Ordering::Relaxed) / 4) as usize
     }
 }
 
@@ -311,8 +508,7 @@ impl BufferedProducerClientBuilder {
             return Err(Error::invalid("max_buffer_length, max_concurrent_sends and max_wait_time must be above zero"));
         }
         let ids = producer.get_partition_ids().await?;
-        let partitions: Vec<Arc<Partition>> =
-            ids.into_iter().map(|id| Partition::new(id, self.options.max_buffer_length)).collect();
+        let partitions: Vec<Arc<Partition>> = ids.into_iter().map(Partition::new).collect();
         let inner = Arc::new(Inner {
             producer,
             options: self.options,
@@ -364,7 +560,7 @@ impl BufferedProducerClient {
         let mut depth = usize::MAX;
         for i in 0..n {
             let at = (start + i) % n;
-            let d = table.get(at).pending.load(Ordering::Relaxed);
+            let d = table.get(at).pending();
             if d < depth {
                 best = at;
                 depth = d;
@@ -384,30 +580,45 @@ impl BufferedProducerClient {
             return Err(Error::client_closed());
         }
         let p = self.route(&options)?;
-        match p.room.try_acquire() {
-            Ok(permit) => permit.forget(),
-            Err(_) => {
-                let waited = tokio::time::timeout(self.inner.options.enqueue_timeout, p.room.acquire()).await;
-                match waited {
-                    Ok(Ok(permit)) => permit.forget(),
-                    Ok(Err(_)) => return Err(Error::client_closed()),
-                    Err(_) => {
+        let mut key = if options.partition_id.is_some() { None } else { options.partition_key };
+        // The caller's span is current here, not in the sender task that encodes the event.
+        let mut event = Some(event.into());
+        if let Some(e) = &mut event {
+            e.stamp_current_trace_context();
+        }
+        let max_len = self.inner.options.max_buffer_length as u64;
+        let mut deadline = None;
+        loop {
+            match p.push(&mut event, &mut key, max_len, self.inner.wake_bytes()) {
+                Ok(wake) => {
+                    if wake {
+                        p.wake.notify_one();
+                    }
+                    return Ok(());
+                }
+                Err(NotPushed::Closed) => return Err(Error::client_closed()),
+                Err(NotPushed::Full) => {
+                    let timeout = self.inner.options.enqueue_timeout;
+                    let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+                    // Registered before the room is checked again, so a take in between wakes it.
+                    let freed = p.room_freed.notified();
+                    tokio::pin!(freed);
+                    freed.as_mut().enable();
+                    if p.has_room(max_len) || self.inner.closed.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    if tokio::time::timeout_at(deadline, freed).await.is_err() {
                         return Err(Error::new(
                             ErrorKind::OperationTimeout,
                             format!(
-                                "partition {}'s buffer stayed full for {:?}; the event was not enqueued",
-                                p.id, self.inner.options.enqueue_timeout
+                                "partition {}'s buffer stayed full for {timeout:?}; the event was not enqueued",
+                                p.id
                             ),
-                        ))
+                        ));
                     }
                 }
             }
         }
-        let key = if options.partition_id.is_some() { None } else { options.partition_key };
-        // The caller's span is current here, not in the sender task that encodes the event.
-        let mut event = event.into();
-        event.stamp_current_trace_context();
-        self.push(p, event, key)
     }
 
     /// Buffers several events with the same routing, in order.
@@ -423,40 +634,14 @@ impl BufferedProducerClient {
         Ok(())
     }
 
-    fn push(&self, p: &Partition, event: EventData, key: Option<String>) -> Result<()> {
-        let size = event.body().map_or(0, <[u8]>::len) + 64;
-        let wake = {
-            let mut q = p.queue.lock().unwrap_or_else(|p| p.into_inner());
-            // Checked under the buffer's lock, which close takes too: nothing lands after.
-            if q.closed {
-                p.room.add_permits(1);
-                return Err(Error::client_closed());
-            }
-            p.pending.fetch_add(1, Ordering::AcqRel);
-            q.events.push(event);
-            q.keys.push(key);
-            q.bytes += size;
-            let first = q.oldest.is_none();
-            if first {
-                q.oldest = Some(Instant::now());
-            }
-            // The sender wants to hear of the first event (to time its wait) and of a full buffer.
-            first || self.inner.is_full(&q)
-        };
-        if wake {
-            p.wake.notify_one();
-        }
-        Ok(())
-    }
-
     /// Events enqueued for `partition_id` and not yet reported.
     pub fn get_buffered_event_count(&self, partition_id: &str) -> usize {
-        self.partitions().find(|p| p.id == partition_id).map_or(0, |p| p.pending.load(Ordering::Acquire))
+        self.partitions().find(|p| p.id == partition_id).map_or(0, |p| p.pending())
     }
 
     /// Events enqueued and not yet reported, over all partitions.
     pub fn total_buffered_event_count(&self) -> usize {
-        self.partitions().map(|p| p.pending.load(Ordering::Acquire)).sum()
+        self.partitions().map(|p| p.pending()).sum()
     }
 
     /// A barrier: sends what waits now, and returns once every event enqueued before the call
@@ -465,12 +650,9 @@ impl BufferedProducerClient {
     pub async fn flush(&self, timeout: Option<Duration>) -> Result<()> {
         let mut waits = Vec::new();
         for p in self.partitions() {
-            let target = {
-                let mut q = p.queue.lock().unwrap_or_else(|p| p.into_inner());
-                let end = q.first_index + q.events.len() as u64;
-                q.urgent_below = q.urgent_below.max(end);
-                end
-            };
+            // Every event whose enqueue returned before this call has an index below it.
+            let target = p.enqueued.load(Ordering::Acquire);
+            p.urgent_below.fetch_max(target, Ordering::AcqRel);
             p.wake.notify_one();
             let mut rx = p.reported_below.subscribe();
             waits.push(async move {
@@ -498,8 +680,10 @@ impl BufferedProducerClient {
         self.inner.closed.store(true, Ordering::Release);
         // Enqueues waiting for room fail now, and no event lands in a buffer after this.
         for p in self.partitions() {
-            p.room.close();
-            p.queue.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+            for shard in p.shards.iter() {
+                shard.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+            }
+            p.room_freed.notify_waiters();
         }
         let flushed = if flush { self.flush(timeout).await } else { Ok(()) };
         if !flush || flushed.is_err() {
@@ -534,7 +718,7 @@ async fn refresh_partitions(inner: Arc<Inner>) {
         let known = inner.partitions.len();
         for id in ids.into_iter().skip(known) {
             tracing::info!(partition_id = %id, "buffered producer: the hub has a new partition");
-            let p = Partition::new(id, inner.options.max_buffer_length);
+            let p = Partition::new(id);
             if !inner.partitions.push(Arc::clone(&p)) {
                 break;
             }
@@ -550,19 +734,6 @@ struct Taken {
     start: u64,
 }
 
-/// Takes everything waiting (the buffer never holds more than one send's worth).
-fn take_all(q: &mut Queue) -> Taken {
-    let start = q.first_index;
-    // The next fill gets room for as many again: no regrowth (and moving) as it fills.
-    let room = q.events.len();
-    let events = std::mem::replace(&mut q.events, Vec::with_capacity(room));
-    let keys = std::mem::replace(&mut q.keys, Vec::with_capacity(room));
-    q.first_index += events.len() as u64;
-    q.bytes = 0;
-    q.oldest = None;
-    Taken { events, keys, start }
-}
-
 /// One partition's sender: waits until a batch is due, takes it, sends it, reports it.
 async fn send_partition(inner: Arc<Inner>, p: Arc<Partition>) {
     let slots = Arc::new(Semaphore::new(inner.options.max_concurrent_sends));
@@ -572,27 +743,24 @@ async fn send_partition(inner: Arc<Inner>, p: Arc<Partition>) {
         // against its room), so a stuck partition holds enqueues back.
         let slot = Arc::clone(&slots).acquire_owned().await.expect("never closed");
         let stopping = inner.stop.is_cancelled();
-        let due = {
-            let mut q = p.queue.lock().unwrap_or_else(|p| p.into_inner());
-            if q.events.is_empty() {
-                None
-            } else if inner.abandon.load(Ordering::Acquire) {
-                Some(Err(take_all(&mut q)))
+        let peek = p.peek();
+        let due = if peek.count == 0 {
+            None
+        } else if inner.abandon.load(Ordering::Acquire) {
+            Some(Err(p.take()))
+        } else {
+            let full = inner.is_full(&peek);
+            let urgent = p.urgent_below.load(Ordering::Acquire) > p.taken.load(Ordering::Acquire) || stopping;
+            let waited = peek.oldest.is_some_and(|t| t.elapsed() >= inner.options.max_wait_time);
+            if full || urgent || waited {
+                Some(Ok(p.take()))
             } else {
-                let full = inner.is_full(&q);
-                let urgent = q.urgent_below > q.first_index || stopping;
-                let waited = q.oldest.is_some_and(|t| t.elapsed() >= inner.options.max_wait_time);
-                if full || urgent || waited {
-                    Some(Ok(take_all(&mut q)))
-                } else {
-                    None
-                }
+                None
             }
         };
         match due {
             Some(Err(abandoned)) => {
                 let n = abandoned.events.len();
-                p.room.add_permits(n);
                 let events = abandoned.events;
                 let e =
                     Error::new(ErrorKind::ClientClosed, "the client closed without flushing: the event was not sent");
@@ -601,7 +769,6 @@ async fn send_partition(inner: Arc<Inner>, p: Arc<Partition>) {
                 continue;
             }
             Some(Ok(taken)) => {
-                p.room.add_permits(taken.events.len());
                 let (inner2, p2) = (Arc::clone(&inner), Arc::clone(&p));
                 in_flight.spawn(async move {
                     send_taken(&inner2, &p2, taken).await;
@@ -616,15 +783,14 @@ async fn send_partition(inner: Arc<Inner>, p: Arc<Partition>) {
         if stopping {
             // Nothing waits and the client is closing: let the sends in flight end.
             while in_flight.join_next().await.is_some() {}
-            let empty = p.queue.lock().map(|q| q.events.is_empty()).unwrap_or(true);
-            if empty {
+            if p.peek().count == 0 {
                 return;
             }
             continue;
         }
         // Sleep until an event arrives, the buffer fills, the oldest event's wait runs out,
         // a flush, or close.
-        let deadline = p.queue.lock().ok().and_then(|q| q.oldest).map(|t| t + inner.options.max_wait_time);
+        let deadline = peek.oldest.map(|t| t + inner.options.max_wait_time);
         tokio::select! {
             _ = p.wake.notified() => {}
             _ = inner.stop.cancelled() => {}

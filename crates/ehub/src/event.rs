@@ -83,7 +83,7 @@ impl EventData {
     }
 
     fn props(&mut self) -> &mut Properties {
-        self.message.properties.get_or_insert_with(Properties::default)
+        self.message.properties.get_or_insert_with(Default::default)
     }
 
     /// The body when it is one `data` section.

@@ -153,6 +153,97 @@ async fn every_event_is_reported_once_and_keys_and_partitions_keep_their_order()
     .unwrap();
 }
 
+/// Enqueuers on many threads into one partition: each thread's events wait in a shard of their
+/// own, and the sender puts them back in enqueue order. Tasks that yield often (so the runtime
+/// moves them between its threads, and so between shards) and plain threads, with a small
+/// buffer so that enqueues wait for room and sends take part of what the shards hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueuers_on_many_threads_keep_their_order_in_one_partition() {
+    tokio::time::timeout(T, async {
+        let f = start().await;
+        let cs = f.broker.connection_string();
+        let options = BufferedProducerOptions {
+            max_buffer_length: 64,
+            max_wait_time: Duration::from_millis(2),
+            ..Default::default()
+        };
+        let (producer, reports) = open(&cs, options, ClientOptions::default()).await;
+        const N: usize = 2000;
+        let mut tasks = Vec::new();
+        for t in 0..6 {
+            let producer = producer.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..N {
+                    producer.enqueue_event(format!("task{t}-{i}"), to("2")).await.unwrap();
+                    if i % 7 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }));
+        }
+        let handle = tokio::runtime::Handle::current();
+        let threads: Vec<_> = (0..3)
+            .map(|t| {
+                let (producer, handle) = (producer.clone(), handle.clone());
+                std::thread::spawn(move || {
+                    for i in 0..N {
+                        handle.block_on(producer.enqueue_event(format!("thread{t}-{i}"), to("2"))).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| t.join().unwrap())).await.unwrap();
+        // Three threads in a ring, each enqueueing one event and then handing the turn on:
+        // each event is enqueued after the one before returned, whatever thread it came from,
+        // so the partition must hold them in exactly that order.
+        const RING: usize = 3000;
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..3).map(|_| std::sync::mpsc::channel::<usize>()).unzip();
+        let ring: Vec<_> = receivers
+            .into_iter()
+            .enumerate()
+            .map(|(t, turns)| {
+                let (producer, handle, next) = (producer.clone(), handle.clone(), senders[(t + 1) % 3].clone());
+                std::thread::spawn(move || {
+                    while let Ok(i) = turns.recv() {
+                        if i == RING {
+                            let _ = next.send(RING);
+                            return;
+                        }
+                        handle.block_on(producer.enqueue_event(format!("ring-{i}"), to("2"))).unwrap();
+                        let _ = next.send(i + 1);
+                    }
+                })
+            })
+            .collect();
+        senders[0].send(0).unwrap();
+        drop(senders);
+        tokio::task::spawn_blocking(move || ring.into_iter().for_each(|t| t.join().unwrap())).await.unwrap();
+        producer.close(true, None).await.unwrap();
+
+        let r = snapshot(&reports);
+        assert!(r.failed.is_empty(), "{:?}", &r.failed[..r.failed.len().min(3)]);
+        assert_eq!(r.ok.len(), 9 * N + RING, "each event reported");
+        let store = stored(&cs).await;
+        let on_broker: Vec<&String> = store["2"].iter().map(|(b, _)| b).collect();
+        assert_eq!(on_broker.len(), 9 * N + RING, "each event stored once");
+        let ring: Vec<&String> = on_broker.iter().copied().filter(|b| b.starts_with("ring-")).collect();
+        let expected: Vec<String> = (0..RING).map(|i| format!("ring-{i}")).collect();
+        assert!(ring.iter().copied().eq(expected.iter()), "the ring's events in the order they were enqueued");
+        let reported: Vec<&String> = r.ok.iter().map(|(_, b)| b).collect();
+        assert_eq!(reported, on_broker, "reported in the partition's order");
+        for source in (0..6).map(|t| format!("task{t}-")).chain((0..3).map(|t| format!("thread{t}-"))) {
+            let mine: Vec<&String> = on_broker.iter().copied().filter(|b| b.starts_with(&source)).collect();
+            let expected: Vec<String> = (0..N).map(|i| format!("{source}{i}")).collect();
+            assert!(mine.iter().copied().eq(expected.iter()), "{source}: in enqueue order");
+        }
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_is_a_barrier_while_others_keep_enqueueing() {
     tokio::time::timeout(T, async {

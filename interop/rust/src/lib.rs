@@ -104,7 +104,18 @@ impl Broker {
         let bin = ehub_bin();
         assert!(bin.exists(), "{} not found: run `cargo build --release` at the workspace root", bin.display());
         let child = Command::new(bin)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--listen-blob", "off", "--listen-management", "off", "--listen-kafka", "off", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--listen-blob",
+                "off",
+                "--listen-management",
+                "off",
+                "--listen-kafka",
+                "off",
+                "--data-dir",
+            ])
             .arg(dir.path())
             .args(["--fsync", fsync])
             .stdout(Stdio::null())
