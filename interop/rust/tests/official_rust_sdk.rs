@@ -296,7 +296,17 @@ async fn ehub_client_speaks_the_official_sdks_dialect() {
                 consumer.open_receiver_on_partition("0".into(), Some(sdk_from_earliest(None, Some(3)))).await.unwrap();
             next_event(&rx).await;
             rx.close().await.unwrap();
-            consumer.close().await.unwrap();
+            // The SDK cannot always detach a receiver it has just read from: its
+            // `close_receiver` skips the detach while an in-flight receive still holds the
+            // link ("close_receiver could not detach by-value"), and ending the session under
+            // the still-attached link then fails inside fe2o3 with "Illegal local state". A
+            // race on the client's side (seen once in about 50 runs); the connection closes
+            // as the client is dropped, and the dialect compared here (attaches, tokens,
+            // management requests) was sent either way.
+            if let Err(e) = consumer.close().await {
+                let text = format!("{e} {e:?}");
+                assert!(text.contains("Illegal local state"), "the official consumer's close: {text}");
+            }
             producer.close().await.unwrap();
         }
         let sdk = dialect(&proxy.take_when_closed().await);
