@@ -17,7 +17,7 @@ before(async () => {
   tlsPort = await freePort();
   dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "ehub-js-tls-"));
   broker = spawn(EHUB, ["serve", "--listen", `127.0.0.1:${port}`, "--listen-blob", "off", "--listen-management", "off", "--listen-kafka", "off", "--data-dir", dataDir,
-    "--tls-self-signed", "--listen-tls", `127.0.0.1:${tlsPort}`], { stdio: "ignore" });
+    "--listen-kafka-tls", "off", "--tls-self-signed", "--listen-tls", `127.0.0.1:${tlsPort}`], { stdio: "ignore" });
   await waitListening(tlsPort);
 });
 

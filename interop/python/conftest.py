@@ -43,6 +43,9 @@ class Broker:
         if self.config:
             args += ["--config", self.config]
         args += self.extra_args
+        if "--tls-self-signed" in args and "--listen-kafka-tls" not in args:
+            # With TLS on, the Kafka endpoint's TLS listener defaults to the fixed 9093.
+            args += ["--listen-kafka-tls", f"127.0.0.1:{free_port()}"]
         self.log = open(os.path.join(self.data_dir, "broker.log"), "ab")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
         deadline = time.time() + 10
@@ -52,7 +55,10 @@ class Broker:
                 return self
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError("broker exited early; see " + self.log.name)
+                    self.log.flush()
+                    with open(self.log.name, "rb") as f:
+                        tail = f.read()[-2000:].decode("utf-8", "replace")
+                    raise RuntimeError(f"broker exited early ({' '.join(args)}); its log ends:\n{tail}")
                 time.sleep(0.02)
         raise RuntimeError("broker did not start listening")
 

@@ -55,6 +55,9 @@ fn serve_logged(
             "127.0.0.1:0",
             "--listen-kafka",
             "127.0.0.1:0",
+            // Used only with TLS on; the default is the fixed 9093.
+            "--listen-kafka-tls",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(dir.path())
