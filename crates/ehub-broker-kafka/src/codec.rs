@@ -111,7 +111,9 @@ pub fn decode_records(records: Option<Bytes>, mark: &dyn Fn((i64, i16, i32, i32)
         size += r.headers.iter().map(|(k, v)| 16 + k.len() + v.as_ref().map_or(0, |v| v.len())).sum::<usize>();
     }
     out.events.reserve_exact(count);
-    let mut buf = BytesMut::with_capacity(size + if out.producer.is_some() { 96 } else { 0 });
+    // The first event of an idempotent batch also carries the producer mark, under its name.
+    let marked = if out.producer.is_some() { crate::producers::MARK_LEN + EVENT_OVERHEAD } else { 0 };
+    let mut buf = BytesMut::with_capacity(size + marked);
     for set in &sets {
         for r in &set.records {
             let m = out.producer.filter(|_| out.events.is_empty()).map(mark);

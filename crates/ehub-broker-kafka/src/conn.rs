@@ -163,8 +163,8 @@ where
     let max = ep.config.max_request_size;
     loop {
         // Take every whole request already read.
-        while pending.len() < MAX_IN_FLIGHT && !c.closing && buf.len() >= 4 {
-            let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        while pending.len() < MAX_IN_FLIGHT && !c.closing {
+            let Some(len) = frame_len(&buf) else { break };
             if len > max {
                 tracing::warn!(peer = %peer, len, max, "Kafka: request larger than the limit; closing the connection");
                 ep.metrics.refuse("request-too-large");
@@ -193,10 +193,7 @@ where
         let can_read = pending.len() < MAX_IN_FLIGHT && !c.closing;
         // Within a large request, read only up to its end: bytes of the next request read
         // into the same allocation would be copied out of it once this one is split off.
-        let rest = match buf.get(..4) {
-            Some(h) => (4 + u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize).saturating_sub(buf.len()),
-            None => 0,
-        };
+        let rest = frame_len(&buf).map_or(0, |len| (4 + len).saturating_sub(buf.len()));
         if buf.capacity() == buf.len() && rest == 0 {
             buf.reserve(4096);
         }
@@ -236,6 +233,11 @@ where
             },
         }
     }
+}
+
+/// The length a request frame's prefix announces, once its 4 bytes are there.
+fn frame_len(buf: &[u8]) -> Option<usize> {
+    buf.get(..4).map(|h| u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize)
 }
 
 /// A topic's partition by Kafka index, or the topic's error.

@@ -61,7 +61,7 @@ pub struct Producers {
 }
 
 /// Length of a mark: producer id, epoch, first and last sequence, 8 bytes of HMAC.
-const MARK_LEN: usize = 8 + 2 + 4 + 4 + 8;
+pub(crate) const MARK_LEN: usize = 8 + 2 + 4 + 4 + 8;
 
 impl Producers {
     /// State keyed by `secret` (the data directory's, so marks written before a restart verify).

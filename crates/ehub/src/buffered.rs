@@ -271,8 +271,9 @@ impl Partition {
             } else {
                 shard.entries.drain(..below).collect()
             };
-            shard.bytes -= run.iter().map(|e| estimate(&e.event)).sum::<usize>();
-            // What stays came after `end` was read: it has waited no longer than that.
+            // What stays came after `end` was read (usually nothing): its size is counted again,
+            // and it has waited no longer than since then.
+            shard.bytes = shard.entries.iter().map(|e| estimate(&e.event)).sum();
             shard.oldest = if shard.entries.is_empty() { None } else { Some(Instant::now()) };
             runs.push((at, run));
         }
