@@ -37,7 +37,13 @@ const PRODUCER_CREDIT: u32 = 1000;
 /// Appends in flight per producer link before we stop granting credit.
 const MAX_INFLIGHT: usize = 2048;
 /// Events read from the log at once for one consumer.
-const READ_BATCH: usize = 512;
+const READ_BATCH: usize = 2048;
+/// Bytes read from the partition's in-memory tail at once for one consumer: such reads run on
+/// the connection's task, so they stay small.
+const CACHED_READ_BYTES: usize = 1 << 20;
+/// Bytes read from segment files at once for one consumer (on the blocking pool), and the most
+/// a consumer's read-ahead holds before it stops reading.
+const FILE_READ_BYTES: usize = 2 << 20;
 /// Keys the broker owns in delivered events' message annotations (the Kafka front's producer
 /// mark is never delivered).
 const BROKER_KEYS: [&str; 5] = [
@@ -81,6 +87,34 @@ pub(crate) enum Control {
     Disrupt(Box<Disruption>),
 }
 
+impl Consumer {
+    fn extend(&mut self, events: Vec<StoredEvent>) {
+        if let Some(last) = events.last() {
+            self.next_seq = Some(last.sequence_number + 1);
+        }
+        self.buffer_bytes += events.iter().map(stored_len).sum::<usize>();
+        self.buffer.extend(events);
+    }
+
+    fn take(&mut self) -> Option<StoredEvent> {
+        let e = self.buffer.pop_front()?;
+        self.buffer_bytes -= stored_len(&e);
+        Some(e)
+    }
+
+    /// Whether to read the next batch now. The next batch is read while the previous one goes
+    /// out, so a link with credit does not wait for the disk (refilling only once half a batch
+    /// was left, a fast reader waited at nearly every read). Bounded by bytes as well, so a
+    /// slow reader of large events has the broker hold a few megabytes, not a batch of them.
+    fn reads_ahead(&self) -> bool {
+        !self.busy && self.buffer.len() < READ_BATCH && self.buffer_bytes < FILE_READ_BYTES
+    }
+}
+
+fn stored_len(e: &StoredEvent) -> usize {
+    e.payload.len() + e.partition_key.as_ref().map_or(0, |k| k.len())
+}
+
 struct Consumer {
     id: u64,
     hub: Arc<Hub>,
@@ -88,7 +122,9 @@ struct Consumer {
     pidx: usize,
     part: Arc<Partition>,
     next_seq: Option<i64>,
+    /// Events read ahead of the link's credit, and their bytes.
     buffer: VecDeque<StoredEvent>,
+    buffer_bytes: usize,
     busy: bool,
     waiting: bool,
     metrics: bool,
@@ -846,6 +882,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
             pidx,
             next_seq: None,
             buffer: VecDeque::new(),
+            buffer_bytes: 0,
             busy: true,
             waiting: false,
             metrics,
@@ -1015,12 +1052,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 }
                 c.busy = false;
                 match *result {
-                    Ok(events) => {
-                        if let Some(last) = events.last() {
-                            c.next_seq = Some(last.sequence_number + 1);
-                        }
-                        c.buffer.extend(events);
-                    }
+                    Ok(events) => c.extend(events),
                     Err(e) => {
                         warn!(error = %e, "read failed");
                         let _ = self.conn.detach(link, Some(AmqpError::new(conditions::INTERNAL_ERROR, e.to_string())));
@@ -1111,7 +1143,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                     if !burst.can_send(std::mem::size_of_val(&c.tag), max_len) {
                         break;
                     }
-                    let e = c.buffer.pop_front().expect("front exists");
+                    let e = c.take().expect("front exists");
                     c.tag = c.tag.wrapping_add(1);
                     let tag = c.tag.to_be_bytes();
                     let (extra, args) = (&self.annotations, SendArgs { tag: &tag, message_format: 0, settled: true });
@@ -1125,16 +1157,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 counters.events_out.inc_by(sent);
                 counters.bytes_out.inc_by(sent_bytes);
             }
-            if c.busy || c.buffer.len() >= READ_BATCH / 2 {
+            if !c.reads_ahead() {
                 return Ok(());
             }
             let Some(next) = c.next_seq else { return Ok(()) };
             if next < c.part.committed_seq() {
                 if c.part.is_cached(next) {
-                    match c.part.read(next, READ_BATCH, 1 << 20) {
+                    match c.part.read(next, READ_BATCH, CACHED_READ_BYTES) {
                         Ok(events) if !events.is_empty() => {
-                            c.next_seq = Some(events[events.len() - 1].sequence_number + 1);
-                            c.buffer.extend(events);
+                            c.extend(events);
                             continue;
                         }
                         Ok(_) => {}
@@ -1147,7 +1178,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ConnTask<S> {
                 c.busy = true;
                 let (part, id, tx) = (Arc::clone(&c.part), c.id, self.ctl_tx.clone());
                 tokio::task::spawn_blocking(move || {
-                    let result = part.read(next, READ_BATCH, 4 << 20);
+                    let result = part.read(next, READ_BATCH, FILE_READ_BYTES);
                     let _ = tx.send(Control::ReadDone { link, id, result: Box::new(result) });
                 });
                 if c.buffer.is_empty() {

@@ -93,7 +93,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 10_000)]
     rate: u64,
     /// Receiver prefetch (link credit).
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = ehub::DEFAULT_PREFETCH)]
     prefetch: u32,
     /// send: through the buffered producer, events enqueued one by one from --tasks tasks,
     /// then a flush; events/s from the first enqueue to the last success callback.
