@@ -87,6 +87,24 @@ pub(crate) enum Control {
     Disrupt(Box<Disruption>),
 }
 
+struct Consumer {
+    id: u64,
+    hub: Arc<Hub>,
+    cg: Arc<ConsumerGroup>,
+    pidx: usize,
+    part: Arc<Partition>,
+    next_seq: Option<i64>,
+    /// Events read ahead of the link's credit, and their bytes.
+    buffer: VecDeque<StoredEvent>,
+    buffer_bytes: usize,
+    busy: bool,
+    waiting: bool,
+    metrics: bool,
+    tag: u32,
+    cancel: CancellationToken,
+    start: Option<StartPosition>,
+}
+
 impl Consumer {
     fn extend(&mut self, events: Vec<StoredEvent>) {
         if let Some(last) = events.last() {
@@ -107,30 +125,17 @@ impl Consumer {
     /// was left, a fast reader waited at nearly every read). Bounded by bytes as well, so a
     /// slow reader of large events has the broker hold a few megabytes, not a batch of them.
     fn reads_ahead(&self) -> bool {
-        !self.busy && self.buffer.len() < READ_BATCH && self.buffer_bytes < FILE_READ_BYTES
+        !self.busy && reads_ahead(self.buffer.len(), self.buffer_bytes)
     }
+}
+
+/// Whether a consumer holding `events` read ahead, of `bytes` in all, reads another batch.
+fn reads_ahead(events: usize, bytes: usize) -> bool {
+    events < READ_BATCH && bytes < FILE_READ_BYTES
 }
 
 fn stored_len(e: &StoredEvent) -> usize {
     e.payload.len() + e.partition_key.as_ref().map_or(0, |k| k.len())
-}
-
-struct Consumer {
-    id: u64,
-    hub: Arc<Hub>,
-    cg: Arc<ConsumerGroup>,
-    pidx: usize,
-    part: Arc<Partition>,
-    next_seq: Option<i64>,
-    /// Events read ahead of the link's credit, and their bytes.
-    buffer: VecDeque<StoredEvent>,
-    buffer_bytes: usize,
-    busy: bool,
-    waiting: bool,
-    metrics: bool,
-    tag: u32,
-    cancel: CancellationToken,
-    start: Option<StartPosition>,
 }
 
 /// How long the answer to a client's detach of a `$cbs` link is held back: long enough for the
@@ -1508,6 +1513,16 @@ fn humantime_secs(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_ahead_stops_at_a_batch_of_events_or_two_mebibytes() {
+        // Small events: up to a batch.
+        assert!(reads_ahead(READ_BATCH - 1, (READ_BATCH - 1) * 100));
+        assert!(!reads_ahead(READ_BATCH, READ_BATCH * 100));
+        // Large events: one more read with one waiting, none with three, whatever their count.
+        assert!(reads_ahead(1, 1 << 20));
+        assert!(!reads_ahead(3, 3 << 20));
+    }
 
     #[test]
     fn decimal_writes_every_width() {
