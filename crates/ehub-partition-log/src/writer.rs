@@ -78,11 +78,12 @@ pub(crate) fn run(rx: Receiver<WriterMsg>, cfg: LogConfig) {
         }
         let mut syncs = Vec::new();
         let mut batch: Vec<Pending> = Vec::new();
+        let sizes = staged_sizes(&msgs);
         for m in msgs {
             match m {
                 WriterMsg::Register(p) => registered.push(p),
                 WriterMsg::Sync(tx) => syncs.push(tx),
-                WriterMsg::Append { part, events, done } => stage(&mut batch, part, events, done, &cfg),
+                WriterMsg::Append { part, events, done } => stage(&mut batch, part, events, done, &sizes, &cfg),
             }
         }
         // Write each partition's buffer.
@@ -215,20 +216,45 @@ fn start_writeback(d: &Dirty) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_: &Dirty) {}
 
+/// The bytes of records one batch of messages stages for each partition (keyed by the
+/// partition's address), so that each partition's buffer is allocated once. Grown record by
+/// record, it re-copied everything staged before at each doubling and kept up to twice the
+/// memory in the readers' tail cache.
+fn staged_sizes(msgs: &[WriterMsg]) -> Vec<(*const Partition, usize)> {
+    let mut sizes: Vec<(*const Partition, usize)> = Vec::new();
+    for m in msgs {
+        if let WriterMsg::Append { part, events, .. } = m {
+            let n = records_len(events) as usize;
+            match sizes.iter_mut().find(|(p, _)| std::ptr::eq(*p, Arc::as_ptr(part))) {
+                Some((_, total)) => *total += n,
+                None => sizes.push((Arc::as_ptr(part), n)),
+            }
+        }
+    }
+    sizes
+}
+
+/// The stored size of these events' records.
+fn records_len(events: &[AppendEvent]) -> u64 {
+    events.iter().map(|e| record::record_len(e.partition_key.as_deref(), e.payload.len()) as u64).sum()
+}
+
 fn stage(
     batch: &mut Vec<Pending>,
     part: Arc<Partition>,
     events: Vec<AppendEvent>,
     done: AppendCallback,
+    sizes: &[(*const Partition, usize)],
     cfg: &LogConfig,
 ) {
     let idx = match batch.iter().position(|p| Arc::ptr_eq(&p.part, &part)) {
         Some(i) => i,
         None => {
             let st = part.lock();
+            let capacity = sizes.iter().find(|(p, _)| std::ptr::eq(*p, Arc::as_ptr(&part))).map_or(0, |(_, n)| *n);
             let p = Pending {
                 part: part.clone(),
-                buf: BytesMut::new(),
+                buf: BytesMut::with_capacity(capacity),
                 positions: Vec::new(),
                 first_seq: st.next_seq,
                 first_offset: st.end_offset,
@@ -248,7 +274,7 @@ fn stage(
         return;
     }
     let mut st = part.lock();
-    let len: u64 = events.iter().map(|e| record::record_len(e.partition_key.as_deref(), e.payload.len()) as u64).sum();
+    let len = records_len(&events);
     // Roll the segment before this request when it would overflow.
     let active_size = st.segments.last().map_or(0, |s| s.size) + p.buf.len() as u64;
     if st.segments.is_empty() || (active_size > 0 && active_size + len > cfg.segment_bytes) {
@@ -406,5 +432,42 @@ fn publish(p: Pending) {
     part.committed.send_replace(last.last_sequence_number + 1);
     for (cb, a) in p.acks {
         cb(Ok(a));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::HEADER_LEN;
+    use crate::LogStore;
+    use bytes::Bytes;
+
+    fn event(key: Option<&'static [u8]>, len: usize) -> AppendEvent {
+        AppendEvent { partition_key: key.map(Bytes::from_static), payload: Bytes::from(vec![0; len]) }
+    }
+
+    fn append(part: &Arc<Partition>, events: Vec<AppendEvent>) -> WriterMsg {
+        WriterMsg::Append { part: Arc::clone(part), events, done: Box::new(|_| {}) }
+    }
+
+    #[test]
+    fn a_partitions_buffer_is_sized_for_all_its_records_in_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::new(LogConfig::default());
+        let a = store.open_partition(dir.path().join("a"), "a").unwrap();
+        let b = store.open_partition(dir.path().join("b"), "b").unwrap();
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let msgs = vec![
+            append(&a, vec![event(None, 100), event(Some(b"key"), 10)]),
+            WriterMsg::Sync(tx),
+            append(&b, vec![event(None, 1)]),
+            append(&a, vec![event(None, 1000)]),
+        ];
+        let sizes = staged_sizes(&msgs);
+        let size = |p: &Arc<Partition>| sizes.iter().find(|(q, _)| std::ptr::eq(*q, Arc::as_ptr(p))).map(|(_, n)| *n);
+        assert_eq!(size(&a), Some(3 * HEADER_LEN + 100 + 3 + 10 + 1000));
+        assert_eq!(size(&b), Some(HEADER_LEN + 1));
+        assert_eq!(sizes.len(), 2);
+        store.shutdown();
     }
 }
