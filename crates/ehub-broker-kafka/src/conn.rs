@@ -34,7 +34,7 @@ use kafka_protocol::messages::offset_fetch_response::{
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use kafka_protocol::records::{Compression, RecordBatchEncoder, RecordEncodeOptions};
+use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -1170,16 +1170,17 @@ async fn read_all(
                     continue;
                 }
             };
-            let records: Vec<_> = events.iter().map(event_to_record).collect();
-            let mut buf = BytesMut::new();
+            if let Some(c) = fp.counters.as_ref().filter(|_| !events.is_empty()) {
+                c.events_out.inc_by(events.len() as u64);
+                c.bytes_out.inc_by(events.iter().map(|e| e.payload.len() as u64).sum());
+            }
+            let records: Vec<_> = events.into_iter().map(event_to_record).collect();
+            // Sized up front: grown while encoding, it re-copied the batch at each doubling.
+            let mut buf = BytesMut::with_capacity(encoded_size(&records));
             if !records.is_empty() {
                 let options = RecordEncodeOptions { version: 2, compression: Compression::None };
                 if let Err(e) = RecordBatchEncoder::encode(&mut buf, records.iter(), &options) {
                     tracing::error!(error = %e, "Kafka: encoding a record batch failed");
-                }
-                if let Some(c) = &fp.counters {
-                    c.events_out.inc_by(events.len() as u64);
-                    c.bytes_out.inc_by(events.iter().map(|e| e.payload.len() as u64).sum());
                 }
             }
             total += buf.len();
@@ -1188,6 +1189,26 @@ async fn read_all(
         topics.push(FetchableTopicResponse::default().with_topic(name.clone()).with_partitions(out));
     }
     (topics, total, any_error)
+}
+
+/// Room for these records encoded as one uncompressed batch, which is how a fetch encodes
+/// them: the batch header, then each record's fields at their widest varints, its key, value
+/// and headers.
+fn encoded_size(records: &[Record]) -> usize {
+    const BATCH_HEADER: usize = 61;
+    // Length, attributes, timestamp delta, offset delta, key and value lengths, header count.
+    const RECORD_FIELDS: usize = 5 + 1 + 10 + 5 + 5 + 5 + 5;
+    let len = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
+    BATCH_HEADER
+        + records
+            .iter()
+            .map(|r| {
+                RECORD_FIELDS
+                    + len(&r.key)
+                    + len(&r.value)
+                    + r.headers.iter().map(|(k, v)| 10 + k.len() + len(v)).sum::<usize>()
+            })
+            .sum::<usize>()
 }
 
 /// ListOffsets of a partition: -2 earliest, -1 latest (the high watermark), -3 the last event,
@@ -1209,5 +1230,44 @@ fn lookup(p: &ehub_partition_log::Partition, ts: i64) -> (i64, i64) {
             _ => (-1, -1),
         },
         _ => (-1, -1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::event_to_record;
+    use ehub_partition_log::StoredEvent;
+
+    /// The fetch buffer's size is never short of what the encoder writes, whatever the keys,
+    /// headers, value sizes, offsets and times.
+    #[test]
+    fn a_fetch_buffer_has_room_for_its_batch() {
+        let mut records = Vec::new();
+        for (i, len) in [0usize, 1, 100, 127, 128, 300, 70_000].into_iter().enumerate() {
+            let e = StoredEvent {
+                sequence_number: 1 << 40 | i as i64,
+                offset: i as u64 * 1000,
+                enqueued_time: i as i64 * (i64::MAX / 8),
+                partition_key: (i % 2 == 0).then(|| Bytes::from_static(b"partition key")),
+                payload: crate::mapping::record_to_event(
+                    (i % 3 == 0).then(|| Bytes::from(vec![1u8; len / 2])).as_ref(),
+                    Some(&Bytes::from(vec![2u8; len])),
+                    &Default::default(),
+                    None,
+                ),
+            };
+            records.push(event_to_record(e));
+            let mut buf = BytesMut::new();
+            let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+            RecordBatchEncoder::encode(&mut buf, records.iter(), &options).unwrap();
+            assert!(
+                buf.len() <= encoded_size(&records),
+                "{} records: {} > {}",
+                i + 1,
+                buf.len(),
+                encoded_size(&records)
+            );
+        }
     }
 }
