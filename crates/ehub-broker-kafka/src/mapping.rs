@@ -100,7 +100,7 @@ fn format_uuid(u: &[u8; 16]) -> String {
 }
 
 /// Where the value starts in an event that is one data section and nothing else: how Kafka
-/// producers without key or headers, and AMQP senders without properties, store their events.
+/// producers without key or headers, and AMQP senders that send a body alone, store events.
 /// Found from the section's first bytes, where decoding the message cost a fetch more than
 /// everything else it does per record; decoding gives the same value (a fuzz target checks
 /// it). `None` for any other shape, which is decoded: sections that map to nothing (a header,
