@@ -63,13 +63,14 @@ pub(crate) fn run(rx: Receiver<WriterMsg>, cfg: LogConfig) {
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let mut msgs = Vec::new();
+        let mut sizes = StagedSizes::default();
         if let Some(m) = first {
+            sizes.add(&m);
             msgs.push(m);
+            // Up to about 8 MiB of records in one group commit.
             let mut n = 0usize;
             while let Ok(m) = rx.try_recv() {
-                if let WriterMsg::Append { events, .. } = &m {
-                    n += events.iter().map(|e| e.payload.len()).sum::<usize>();
-                }
+                n += sizes.add(&m);
                 msgs.push(m);
                 if n > 8 << 20 {
                     break;
@@ -78,7 +79,6 @@ pub(crate) fn run(rx: Receiver<WriterMsg>, cfg: LogConfig) {
         }
         let mut syncs = Vec::new();
         let mut batch: Vec<Pending> = Vec::new();
-        let sizes = staged_sizes(&msgs);
         for m in msgs {
             match m {
                 WriterMsg::Register(p) => registered.push(p),
@@ -216,22 +216,29 @@ fn start_writeback(d: &Dirty) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_: &Dirty) {}
 
-/// The bytes of records one batch of messages stages for each partition (keyed by the
-/// partition's address), so that each partition's buffer is allocated once. Grown record by
+/// The bytes of records one batch of messages stages for each partition, counted as the
+/// messages are taken, so that each partition's buffer is allocated once. Grown record by
 /// record, it re-copied everything staged before at each doubling and kept up to twice the
 /// memory in the readers' tail cache.
-fn staged_sizes(msgs: &[WriterMsg]) -> Vec<(*const Partition, usize)> {
-    let mut sizes: Vec<(*const Partition, usize)> = Vec::new();
-    for m in msgs {
-        if let WriterMsg::Append { part, events, .. } = m {
-            let n = records_len(events) as usize;
-            match sizes.iter_mut().find(|(p, _)| std::ptr::eq(*p, Arc::as_ptr(part))) {
-                Some((_, total)) => *total += n,
-                None => sizes.push((Arc::as_ptr(part), n)),
-            }
+#[derive(Default)]
+struct StagedSizes(Vec<(Arc<Partition>, usize)>);
+
+impl StagedSizes {
+    /// Counts a message's records; returns their bytes.
+    fn add(&mut self, m: &WriterMsg) -> usize {
+        let WriterMsg::Append { part, events, .. } = m else { return 0 };
+        let n = records_len(events) as usize;
+        match self.0.iter_mut().find(|(p, _)| Arc::ptr_eq(p, part)) {
+            Some((_, total)) => *total += n,
+            None => self.0.push((Arc::clone(part), n)),
         }
+        n
     }
-    sizes
+
+    /// The bytes of records the batch stages for this partition.
+    fn of(&self, part: &Arc<Partition>) -> usize {
+        self.0.iter().find(|(p, _)| Arc::ptr_eq(p, part)).map_or(0, |(_, n)| *n)
+    }
 }
 
 /// The stored size of these events' records.
@@ -244,17 +251,16 @@ fn stage(
     part: Arc<Partition>,
     events: Vec<AppendEvent>,
     done: AppendCallback,
-    sizes: &[(*const Partition, usize)],
+    sizes: &StagedSizes,
     cfg: &LogConfig,
 ) {
     let idx = match batch.iter().position(|p| Arc::ptr_eq(&p.part, &part)) {
         Some(i) => i,
         None => {
             let st = part.lock();
-            let capacity = sizes.iter().find(|(p, _)| std::ptr::eq(*p, Arc::as_ptr(&part))).map_or(0, |(_, n)| *n);
             let p = Pending {
                 part: part.clone(),
-                buf: BytesMut::with_capacity(capacity),
+                buf: BytesMut::with_capacity(sizes.of(&part)),
                 positions: Vec::new(),
                 first_seq: st.next_seq,
                 first_offset: st.end_offset,
@@ -450,6 +456,8 @@ mod tests {
         WriterMsg::Append { part: Arc::clone(part), events, done: Box::new(|_| {}) }
     }
 
+    /// Staging a batch leaves each partition's buffer exactly as large as its records: it was
+    /// allocated once, never grown (growing doubles the capacity past the length).
     #[test]
     fn a_partitions_buffer_is_sized_for_all_its_records_in_the_batch() {
         let dir = tempfile::tempdir().unwrap();
@@ -461,13 +469,19 @@ mod tests {
             append(&a, vec![event(None, 100), event(Some(b"key"), 10)]),
             WriterMsg::Sync(tx),
             append(&b, vec![event(None, 1)]),
-            append(&a, vec![event(None, 1000)]),
+            append(&a, (0..100).map(|_| event(None, 1000)).collect()),
         ];
-        let sizes = staged_sizes(&msgs);
-        let size = |p: &Arc<Partition>| sizes.iter().find(|(q, _)| std::ptr::eq(*q, Arc::as_ptr(p))).map(|(_, n)| *n);
-        assert_eq!(size(&a), Some(3 * HEADER_LEN + 100 + 3 + 10 + 1000));
-        assert_eq!(size(&b), Some(HEADER_LEN + 1));
-        assert_eq!(sizes.len(), 2);
+        let mut sizes = StagedSizes::default();
+        let counted: Vec<usize> = msgs.iter().map(|m| sizes.add(m)).collect();
+        assert_eq!(counted, [2 * HEADER_LEN + 100 + 3 + 10, 0, HEADER_LEN + 1, 100 * (HEADER_LEN + 1000)]);
+        let mut batch = Vec::new();
+        for m in msgs {
+            if let WriterMsg::Append { part, events, done } = m {
+                stage(&mut batch, part, events, done, &sizes, &LogConfig::default());
+            }
+        }
+        let staged: Vec<(usize, usize)> = batch.iter().map(|p| (p.buf.len(), p.buf.capacity())).collect();
+        assert_eq!(staged, [(sizes.of(&a), sizes.of(&a)), (sizes.of(&b), sizes.of(&b))]);
         store.shutdown();
     }
 }
