@@ -51,8 +51,8 @@ pub use frame::{
 };
 pub use message::{
     batch_items, data_section_size, find_annotation, put_data_section, raw_long, raw_text, raw_text_range,
-    raw_timestamp, splice_annotations, AnnotationEntries, Body, Header, Message, Properties, RawMapEntries,
-    SectionSpans, BATCH_MESSAGE_FORMAT,
+    raw_timestamp, sole_data_section, splice_annotations, AnnotationEntries, Body, Header, Message, Properties,
+    RawMapEntries, SectionSpans, BATCH_MESSAGE_FORMAT,
 };
 pub use performative::{
     decode_transfer_head, encode_transfer, put_transfer_head, Attach, Begin, Close, Detach, Disposition, End, Flow,

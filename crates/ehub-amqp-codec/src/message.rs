@@ -630,14 +630,9 @@ pub fn batch_items(raw: &Bytes, spans: &SectionSpans) -> Result<Vec<Bytes>, Deco
         }
         // The binary's bytes, sliced without building a `Value`.
         let pos = dec.position();
-        let (len, head) = match raw.get(pos) {
-            Some(&code::VBIN8) => (raw.get(pos + 1).map(|&n| n as usize), 2),
-            Some(&code::VBIN32) => {
-                (raw.get(pos + 1..pos + 5).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize), 5)
-            }
-            _ => return Err(DecodeError::Malformed { offset: at, reason: "data section is not binary" }),
+        let Some((start, len)) = binary_head(raw, pos) else {
+            return Err(DecodeError::Malformed { offset: at, reason: "data section is not binary" });
         };
-        let start = pos + head;
         let end = len
             .and_then(|n| start.checked_add(n))
             .filter(|&e| e <= body.end)
@@ -646,6 +641,33 @@ pub fn batch_items(raw: &Bytes, spans: &SectionSpans) -> Result<Vec<Bytes>, Deco
         dec = Decoder::with_range(raw, end, body.end);
     }
     Ok(items)
+}
+
+/// Where the bytes of the binary whose constructor is at `pos` start, and the length its
+/// header declares (`None` when the header is cut short). `None` when the constructor is not
+/// vbin8 or vbin32.
+fn binary_head(raw: &[u8], pos: usize) -> Option<(usize, Option<usize>)> {
+    match *raw.get(pos)? {
+        code::VBIN8 => Some((pos + 2, raw.get(pos + 1).map(|&n| usize::from(n)))),
+        code::VBIN32 => {
+            Some((pos + 5, raw.get(pos + 1..pos + 5).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)))
+        }
+        _ => None,
+    }
+}
+
+/// The body's bytes, as a range of `raw`, of a message that is one `data` section and nothing
+/// else (its descriptor in the usual small-ulong form): how Kafka records without key or
+/// headers, and events sent as a body alone, are stored. `None` for any other shape, which
+/// [`Message::decode`] handles; where this answers, decoding gives `Body::Data` of exactly
+/// these bytes.
+pub fn sole_data_section(raw: &[u8]) -> Option<Range<usize>> {
+    let &[code::DESCRIBED, code::SMALL_ULONG, section, ..] = raw else { return None };
+    if u64::from(section) != descriptor::DATA {
+        return None;
+    }
+    let (start, len) = binary_head(raw, 3)?;
+    (start.checked_add(len?)? == raw.len()).then_some(start..raw.len())
 }
 
 /// Encoded size of a `data` section holding `n` bytes (used for exact batch size accounting).
@@ -664,6 +686,33 @@ pub fn put_data_section(out: &mut BytesMut, item: &[u8]) -> Result<(), EncodeErr
 mod tests {
     use super::*;
     use crate::Value;
+
+    /// A message of one data section reads as its body without decoding, vbin8 or vbin32;
+    /// anything around it, a second section or a cut-short binary is left to decoding.
+    #[test]
+    fn a_sole_data_section_is_found_without_decoding() {
+        for len in [0, 5, 255, 256, 70_000] {
+            let raw = Message::with_data(Bytes::from(vec![7u8; len])).to_bytes().unwrap();
+            let body = sole_data_section(&raw).expect("one data section");
+            assert_eq!(Message::decode(&raw).unwrap().body, Body::Data(vec![raw.slice(body)]));
+        }
+        let mut with_header = Message::with_data(Bytes::from_static(b"x"));
+        with_header.header = Some(Header { durable: Some(true), ..Default::default() });
+        let two = Message {
+            body: Body::Data(vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]),
+            ..Default::default()
+        };
+        let plain = Message::with_data(Bytes::from_static(b"body")).to_bytes().unwrap();
+        for raw in [
+            with_header.to_bytes().unwrap(),
+            two.to_bytes().unwrap(),
+            Message::with_value(Value::Long(1)).to_bytes().unwrap(),
+            plain.slice(..plain.len() - 1),
+            plain.slice(..4),
+        ] {
+            assert_eq!(sole_data_section(&raw), None, "{raw:?}");
+        }
+    }
 
     /// The fast walk must actually take the usual shape (the agreement property test alone
     /// would pass if it declined everything), and decline what it is not for.

@@ -11,7 +11,7 @@
 //!   UTF-8 headers; the partition key is the header `x-opt-partition-key`.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use ehub_amqp_codec::{code, descriptor, encode_value, put_data_section, Body, Message, Symbol, Value};
+use ehub_amqp_codec::{encode_value, put_data_section, sole_data_section, Body, Message, Symbol, Value};
 use ehub_partition_log::StoredEvent;
 use indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
@@ -99,36 +99,17 @@ fn format_uuid(u: &[u8; 16]) -> String {
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
-/// Where the value starts in an event that is one data section and nothing else: how Kafka
-/// producers without key or headers, and AMQP senders that send a body alone, store events.
-/// Found from the section's first bytes, where decoding the message cost a fetch more than
-/// everything else it does per record; decoding gives the same value (a fuzz target checks
-/// it). `None` for any other shape, which is decoded: sections that map to nothing (a header,
-/// a footer) go that way too, so that a malformed one is treated as decoding treats it.
-fn sole_data_body(payload: &[u8]) -> Option<usize> {
-    let &[code::DESCRIBED, code::SMALL_ULONG, section, constructor, ..] = payload else { return None };
-    if u64::from(section) != descriptor::DATA {
-        return None;
-    }
-    let (start, len) = match constructor {
-        code::VBIN8 => (5, usize::from(*payload.get(4)?)),
-        code::VBIN32 => {
-            let n = payload.get(4..8)?;
-            (8, u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
-        }
-        _ => return None,
-    };
-    (start + len == payload.len()).then_some(start)
-}
-
 /// The Kafka record of a stored event (offset = sequence number, timestamp = enqueued time).
 /// Takes the event so that a plain body becomes the value without another reference to it.
 pub fn event_to_record(e: StoredEvent) -> Record {
     let StoredEvent { sequence_number, enqueued_time, partition_key, payload, .. } = e;
-    let parts = match sole_data_body(&payload) {
-        Some(start) => {
+    // Decoding the message cost a fetch more than everything else it does per record; an event
+    // of one data section (Kafka records without key or headers) hands its body over as it is.
+    // Any other shape is decoded, so a malformed section is treated as decoding treats it.
+    let parts = match sole_data_section(&payload) {
+        Some(body) => {
             let mut value = payload;
-            value.advance(start);
+            value.advance(body.start);
             (None, Some(value), IndexMap::new())
         }
         None => decoded_record_parts(&payload),
@@ -378,11 +359,11 @@ mod tests {
             (Bytes::from_static(b"not AMQP"), false),
         ];
         for (i, (payload, fast)) in cases.into_iter().enumerate() {
-            let skipped = sole_data_body(&payload);
+            let skipped = sole_data_section(&payload);
             assert_eq!(skipped.is_some(), fast, "case {i}");
             let (key, value, headers) = decoded_record_parts(&payload);
             if let Some(body) = skipped {
-                assert_eq!((None, Some(payload.slice(body..)), IndexMap::new()), (key, value, headers), "case {i}");
+                assert_eq!((None, Some(payload.slice(body)), IndexMap::new()), (key, value, headers), "case {i}");
             }
         }
     }
