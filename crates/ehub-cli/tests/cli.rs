@@ -27,6 +27,22 @@ impl Drop for Server {
     }
 }
 
+impl Server {
+    /// Kills the broker (SIGKILL) and starts another on the same data directory.
+    fn restart(mut self, extra: &[&std::ffi::OsStr]) -> Server {
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+        drop(self);
+        serve_in(dir, extra, "info", None)
+    }
+
+    /// The broker's resident memory (VmRSS), in bytes.
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
+        kib.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024
+    }
+}
+
 fn serve() -> Server {
     serve_with(&[])
 }
@@ -42,7 +58,16 @@ fn serve_logged(
     log: &str,
     capture: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
 ) -> Server {
-    let dir = tempfile::tempdir().unwrap();
+    serve_in(tempfile::tempdir().unwrap(), extra, log, capture)
+}
+
+/// [`serve_logged`] on the data directory `dir`.
+fn serve_in(
+    dir: tempfile::TempDir,
+    extra: &[&std::ffi::OsStr],
+    log: &str,
+    capture: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
+) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("ehub"))
         .args([
@@ -764,4 +789,50 @@ fn a_processor_goes_on_after_its_tokens_lapse() {
     });
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A consumer that stops taking large events costs the broker a few megabytes, not the
+/// partition: the broker reads ahead only while the link has credit, and then only about
+/// 2 MiB (its read-ahead is bounded in bytes as well as in events). Either guard alone holds
+/// this test; with both removed the broker grew by about 100 MB here. The events come from
+/// segment files (a restarted broker has nothing in its tail cache), where each read allocates.
+#[test]
+fn a_slow_reader_of_large_events_holds_the_brokers_read_ahead_to_a_few_megabytes() {
+    use ehub::{ConsumerClient, EventPosition, OpenReceiverOptions};
+    const EVENTS: usize = 80;
+    const SIZE: usize = 1_000_000;
+    let never: [&std::ffi::OsStr; 2] = ["--fsync".as_ref(), "never".as_ref()];
+    let s = serve_with(&never);
+    let count = EVENTS.to_string();
+    let size = SIZE.to_string();
+    ehub(&s)
+        .args(["bench", "send", "--partition", "0", "--batch", "1", "--in-flight", "4"])
+        .args(["--size", &size, "--count", &count])
+        .assert()
+        .success();
+    let s = s.restart(&never);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let c = ConsumerClient::from_connection_string(&s.cs, Some("eh1"), None).await.unwrap();
+        let props = tokio::time::timeout(T, c.get_partition_properties("0")).await.unwrap().unwrap();
+        assert_eq!(props.last_enqueued_sequence_number, EVENTS as i64 - 1);
+        let before = s.rss();
+        let options =
+            OpenReceiverOptions { start_position: EventPosition::Earliest, prefetch: 1, ..Default::default() };
+        let mut r = tokio::time::timeout(T, c.open_receiver_on_partition("0", Some(options))).await.unwrap().unwrap();
+        let first = tokio::time::timeout(T, r.recv()).await.unwrap().unwrap();
+        assert_eq!((first.sequence_number(), first.body().map(<[u8]>::len)), (0, Some(SIZE)));
+        // The reader stops here, with credit for one more event. A read-ahead bounded only by
+        // its 2,048 events would now read the whole partition (80 MB); give it the time to.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let grown = s.rss().saturating_sub(before);
+        assert!(grown < 24 << 20, "the broker grew by {} MiB for a reader that stopped", grown >> 20);
+        // Nothing was lost by waiting: the rest arrives, in order, whole.
+        for seq in 1..EVENTS as i64 {
+            let e = tokio::time::timeout(T, r.recv()).await.unwrap().unwrap();
+            assert_eq!((e.sequence_number(), e.body().map(<[u8]>::len)), (seq, Some(SIZE)));
+        }
+        r.close().await;
+        c.close().await;
+    });
 }
