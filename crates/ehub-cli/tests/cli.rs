@@ -311,10 +311,30 @@ fn serve_eight_partitions(dir: &std::path::Path) -> Server {
     serve_with(&["--fsync".as_ref(), "never".as_ref(), "--config".as_ref(), config.as_os_str()])
 }
 
-/// A `receive --checkpoint-store` process; its JSON events are collected by a thread.
+/// A `receive --checkpoint-store` process; its JSON events are collected by a thread, its log
+/// (the processor's claims and losses) goes to a file that a timed-out wait shows.
 struct Processor {
     child: std::process::Child,
     events: std::sync::Arc<std::sync::Mutex<Vec<(String, i64)>>>,
+    log: tempfile::NamedTempFile,
+}
+
+impl Processor {
+    /// The last lines of this processor's log.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+/// What the processors were doing, for a wait that timed out: the live owners and each log.
+fn processors_state(db: &std::path::Path, s: &Server, ps: &[&Processor]) -> String {
+    let mut out = format!("live owners (partitions each): {:?}", owners(db, s));
+    for (i, p) in ps.iter().enumerate() {
+        out += &format!("\n--- processor {i} (pid {}) log tail:\n{}", p.child.id(), p.log_tail());
+    }
+    out
 }
 
 impl Drop for Processor {
@@ -325,13 +345,15 @@ impl Drop for Processor {
 }
 
 fn processor(s: &Server, store: &str, strategy: &str) -> Processor {
+    let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("ehub"))
         .env_remove("EVENTHUB_CONNECTION_STRING")
+        .env("EHUB_LOG", "warn,ehub::processor=debug")
         .args(["--connection-string", &s.cs, "--hub", "eh8", "--output", "json", "receive", "--follow"])
         .args(["--checkpoint-store", store, "--checkpoint-every", "5", "--strategy", strategy])
         .args(["--balance-interval", "0.3", "--ownership-expiry", "1.5"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log.reopen().unwrap())
         .spawn()
         .unwrap();
     let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -344,7 +366,7 @@ fn processor(s: &Server, store: &str, strategy: &str) -> Processor {
             sink.lock().unwrap().push((p, v["sequence_number"].as_i64().unwrap()));
         }
     });
-    Processor { child, events }
+    Processor { child, events, log }
 }
 
 fn owners(store_path: &std::path::Path, s: &Server) -> std::collections::HashMap<String, usize> {
@@ -367,10 +389,17 @@ fn owners(store_path: &std::path::Path, s: &Server) -> std::collections::HashMap
     })
 }
 
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+fn wait_until(what: &str, limit: Duration, done: impl FnMut() -> bool) -> Duration {
+    wait_until_or(what, limit, done, String::new)
+}
+
+/// [`wait_until`], with `state` in the failure message when it times out.
+fn wait_until_or(what: &str, limit: Duration, mut done: impl FnMut() -> bool, state: impl Fn() -> String) -> Duration {
     let start = std::time::Instant::now();
     while !done() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
+        if start.elapsed() >= limit {
+            panic!("timed out after {limit:?} waiting for: {what}\n{}", state());
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     start.elapsed()
@@ -405,11 +434,16 @@ fn three_processor_processes_share_eight_partitions_survive_a_kill_and_hand_over
     let a = processor(&s, &store, "balanced");
     let b = processor(&s, &store, "balanced");
     let mut c = processor(&s, &store, "balanced");
-    let settled = wait_until("a 3/3/2 split", Duration::from_secs(30), || {
-        let mut n: Vec<usize> = owners(&db, &s).into_values().collect();
-        n.sort();
-        n == [2, 3, 3]
-    });
+    let settled = wait_until_or(
+        "a 3/3/2 split",
+        Duration::from_secs(30),
+        || {
+            let mut n: Vec<usize> = owners(&db, &s).into_values().collect();
+            n.sort();
+            n == [2, 3, 3]
+        },
+        || processors_state(&db, &s, &[&a, &b, &c]),
+    );
     eprintln!("balanced: 3 processors settled on 8 partitions in {settled:?}");
     wait_until("every event processed", Duration::from_secs(30), || seen_all(&[&a, &b, &c], 20));
 
@@ -417,10 +451,15 @@ fn three_processor_processes_share_eight_partitions_survive_a_kill_and_hand_over
     // last checkpoints: nothing lost.
     c.child.kill().unwrap();
     c.child.wait().unwrap();
-    let took = wait_until("the survivors hold all 8", Duration::from_secs(30), || {
-        let o = owners(&db, &s);
-        o.len() == 2 && o.values().sum::<usize>() == 8
-    });
+    let took = wait_until_or(
+        "the survivors hold all 8",
+        Duration::from_secs(30),
+        || {
+            let o = owners(&db, &s);
+            o.len() == 2 && o.values().sum::<usize>() == 8
+        },
+        || processors_state(&db, &s, &[&a, &b]),
+    );
     eprintln!("after kill -9: all 8 partitions owned again {took:?} later (expiry 1.5 s)");
     send_to_eight(&s, 20);
     wait_until("the second round processed", Duration::from_secs(30), || seen_all(&[&a, &b, &c], 40));
@@ -435,7 +474,12 @@ fn three_processor_processes_share_eight_partitions_survive_a_kill_and_hand_over
     assert!(status.success(), "b exits 0 on SIGTERM: {status:?}");
     let o = owners(&db, &s);
     assert_eq!(o.len(), 1, "b's partitions are released as it exits, not left to expire: {o:?}");
-    let all = wait_until("a holds all 8", Duration::from_secs(30), || owners(&db, &s).values().sum::<usize>() == 8);
+    let all = wait_until_or(
+        "a holds all 8",
+        Duration::from_secs(30),
+        || owners(&db, &s).values().sum::<usize>() == 8,
+        || processors_state(&db, &s, &[&a]),
+    );
     eprintln!("after a graceful stop: a held all 8 partitions {all:?} after b exited");
     send_to_eight(&s, 20);
     wait_until("the third round processed", Duration::from_secs(30), || seen_all(&[&a, &b, &c], 60));
@@ -482,11 +526,16 @@ fn three_greedy_processor_processes_settle_at_three_three_two() {
     let store = format!("sqlite:{}", db.display());
     send_to_eight(&s, 10);
     let ps = [processor(&s, &store, "greedy"), processor(&s, &store, "greedy"), processor(&s, &store, "greedy")];
-    let settled = wait_until("a 3/3/2 split", Duration::from_secs(30), || {
-        let mut n: Vec<usize> = owners(&db, &s).into_values().collect();
-        n.sort_unstable();
-        n == [2, 3, 3]
-    });
+    let settled = wait_until_or(
+        "a 3/3/2 split",
+        Duration::from_secs(30),
+        || {
+            let mut n: Vec<usize> = owners(&db, &s).into_values().collect();
+            n.sort_unstable();
+            n == [2, 3, 3]
+        },
+        || processors_state(&db, &s, &[&ps[0], &ps[1], &ps[2]]),
+    );
     eprintln!("greedy: settled at 3/3/2 in {settled:?} (0.3 s cycles)");
     wait_until("every event processed", Duration::from_secs(30), || seen_all(&[&ps[0], &ps[1], &ps[2]], 10));
 }
