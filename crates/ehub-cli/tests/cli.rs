@@ -389,6 +389,16 @@ fn owners(store_path: &std::path::Path, s: &Server) -> std::collections::HashMap
     })
 }
 
+/// Waits until the three processors `ps` hold 3, 3 and 2 of the 8 partitions.
+fn wait_for_split(db: &std::path::Path, s: &Server, ps: &[&Processor]) -> Duration {
+    let split = || {
+        let mut n: Vec<usize> = owners(db, s).into_values().collect();
+        n.sort_unstable();
+        n == [2, 3, 3]
+    };
+    wait_until_or("a 3/3/2 split", Duration::from_secs(30), split, || processors_state(db, s, ps))
+}
+
 fn wait_until(what: &str, limit: Duration, done: impl FnMut() -> bool) -> Duration {
     wait_until_or(what, limit, done, String::new)
 }
@@ -434,16 +444,7 @@ fn three_processor_processes_share_eight_partitions_survive_a_kill_and_hand_over
     let a = processor(&s, &store, "balanced");
     let b = processor(&s, &store, "balanced");
     let mut c = processor(&s, &store, "balanced");
-    let settled = wait_until_or(
-        "a 3/3/2 split",
-        Duration::from_secs(30),
-        || {
-            let mut n: Vec<usize> = owners(&db, &s).into_values().collect();
-            n.sort();
-            n == [2, 3, 3]
-        },
-        || processors_state(&db, &s, &[&a, &b, &c]),
-    );
+    let settled = wait_for_split(&db, &s, &[&a, &b, &c]);
     eprintln!("balanced: 3 processors settled on 8 partitions in {settled:?}");
     wait_until("every event processed", Duration::from_secs(30), || seen_all(&[&a, &b, &c], 20));
 
@@ -526,16 +527,7 @@ fn three_greedy_processor_processes_settle_at_three_three_two() {
     let store = format!("sqlite:{}", db.display());
     send_to_eight(&s, 10);
     let ps = [processor(&s, &store, "greedy"), processor(&s, &store, "greedy"), processor(&s, &store, "greedy")];
-    let settled = wait_until_or(
-        "a 3/3/2 split",
-        Duration::from_secs(30),
-        || {
-            let mut n: Vec<usize> = owners(&db, &s).into_values().collect();
-            n.sort_unstable();
-            n == [2, 3, 3]
-        },
-        || processors_state(&db, &s, &[&ps[0], &ps[1], &ps[2]]),
-    );
+    let settled = wait_for_split(&db, &s, &[&ps[0], &ps[1], &ps[2]]);
     eprintln!("greedy: settled at 3/3/2 in {settled:?} (0.3 s cycles)");
     wait_until("every event processed", Duration::from_secs(30), || seen_all(&[&ps[0], &ps[1], &ps[2]], 10));
 }
