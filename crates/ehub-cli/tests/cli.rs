@@ -863,8 +863,9 @@ fn a_slow_reader_of_large_events_holds_the_brokers_read_ahead_to_a_few_megabytes
         let mut r = tokio::time::timeout(T, c.open_receiver_on_partition("0", Some(options))).await.unwrap().unwrap();
         let first = tokio::time::timeout(T, r.recv()).await.unwrap().unwrap();
         assert_eq!((first.sequence_number(), first.body().map(<[u8]>::len)), (0, Some(SIZE)));
-        // The reader stops here, with credit for one more event. A read-ahead bounded only by
-        // its 2,048 events would now read the whole partition (80 MB); give it the time to.
+        // The reader stops here, with credit for one more event. A broker that read ahead
+        // without credit, and up to 2,048 events, would now read the whole partition (80 MB);
+        // give it the time to.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let grown = s.rss().saturating_sub(before);
         assert!(grown < 24 << 20, "the broker grew by {} MiB for a reader that stopped", grown >> 20);
